@@ -1,0 +1,44 @@
+# Every target creates the virtual environment on first use; `make help` lists them.
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+INSTALLED  := $(VENV)/.installed
+CONFIG     ?= configs/default.yaml
+ARGS       ?=
+PORT       ?= 5000
+TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run-study show smoke ui test lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG) ARGS='--set epochs=2' PORT=$(PORT) MLFLOW_TRACKING_URI=..."
+
+$(INSTALLED): pyproject.toml
+	@echo "Setting up $(VENV) (first time only: TensorFlow makes this take a few minutes)..."
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+install: $(INSTALLED) ## create the virtual environment and install the project
+
+run-study: $(INSTALLED) ## train the study in CONFIG (default configs/default.yaml) into MLflow
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(PYTHON) -m study run $(CONFIG) $(ARGS)
+
+show: $(INSTALLED) ## print the grid of arms of CONFIG without training
+	$(PYTHON) -m study show $(CONFIG) $(ARGS)
+
+smoke: ## run configs/smoke.yaml (under a minute)
+	$(MAKE) run-study CONFIG=configs/smoke.yaml
+
+ui: $(INSTALLED) ## browse the MLflow store at http://127.0.0.1:$(PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+lint: $(INSTALLED) ## ruff
+	$(VENV)/bin/ruff check study tests
+
+test: lint ## lint, then the test suite (a few minutes)
+	$(PYTHON) -m pytest
+
+clean: ## remove the virtual environment and caches (keeps mlflow.db)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,39 @@
+"""Start TensorFlow once, quietly and deterministically, before any Keras code runs."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    # TensorFlow's C++ start-up lines (oneDNN notice, CUDA probing on a CPU-only machine) go
+    # straight to file descriptor 2 and ignore TF_CPP_MIN_LOG_LEVEL in recent releases.
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+@functools.cache
+def start_tensorflow():
+    """Import TensorFlow and Keras (TensorFlow backend) with op determinism on; idempotent."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _stderr_silenced():
+        import keras
+        import tensorflow as tf
+
+        tf.constant(0.0)  # the device probe runs on first use: keep it inside the silence
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()!r}; this harness "
+                           "needs 'tensorflow'")
+    tf.config.experimental.enable_op_determinism()
+    return tf

@@ -1,0 +1,78 @@
+"""Command line: ``python -m study run CONFIG [--set KEY=VALUE ...]`` and ``show CONFIG``.
+
+The config is validated before TensorFlow or MLflow is imported, so a bad value costs a
+fraction of a second and prints one line (exit 2), and no MLflow run is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from study.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m study", description="Train identical Keras models under each "
+        "classification loss from good and bad starts, and log every curve to MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in [("run", "train every arm of a study and log it to MLflow"),
+                       ("show", "print the expanded grid of arms without training")]:
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("config", help="a study YAML file, e.g. configs/default.yaml")
+        command.add_argument("--set", dest="overrides", action="append", default=[],
+                             metavar="KEY=VALUE",
+                             help="override a config key (dotted, YAML value), e.g. "
+                                  "--set epochs=2 --set model.hidden=[30]; repeatable")
+    run = commands.choices["run"]
+    run.add_argument("--tracking-uri", default=None,
+                     help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    run.add_argument("--force", action="store_true",
+                     help="train every arm again, even those FINISHED in the store")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from study.config import load_config
+    from study.data import DATASETS
+    from study.grid import expand_grid
+
+    try:
+        config = load_config(args.config, args.overrides)
+        arms = expand_grid(config)
+        if args.command == "show":
+            _show(config, arms)
+            return 0
+        DATASETS[config.dataset].check_available()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return _run(config, args)
+
+
+def _show(config, arms) -> None:
+    print(f"study {config.name!r}: {len(arms)} arms on {config.dataset}, "
+          f"{config.epochs} epochs at batch size {config.batch_size}")
+    print(f"{'loss':<12} {'init':<16} {'severity':>8} {'seed':>5} {'lr':>8}  key")
+    for arm in arms:
+        print(f"{arm.loss:<12} {arm.init:<16} {arm.severity:>8g} {arm.seed:>5} {arm.lr:>8g}"
+              f"  {arm.key}")
+
+
+def _run(config, args) -> int:
+    from study.run import run_study
+
+    result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force)
+    trained, skipped = len(result.results), len(result.skipped)
+    print(f"study {config.name!r}: trained {trained} arms"
+          + (f", skipped {skipped} already finished (use --force to retrain)" if skipped else "")
+          + (f"; {len(result.diverged)} diverged" if result.diverged else ""))
+    print(f"MLflow store: {result.tracking_uri}")
+    print(f"experiment {config.name!r} (id {result.experiment_id}), parent run "
+          f"{result.parent_run_id}")
+    print(f"browse it: make ui, then open http://127.0.0.1:5000/#/experiments/"
+          f"{result.experiment_id}")
+    return 0

@@ -1,0 +1,176 @@
+"""Load a study config (YAML), apply ``--set`` overrides, validate it and freeze it.
+
+Nothing here imports TensorFlow: a bad config must fail in well under a second, with one
+line that names the key and what is valid, before any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from study.data import DATASETS
+from study.errors import ConfigError, check_name
+from study.inits import INITS
+from study.losses import LOSSES
+
+
+class _Frozen(BaseModel):
+    # extra="forbid": a typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ModelConfig(_Frozen):
+    hidden: tuple[PositiveInt, ...] = (30,)
+    activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
+
+
+class OptimizerConfig(_Frozen):
+    # A list of learning rates makes lr a grid axis: the nuisance hyperparameter that the
+    # analysis tunes per loss on the control init.
+    lr: tuple[Annotated[float, Field(gt=0)], ...]
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) else value
+
+
+class StudyConfig(_Frozen):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[\w.\-]+$")]
+    dataset: str = "digits"
+    data_seed: int = 0
+    model: ModelConfig = ModelConfig()
+    losses: tuple[str, ...]
+    # scheme name -> severities; a scheme without a severity (glorot) takes [] or null.
+    inits: dict[str, tuple[float, ...]]
+    seeds: tuple[int, ...]
+    optimizer: OptimizerConfig
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    target: Annotated[float, Field(gt=0, le=1)]
+    trainer: Literal["reference"] = "reference"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return check_name("dataset", value, DATASETS)
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must list at least one loss")
+        for name in value:
+            check_name("loss", name, LOSSES)
+        return _unique("losses", value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("must list at least one seed")
+        return _unique("seeds", value)
+
+    @field_validator("inits", mode="before")
+    @classmethod
+    def _null_severities(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ([] if v is None else v) for k, v in value.items()}
+        return value
+
+    @field_validator("inits")
+    @classmethod
+    def _known_inits(cls, value: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+        if not value:
+            raise ValueError("must name at least one init scheme")
+        for name, severities in value.items():
+            INITS[check_name("init scheme", name, INITS)].check_severities(severities)
+            _unique(f"inits.{name}", severities)
+        return value
+
+
+def _unique(key: str, values: tuple) -> tuple:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} has duplicates: {list(values)}")
+    return values
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    """Read ``path``, apply ``KEY=VALUE`` overrides (dotted keys, YAML values), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def validate(raw: dict, source: str = "config") -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_first_error(err)}") from None
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {item!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a mapping")
+    node[leaf] = value
+
+
+def _first_error(err: ValidationError) -> str:
+    """One line for the first problem: the dotted key, then what is wrong or valid."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key" + _valid_keys_hint(err, first["loc"])
+    elif first["type"] == "literal_error":
+        message = message.replace("Input should be", "must be one of:")
+    return f"{key}: {message}"
+
+
+def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:
+    model: type[BaseModel] = StudyConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return f"; valid keys: {', '.join(model.model_fields)}"
+
+
+def config_hash(config: StudyConfig) -> str:
+    """A stable short hash of the validated config: same settings, same hash."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,156 @@
+"""Datasets: a registry of loaders, each giving fixed train/val/test splits scaled to [0, 1].
+
+The split depends only on the dataset and ``data_seed``, never on the arm, so every arm of a
+study sees the same examples. The test split is returned for completeness and is never used
+for training, early stopping or selection: the yardsticks use the validation split.
+Nothing is downloaded: ``digits`` ships with scikit-learn, ``mnist1d`` is generated locally,
+and ``mnist``/``fashion_mnist`` read the files Keras keeps in its cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from study.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray  # integer class labels
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    load: Callable[[int], Splits]  # data_seed -> splits
+    summary: str
+    required_files: Callable[[], list[Path]] = lambda: []
+
+    def check_available(self) -> None:
+        missing = [p for p in self.required_files() if not p.is_file()]
+        if missing:
+            raise ConfigError(
+                f"dataset {self.name!r} needs {', '.join(map(str, missing))}: this machine has no "
+                f"network, so copy the standard Keras file(s) there (KERAS_HOME moves the cache)"
+            )
+
+
+def keras_datasets_dir() -> Path:
+    """Where keras.utils.get_file caches datasets: $KERAS_HOME/datasets, else ~/.keras/datasets."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "datasets"
+
+
+def _stratified_splits(x, y, data_seed: int, val: float, test: float) -> tuple:
+    from sklearn.model_selection import train_test_split
+
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test, stratify=y, random_state=data_seed)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=val / (1 - test), stratify=y_rest, random_state=data_seed)
+    return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+def _splits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes: int) -> Splits:
+    as_x = lambda a: np.ascontiguousarray(a, dtype="float32").reshape(len(a), -1)  # noqa: E731
+    as_y = lambda a: np.asarray(a, dtype="int64")  # noqa: E731
+    return Splits(as_x(x_train), as_y(y_train), as_x(x_val), as_y(y_val),
+                  as_x(x_test), as_y(y_test), n_classes)
+
+
+def load_digits(data_seed: int) -> Splits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.data / 16.0  # pixel intensities are 0..16
+    return _splits(*_stratified_splits(x, bunch.target, data_seed, val=0.2, test=0.2), 10)
+
+
+def load_mnist1d(data_seed: int) -> Splits:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = data_seed
+    data = make_dataset(args)  # generated in memory, nothing downloaded
+    x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    x_test, y_test = np.asarray(data["x_test"]), np.asarray(data["y_test"])
+    x_train, x_val, y_train, y_val = _holdout(x, y, len(x) // 5, data_seed)
+    # Min-max from the training split only, so val and test leak nothing into the scaling.
+    low, high = x_train.min(), x_train.max()
+    scale = lambda a: np.clip((a - low) / (high - low), 0.0, 1.0)  # noqa: E731
+    return _splits(scale(x_train), y_train, scale(x_val), y_val, scale(x_test), y_test, 10)
+
+
+def _holdout(x, y, n_val: int, data_seed: int) -> tuple:
+    order = np.random.default_rng(data_seed).permutation(len(x))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], x[val], y[train], y[val]
+
+
+def _mnist_npz() -> list[Path]:
+    return [keras_datasets_dir() / "mnist.npz"]
+
+
+def load_mnist(data_seed: int) -> Splits:
+    # keras.datasets.mnist.load_data reads this same file, but checks its hash and would try
+    # to download on any mismatch; np.load reads it the same way without the network.
+    with np.load(_mnist_npz()[0], allow_pickle=False) as f:
+        x, y, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    return _image_splits(x, y, x_test, y_test, data_seed)
+
+
+FASHION_FILES = ["train-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"]
+
+
+def _fashion_files() -> list[Path]:
+    return [keras_datasets_dir() / "fashion-mnist" / name for name in FASHION_FILES]
+
+
+def load_fashion_mnist(data_seed: int) -> Splits:
+    import keras
+
+    # The files are in the cache (checked before), and this loader checks no hash.
+    (x, y), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    return _image_splits(x, y, x_test, y_test, data_seed)
+
+
+def _image_splits(x, y, x_test, y_test, data_seed: int) -> Splits:
+    """Pixels to [0, 1]; a sixth of the training images (10,000 of 60,000) held out for val."""
+    x_train, x_val, y_train, y_val = _holdout(x, y, len(x) // 6, data_seed)
+    return _splits(x_train / 255.0, y_train, x_val / 255.0, y_val, x_test / 255.0, y_test,
+                   int(max(y.max(), y_test.max())) + 1)
+
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in [
+        Dataset("digits", load_digits, "scikit-learn's 1,797 8x8 digits (embedded, the default)"),
+        Dataset("mnist1d", load_mnist1d, "MNIST-1D: 5,000 40-point 1D digits, generated locally"),
+        Dataset("mnist", load_mnist, "MNIST 28x28, from mnist.npz in the Keras cache",
+                _mnist_npz),
+        Dataset("fashion_mnist", load_fashion_mnist,
+                "Fashion-MNIST 28x28, from the Keras cache's fashion-mnist/ files", _fashion_files),
+    ]
+}
+
+
+def load_dataset(name: str, data_seed: int) -> Splits:
+    dataset = DATASETS[name]
+    dataset.check_available()
+    return dataset.load(data_seed)

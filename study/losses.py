@@ -1,0 +1,73 @@
+"""Loss specs: each loss name maps to (Keras loss, output activation, label encoding).
+
+Adding a loss to the study is one entry in ``LOSSES``. Keras is imported only when a loss is
+built, so the registry can validate configs without starting TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    output: Literal["sigmoid", "softmax"]
+    labels: Literal["onehot", "integer"]
+    make: Callable[[], object]  # -> a fresh keras.losses.Loss
+    summary: str
+
+    def encode(self, y: np.ndarray, n_classes: int) -> np.ndarray:
+        """Targets as this loss expects them, from integer class labels."""
+        if self.labels == "integer":
+            return y.astype("int32")
+        return np.eye(n_classes, dtype="float32")[y]
+
+
+def quadratic_cost(y_true, y_pred):
+    """Nielsen's quadratic cost per example: 1/2 * sum over outputs of (a - y)^2."""
+    from keras import ops
+
+    return 0.5 * ops.sum(ops.square(y_pred - y_true), axis=-1)
+
+
+def _keras(class_name: str) -> Callable[[], object]:
+    def make():
+        import keras
+
+        return getattr(keras.losses, class_name)()
+
+    return make
+
+
+def _quadratic():
+    import keras
+
+    class QuadraticCost(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return quadratic_cost(y_true, y_pred)
+
+    return QuadraticCost(name="quadratic")
+
+
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in [
+        LossSpec("bce", "sigmoid", "onehot", _keras("BinaryCrossentropy"),
+                 "binary cross-entropy on C independent sigmoid outputs, mean over the C outputs"),
+        LossSpec("cce", "softmax", "onehot", _keras("CategoricalCrossentropy"),
+                 "categorical cross-entropy on a softmax, one-hot targets (summed over classes)"),
+        LossSpec("scce", "softmax", "integer", _keras("SparseCategoricalCrossentropy"),
+                 "the same maths as cce with integer targets: its curves must match cce's"),
+        LossSpec("mse", "sigmoid", "onehot", _keras("MeanSquaredError"),
+                 "mean squared error on sigmoid outputs: the seeds' slow-learning case"),
+        LossSpec("mse_softmax", "softmax", "onehot", _keras("MeanSquaredError"),
+                 "mean squared error on softmax outputs (the Brier score up to a factor C)"),
+        LossSpec("quadratic", "sigmoid", "onehot", _quadratic,
+                 "Nielsen's cost 1/2 * sum (a - y)^2 on sigmoid outputs, for the textbook runs"),
+    ]
+}

@@ -1,0 +1,69 @@
+"""Run a study: config -> grid of arms -> data -> trainer -> tracking. ``run_study`` is pure
+orchestration: it owns no maths and writes to MLflow only through ``StudyTracker``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from study.config import StudyConfig, config_hash
+from study.data import DATASETS, load_dataset
+from study.grid import Arm, expand_grid
+from study.models import layer_sizes
+from study.tracking import StudyTracker, arm_params
+from study.train.common import ArmResult
+
+
+@dataclass
+class StudyResult:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    run_ids: dict[str, str] = field(default_factory=dict)  # arm key -> child run id
+    results: dict[str, ArmResult] = field(default_factory=dict)  # arm key -> history
+    skipped: list[str] = field(default_factory=list)  # arm keys already FINISHED in the store
+
+    @property
+    def diverged(self) -> list[str]:
+        return [key for key, result in self.results.items() if result.diverged]
+
+
+def model_name(config: StudyConfig, n_features: int, n_classes: int) -> str:
+    sizes = layer_sizes(n_features, config.model.hidden, n_classes)
+    return "mlp-" + "-".join(map(str, sizes)) + "-" + config.model.activation
+
+
+def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
+              force: bool = False) -> StudyResult:
+    """Train every arm of ``config`` and log it to MLflow.
+
+    Arms already FINISHED in the store under the same config hash are skipped (a rerun
+    resumes an interrupted study) unless ``force``.
+    """
+    from tqdm.auto import tqdm
+
+    from study.train.reference import train_arms
+
+    DATASETS[config.dataset].check_available()  # before any run is created
+    splits = load_dataset(config.dataset, config.data_seed)
+    digest = config_hash(config)
+    tracker = StudyTracker(tracking_uri)
+    arms = expand_grid(config)
+    done = set() if force else tracker.finished_arms(config.name, digest)
+    todo: list[Arm] = [arm for arm in arms if arm.key not in done]
+    model = model_name(config, splits.n_features, splits.n_classes)
+
+    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    with tracker.study(config, config_yaml, digest, len(arms)) as parent_run_id:
+        result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
+                             skipped=[arm.key for arm in arms if arm.key in done])
+        bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress)
+        with bar:
+            for arm, arm_result in train_arms(todo, config, splits):
+                params = arm_params(arm, config, model)
+                result.run_ids[arm.key] = tracker.log_arm(arm, arm_result, params)
+                result.results[arm.key] = arm_result
+                bar.set_postfix_str(arm.key, refresh=False)
+                bar.update()
+    return result

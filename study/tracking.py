@@ -1,0 +1,151 @@
+"""Tracking: the one module that writes to MLflow.
+
+One parent run per invocation (the config, its hash, the git commit, package versions) and
+one nested child run per arm. A child run is created only once its arm has finished, and all
+its params, tags and metrics go in ``log_batch`` calls, so an interrupted study leaves no
+half-written arm behind: every child run in the store is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from study.config import StudyConfig
+from study.grid import Arm
+from study.train.common import ArmResult
+
+PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "scikit-learn", "mnist1d", "pandas")
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set, else the SQLite file mlflow.db in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    # A SQLite store keeps artifacts beside its file, so the store moves as one folder.
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    return (db_path.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def arm_params(arm: Arm, config: StudyConfig, model: str) -> dict[str, str]:
+    return {"loss": arm.loss, "init": arm.init, "severity": f"{arm.severity:g}",
+            "seed": str(arm.seed), "lr": f"{arm.lr:g}", "dataset": config.dataset,
+            "model": model, "batch_size": str(config.batch_size), "epochs": str(config.epochs),
+            "momentum": f"{config.optimizer.momentum:g}", "trainer": config.trainer}
+
+
+class StudyTracker:
+    def __init__(self, tracking_uri: str | None = None):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.config_hash: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name, _artifact_location(self.uri, name))
+
+    def finished_arms(self, experiment: str, config_hash: str) -> set[str]:
+        """Keys of the arms already FINISHED in this experiment under this config hash."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return set()
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`study.config_hash` = '{config_hash}' "
+                          "and attributes.status = 'FINISHED'",
+            max_results=50000)
+        return {run.data.tags["study.arm"] for run in runs if "study.arm" in run.data.tags}
+
+    @contextlib.contextmanager
+    def study(self, config: StudyConfig, config_yaml: str, config_hash: str,
+              n_arms: int) -> Iterator[str]:
+        """The parent run, open while the study trains; FAILED or KILLED if it is cut short."""
+        from mlflow.entities import Param, RunTag
+
+        self.experiment_id = self._experiment(config.name)
+        self.config_hash = config_hash
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            tags={"study.role": "parent", "study.config_hash": config_hash,
+                  "mlflow.source.git.commit": git_commit()})
+        self.parent_run_id = run.info.run_id
+        versions = package_versions()
+        self.client.log_batch(
+            self.parent_run_id,
+            params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
+                    Param("dataset", config.dataset), Param("trainer", config.trainer)],
+            tags=[RunTag(f"version.{name}", v) for name, v in versions.items()])
+        self.client.log_text(self.parent_run_id, config_yaml, "config.yaml")
+        self.client.log_dict(self.parent_run_id, versions, "environment.json")
+        status = "FAILED"
+        try:
+            yield self.parent_run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.client.set_terminated(self.parent_run_id, status)
+
+    def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
+        """One complete child run for a finished arm; returns its run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=arm.key,
+            tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
+                  "study.config_hash": self.config_hash,
+                  "study.diverged": str(result.diverged).lower()})
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, value, now, step)
+                   for name, points in result.history.items() for step, value in points]
+        tags = []
+        if result.diverged:
+            tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
+        params = [Param(k, v) for k, v in params.items()]
+        self.client.log_batch(run_id, params=params, tags=tags)
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id

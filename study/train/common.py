@@ -1,0 +1,72 @@
+"""What every trainer shares: the evaluation schedule, the minibatch order, the result type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METRICS = ("train_loss", "train_accuracy", "val_accuracy", "val_nll", "val_brier", "grad_norm")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Steps at which an arm is evaluated: 0, the log-spaced early steps 1, 2, 4, 8, ... (bad
+    starts differ most in the first updates) and every epoch end."""
+
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        early = {2**k for k in range(self.total_steps.bit_length()) if 2**k <= self.total_steps}
+        epoch_ends = {e * self.steps_per_epoch for e in range(1, self.epochs + 1)}
+        return tuple(sorted({0} | early | epoch_ends))
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    # The last partial batch is dropped (each epoch's permutation differs, so every example
+    # is still seen) so that all steps have the same batch size in every trainer.
+    if n_train < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {n_train} training examples")
+    return n_train // batch_size
+
+
+def batch_order(seed: int, n_train: int, batch_size: int, epochs: int) -> np.ndarray:
+    """Example indices for every step, shape [epochs, steps_per_epoch, batch_size].
+
+    Drawn from the arm's seed alone: every arm of one seed sees the same minibatches
+    (common random numbers), whatever its loss, init or learning rate.
+    """
+    rng = np.random.default_rng([seed, 3])
+    spe = steps_per_epoch(n_train, batch_size)
+    return np.stack([rng.permutation(n_train)[: spe * batch_size].reshape(spe, batch_size)
+                     for _ in range(epochs)])
+
+
+@dataclass
+class ArmResult:
+    """An arm's logged history: metric name -> list of (step, value)."""
+
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    diverged_at: int | None = None  # the first evaluated step with a non-finite loss
+    wall_seconds: float = 0.0
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+    def record(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.history.setdefault(name, []).append((step, float(value)))
+
+    def series(self, name: str) -> np.ndarray:
+        """Values of one metric, in step order."""
+        return np.array([v for _, v in self.history[name]])
+
+    def steps(self, name: str = "train_loss") -> list[int]:
+        return [s for s, _ in self.history[name]]

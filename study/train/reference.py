@@ -1,0 +1,123 @@
+"""The reference trainer: one Keras model per arm, trained with plain ``Model.fit`` and SGD.
+
+It is the ground truth that faster trainers are checked against, so it does nothing clever:
+``fit`` one epoch at a time on that epoch's minibatch order, with a callback that evaluates
+the arm at the scheduled steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from study.backend import start_tensorflow
+from study.config import StudyConfig
+from study.data import Splits
+from study.grid import Arm
+from study.inits import initial_weights
+from study.losses import LOSSES
+from study.models import build_mlp, layer_sizes
+from study.train.common import ArmResult, Schedule, batch_order, steps_per_epoch
+from study.yardsticks import accuracy, yardsticks
+
+
+class _Evaluator:
+    """Evaluates one arm on the full training set (its own loss, accuracy, gradient norm)
+    and on the validation set (the yardsticks)."""
+
+    def __init__(self, model, loss_fn, splits: Splits, y_train_encoded):
+        import tensorflow as tf
+
+        self.model, self.loss_fn, self.splits = model, loss_fn, splits
+        self.x_train = tf.constant(splits.x_train)
+        self.y_train = tf.constant(y_train_encoded)
+        self.x_val = tf.constant(splits.x_val)
+
+    def __call__(self, step: int) -> dict[str, float]:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            outputs = self.model(self.x_train, training=False)
+            loss = self.loss_fn(self.y_train, outputs)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        val_outputs = self.model(self.x_val, training=False).numpy()
+        return {
+            "train_loss": float(loss),
+            "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
+            **yardsticks(val_outputs, self.splits.y_val, "val"),
+            "grad_norm": float(tf.linalg.global_norm(grads)),
+        }
+
+
+def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult, first_step: int):
+    import keras
+
+    due = set(schedule.steps)
+
+    class EvaluateOnSchedule(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = first_step
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if self.step in due:
+                record(self.step, evaluate(self.step), result)
+                if result.diverged:
+                    self.model.stop_training = True
+
+    return EvaluateOnSchedule()
+
+
+def record(step: int, values: dict[str, float], result: ArmResult) -> None:
+    result.record(step, values)
+    if not math.isfinite(values["train_loss"]) and result.diverged_at is None:
+        result.diverged_at = step
+
+
+def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
+    import keras
+
+    started = time.perf_counter()
+    spec = LOSSES[arm.loss]
+    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+    model = build_mlp(sizes, config.model.activation, spec.output)
+    model.set_weights(initial_weights(arm.init, arm.severity, arm.seed, sizes))
+    loss_fn = spec.make()
+    optimizer = keras.optimizers.SGD(learning_rate=arm.lr, momentum=config.optimizer.momentum)
+    model.compile(optimizer=optimizer, loss=loss_fn)
+
+    y_train = spec.encode(splits.y_train, splits.n_classes)
+    n_train, batch = len(splits.x_train), config.batch_size
+    schedule = Schedule(steps_per_epoch(n_train, batch), config.epochs)
+    order = batch_order(arm.seed, n_train, batch, config.epochs)
+
+    evaluate = _Evaluator(model, loss_fn, splits, y_train)
+    result = ArmResult()
+    record(0, evaluate(0), result)
+    for epoch in range(config.epochs):
+        if result.diverged:
+            break
+        idx = order[epoch].reshape(-1)
+        callback = _make_callback(evaluate, schedule, result, epoch * schedule.steps_per_epoch)
+        model.fit(splits.x_train[idx], y_train[idx], batch_size=batch, epochs=1,
+                  shuffle=False, verbose=0, callbacks=[callback])
+    result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits):
+    """Yield (arm, result) for each arm in turn."""
+    start_tensorflow()
+    for arm in arms:
+        keras_clear_session()
+        yield arm, train_arm(arm, config, splits)
+
+
+def keras_clear_session() -> None:
+    # Hundreds of models in one process would otherwise pile up in Keras' global state.
+    import keras
+
+    keras.backend.clear_session()
+
+
