@@ -31,7 +31,7 @@ show: $(INSTALLED) ## print the grid of arms of CONFIG without training
 smoke: ## run configs/smoke.yaml (under a minute)
 	$(MAKE) run-study CONFIG=configs/smoke.yaml
 
-ui: $(INSTALLED) ## browse the MLflow store at http://127.0.0.1:$(PORT)
+ui: $(INSTALLED) ## browse the MLflow store in a browser (http://127.0.0.1:5000, PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
 
 lint: $(INSTALLED) ## ruff

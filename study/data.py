@@ -9,6 +9,7 @@ and ``mnist``/``fashion_mnist`` read the files Keras keeps in its cache.
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,11 +124,18 @@ def _fashion_files() -> list[Path]:
 
 
 def load_fashion_mnist(data_seed: int) -> Splits:
-    import keras
+    # The same reading as keras.datasets.fashion_mnist.load_data, done here because Keras
+    # fixes its cache folder when it is imported and would try to download a missing file.
+    labels, images, test_labels, test_images = (_read_idx(p) for p in _fashion_files())
+    return _image_splits(images.reshape(len(labels), 28, 28), labels,
+                         test_images.reshape(len(test_labels), 28, 28), test_labels, data_seed)
 
-    # The files are in the cache (checked before), and this loader checks no hash.
-    (x, y), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
-    return _image_splits(x, y, x_test, y_test, data_seed)
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file: 8 header bytes for labels, 16 for images, then unsigned bytes."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    return np.frombuffer(data, np.uint8, offset=8 if "labels" in path.name else 16)
 
 
 def _image_splits(x, y, x_test, y_test, data_seed: int) -> Splits:

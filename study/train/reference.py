@@ -75,19 +75,24 @@ def record(step: int, values: dict[str, float], result: ArmResult) -> None:
         result.diverged_at = step
 
 
-def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
-    import keras
-
-    started = time.perf_counter()
+def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
+    """The arm's Keras model at its starting weights, and its Keras loss."""
     spec = LOSSES[arm.loss]
     sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
     model = build_mlp(sizes, config.model.activation, spec.output)
     model.set_weights(initial_weights(arm.init, arm.severity, arm.seed, sizes))
-    loss_fn = spec.make()
-    optimizer = keras.optimizers.SGD(learning_rate=arm.lr, momentum=config.optimizer.momentum)
-    model.compile(optimizer=optimizer, loss=loss_fn)
+    return model, spec.make()
 
-    y_train = spec.encode(splits.y_train, splits.n_classes)
+
+def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
+    import keras
+
+    started = time.perf_counter()
+    model, loss_fn = build_arm_model(arm, config, splits)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=arm.lr,
+                                                 momentum=config.optimizer.momentum),
+                  loss=loss_fn)
+    y_train = LOSSES[arm.loss].encode(splits.y_train, splits.n_classes)
     n_train, batch = len(splits.x_train), config.batch_size
     schedule = Schedule(steps_per_epoch(n_train, batch), config.epochs)
     order = batch_order(arm.seed, n_train, batch, config.epochs)

@@ -1,0 +1,161 @@
+"""Config validation and the CLI's handling of bad input: one line, exit 2, no MLflow run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from study.cli import main
+from study.config import config_hash, load_config
+from study.grid import expand_grid
+from tests.conftest import CONFIGS, ROOT
+
+GOOD = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert expand_grid(config)
+
+
+def _bad(tmp_path, change: dict | str):
+    if isinstance(change, str):
+        text = change
+    else:
+        raw = yaml.safe_load(yaml.safe_dump(GOOD))
+        for key, value in change.items():
+            *parents, leaf = key.split(".")
+            node = raw
+            for part in parents:
+                node = node[part]
+            if value is _DELETE:
+                del node[leaf]
+            else:
+                node[leaf] = value
+        text = yaml.safe_dump(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+_DELETE = object()
+
+BAD_CONFIGS = [
+    ({"optimiser": {"lr": 0.1}}, "optimiser: unknown key; valid keys: name, dataset"),
+    ({"model.hiden": [30]}, "model.hiden: unknown key; valid keys: hidden, activation"),
+    ({"losses": ["bce", "hinge"]}, "losses: unknown loss 'hinge'; valid: bce, cce, scce, mse, "
+                                   "mse_softmax, quadratic"),
+    ({"inits": {"glorot": [], "orthogonal": []}},
+     "inits: unknown init scheme 'orthogonal'; valid: glorot, scaled"),
+    ({"inits": {"scaled": [2, -1]}}, "severities must be > 0"),
+    ({"inits": {"glorot": [2]}}, "init scheme 'glorot' takes no severities (use [] or null)"),
+    ({"inits": {"saturated_wrong": []}}, "init scheme 'saturated_wrong' needs a list of "
+                                         "severities"),
+    ({"dataset": "cifar10"}, "dataset: unknown dataset 'cifar10'; valid: digits, mnist1d, "
+                             "mnist, fashion_mnist"),
+    ({"optimizer.lr": -0.1}, "optimizer.lr.0: Input should be greater than 0"),
+    ({"optimizer.momentum": 1.5}, "optimizer.momentum: Input should be less than 1"),
+    ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
+    ({"epochs": "many"}, "epochs: Input should be a valid integer"),
+    ({"target": 1.5}, "target: Input should be less than or equal to 1"),
+    ({"seeds": []}, "seeds: must list at least one seed"),
+    ({"seeds": [0, 0]}, "seeds: seeds has duplicates"),
+    ({"model.activation": "softplus"}, "model.activation: must be one of: 'sigmoid', 'tanh'"),
+    ({"losses": _DELETE}, "losses: Field required"),
+    ("name: [unclosed", "is not valid YAML"),
+    ("- just\n- a list\n", "must hold a mapping of config keys, got list"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS,
+                         ids=[m.split(":")[0][:30] for _, m in BAD_CONFIGS])
+def test_bad_config_exits_2_with_one_line_and_creates_no_run(tmp_path, capsys, change, message):
+    path = _bad(tmp_path, change)
+    code = main(["run", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "mlflow.db").exists()  # no store, so certainly no run
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["epochs"], "--set expects KEY=VALUE (e.g. epochs=2), got 'epochs'"),
+    (["epochs=0"], "epochs: Input should be greater than 0"),
+    (["model.depth=3"], "model.depth: unknown key"),
+    (["name.sub=1"], "--set name.sub: name is not a mapping"),
+])
+def test_bad_override_exits_2(tmp_path, capsys, overrides, message):
+    args = ["run", str(CONFIGS / "smoke.yaml")]
+    for item in overrides:
+        args += ["--set", item]
+    assert main(args + ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_missing_config_file(capsys):
+    assert main(["show", "configs/nope.yaml"]) == 2
+    assert "config file not found: configs/nope.yaml" in capsys.readouterr().err
+
+
+def test_missing_mnist_file_exits_2_naming_where_to_put_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "dataset=mnist",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"dataset 'mnist' needs {tmp_path / 'keras' / 'datasets' / 'mnist.npz'}" in err
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_bad_config_fails_before_tensorflow_is_imported(tmp_path):
+    path = _bad(tmp_path, {"losses": ["hinge"]})
+    script = textwrap.dedent(f"""
+        import sys
+        from study.cli import main
+        code = main(["run", {str(path)!r}])
+        assert "tensorflow" not in sys.modules and "mlflow" not in sys.modules
+        sys.exit(code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and "unknown loss 'hinge'" in done.stderr
+
+
+def test_overrides_use_dotted_keys_and_yaml_values():
+    config = load_config(CONFIGS / "smoke.yaml",
+                         ["epochs=2", "model.hidden=[20, 10]", "optimizer.lr=[0.1, 1]"])
+    assert config.epochs == 2
+    assert config.model.hidden == (20, 10)
+    assert config.optimizer.lr == (0.1, 1.0)
+
+
+def test_config_is_frozen(smoke_config):
+    with pytest.raises(Exception, match="frozen"):
+        smoke_config.epochs = 3
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = load_config(CONFIGS / "smoke.yaml")
+    assert config_hash(a) == config_hash(load_config(CONFIGS / "smoke.yaml"))
+    assert config_hash(a) != config_hash(load_config(CONFIGS / "smoke.yaml", ["epochs=2"]))
+
+
+def test_grid_is_the_full_product_and_show_prints_it(capsys):
+    config = load_config(CONFIGS / "smoke.yaml", ["seeds=[0, 1]", "optimizer.lr=[0.1, 0.5]"])
+    arms = expand_grid(config)
+    # 4 losses x (glorot + saturated_wrong:4) x 2 seeds x 2 lrs
+    assert len(arms) == 4 * 2 * 2 * 2 == len({arm.key for arm in arms})
+    assert {arm.severity for arm in arms if arm.init == "glorot"} == {0.0}
+    assert main(["show", str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1]",
+                 "--set", "optimizer.lr=[0.1, 0.5]"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study 'smoke': 32 arms on digits")
+    assert "bce|saturated_wrong:4|seed=1|lr=0.5" in out

@@ -1,0 +1,111 @@
+"""End to end: configs/smoke.yaml through the CLI into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from study.cli import main
+from study.config import config_hash, load_config
+from tests.conftest import CONFIGS, tracking_uri
+
+SMOKE = str(CONFIGS / "smoke.yaml")
+METRICS = {"train_loss", "train_accuracy", "val_accuracy", "val_nll", "val_brier", "grad_norm"}
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _children(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if "study.arm" in r.data.tags]
+
+
+def _histories(client, run):
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
+                                                                             name))
+            for name in METRICS}
+
+
+@pytest.fixture(scope="module")
+def smoke_store(tmp_path_factory):
+    uri = tracking_uri(tmp_path_factory.mktemp("store"))
+    assert main(["run", SMOKE, "--tracking-uri", uri, "--quiet"]) == 0
+    return uri
+
+
+def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
+    client = _client(smoke_store)
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("study.role") == "parent"]
+    children = _children(client, "smoke")
+    assert len(parents) == 1 and len(children) == 8
+    parent = parents[0]
+    digest = config_hash(load_config(SMOKE))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["study.config_hash"] == digest == parent.data.params["config_hash"]
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert parent.data.tags["version.tensorflow"].startswith("2.")
+    artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"config.yaml", "environment.json"}
+    stored = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "config.yaml")))
+    assert stored["losses"] == ["bce", "cce", "scce", "mse"]
+    versions = json.load(open(client.download_artifacts(parent.info.run_id,
+                                                        "environment.json")))
+    assert "keras" in versions
+
+    keys = set()
+    for run in children:
+        tags, params = run.data.tags, run.data.params
+        assert run.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["study.diverged"] == "false"
+        keys.add(tags["study.arm"])
+        assert tags["mlflow.runName"] == tags["study.arm"]
+        assert params["dataset"] == "digits" and params["model"] == "mlp-64-30-10-sigmoid"
+        assert params["batch_size"] == "10" and params["epochs"] == "1"
+        assert params["lr"] == "0.5" and params["seed"] == "0"
+        assert params["init"] in {"glorot", "saturated_wrong"}
+        histories = _histories(client, run)
+        for name, points in histories.items():
+            # step 0, the log-spaced 1..64 and the epoch end at 107 updates
+            assert [s for s, _ in points] == [0, 1, 2, 4, 8, 16, 32, 64, 107], name
+    assert keys == {f"{loss}|{init}|seed=0|lr=0.5" for loss in ["bce", "cce", "scce", "mse"]
+                    for init in ["glorot:0", "saturated_wrong:4"]}
+
+
+def test_rerun_skips_finished_arms(smoke_store, capsys):
+    assert main(["run", SMOKE, "--tracking-uri", smoke_store, "--quiet"]) == 0
+    assert "trained 0 arms, skipped 8 already finished" in capsys.readouterr().out
+    assert len(_children(_client(smoke_store), "smoke")) == 8
+
+
+def test_same_config_same_curves_in_another_store(smoke_store, tmp_path):
+    other = tracking_uri(tmp_path)
+    assert main(["run", SMOKE, "--set", "losses=[mse]", "--tracking-uri", other,
+                 "--quiet"]) == 0
+    first = {r.data.tags["study.arm"]: r for r in _children(_client(smoke_store), "smoke")}
+    for run in _children(_client(other), "smoke"):
+        key = run.data.tags["study.arm"]
+        assert _histories(_client(other), run) == _histories(_client(smoke_store), first[key])
+
+
+def test_a_diverged_arm_is_tagged_and_the_study_goes_on(tmp_path):
+    uri = tracking_uri(tmp_path)
+    args = ["run", SMOKE, "--set", "name=diverge", "--set", "model.activation=relu",
+            "--set", "losses=[cce]", "--set", "inits={glorot: []}",
+            "--set", "optimizer.lr=[0.5, 1.0e+30]", "--tracking-uri", uri, "--quiet"]
+    assert main(args) == 0
+    client = _client(uri)
+    runs = {r.data.params["lr"]: r for r in _children(client, "diverge")}
+    assert runs["1e+30"].data.tags["study.diverged"] == "true"
+    assert runs["1e+30"].data.tags["study.diverged_at_step"] == "1"
+    assert runs["0.5"].data.tags["study.diverged"] == "false"
+    assert len(client.get_metric_history(runs["0.5"].info.run_id, "val_accuracy")) == 9
