@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from study.data import DATASETS
 from study.errors import ConfigError, check_name
@@ -51,8 +58,9 @@ class StudyConfig(_Frozen):
     data_seed: int = 0
     model: ModelConfig = ModelConfig()
     losses: tuple[str, ...]
-    # scheme name -> severities; a scheme without a severity (glorot) takes [] or null.
-    inits: dict[str, tuple[float, ...]]
+    # scheme name -> severities; a scheme without a severity (glorot) takes [] or null;
+    # ``fixed`` takes a mapping severity label -> the weights [kernel, bias, ...].
+    inits: dict[str, tuple[float, ...] | dict[float, tuple[Any, ...]]]
     seeds: tuple[int, ...]
     optimizer: OptimizerConfig
     batch_size: PositiveInt
@@ -90,13 +98,23 @@ class StudyConfig(_Frozen):
 
     @field_validator("inits")
     @classmethod
-    def _known_inits(cls, value: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    def _known_inits(cls, value: dict) -> dict:
         if not value:
             raise ValueError("must name at least one init scheme")
         for name, severities in value.items():
             INITS[check_name("init scheme", name, INITS)].check_severities(severities)
-            _unique(f"inits.{name}", severities)
+            if not isinstance(severities, dict):
+                _unique(f"inits.{name}", severities)
         return value
+
+    @model_validator(mode="after")
+    def _losses_fit_the_dataset(self) -> StudyConfig:
+        if self.dataset == "neuron":  # one sigmoid output with target 0: no softmax, no labels
+            bad = [n for n in self.losses if LOSSES[n].output != "sigmoid"]
+            if bad:
+                raise ValueError(f"dataset 'neuron' has one output with target 0; losses "
+                                 f"{bad} need a softmax over classes (use bce, mse, quadratic)")
+        return self
 
 
 def _unique(key: str, values: tuple) -> tuple:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,9 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    # Explicit target rows for datasets whose targets are not one class per example (the
+    # single neuron's target 0); None means: encode the labels as each loss expects.
+    t_train: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -145,6 +148,13 @@ def _image_splits(x, y, x_test, y_test, data_seed: int) -> Splits:
                    int(max(y.max(), y_test.max())) + 1)
 
 
+def load_neuron(data_seed: int) -> Splits:
+    """Nielsen's single neuron: one example, input x = 1, one output with target y = 0.
+    There is nothing to hold out, so val and test are that same example."""
+    x, y = np.ones((1, 1)), np.zeros(1)
+    return replace(_splits(x, y, x, y, x, y, n_classes=1), t_train=np.zeros((1, 1), "float32"))
+
+
 DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in [
@@ -154,6 +164,7 @@ DATASETS: dict[str, Dataset] = {
                 _mnist_npz),
         Dataset("fashion_mnist", load_fashion_mnist,
                 "Fashion-MNIST 28x28, from the Keras cache's fashion-mnist/ files", _fashion_files),
+        Dataset("neuron", load_neuron, "Nielsen's single neuron: input 1, target 0 (ch. 3)"),
     ]
 }
 

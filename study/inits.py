@@ -8,7 +8,7 @@ Weights come as the flat list Keras' ``Model.set_weights`` takes: [W1, b1, W2, b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +24,14 @@ class InitScheme:
     make: Callable[[Sequence[int], int, float], Weights]  # (layer sizes, seed, severity)
     severity_meaning: str | None  # None: the scheme takes no severity
     summary: str
+    given: bool = False  # the config gives the weights: a mapping severity -> weights
 
-    def check_severities(self, severities: Sequence[float]) -> None:
+    def check_severities(self, severities: Sequence[float] | Mapping) -> None:
+        if self.given != isinstance(severities, Mapping):
+            raise ConfigError(
+                f"init scheme {self.name!r} needs a mapping: severity (a label, e.g. the "
+                f"start's output) -> [kernel, bias, ...]" if self.given else
+                f"init scheme {self.name!r} takes a list of severities, not a mapping")
         if self.severity_meaning is None and len(severities):
             raise ConfigError(f"init scheme {self.name!r} takes no severities (use [] or null)")
         if self.severity_meaning is not None:
@@ -37,7 +43,7 @@ class InitScheme:
                 raise ConfigError(f"init scheme {self.name!r}: severities must be > 0 "
                                   f"({self.severity_meaning}), got {bad}")
 
-    def severities(self, configured: Sequence[float]) -> tuple[float, ...]:
+    def severities(self, configured: Sequence[float] | Mapping) -> tuple[float, ...]:
         """The severities to run: a scheme without one runs once, logged as severity 0."""
         return tuple(configured) if self.severity_meaning else (0.0,)
 
@@ -78,6 +84,17 @@ def large_normal(sizes: Sequence[int], seed: int, severity: float = 0.0) -> Weig
     return _float32(weights)
 
 
+def fixed(sizes: Sequence[int], seed: int, severity: float,
+          given: Mapping[float, Sequence] | None = None) -> Weights:
+    """Weights given in the config, e.g. Nielsen's neuron: (w, b) = (0.6, 0.9) or (2, 2)."""
+    weights = _float32(given[severity])
+    expected = [s for a, b in zip(sizes[:-1], sizes[1:], strict=True) for s in [(a, b), (b,)]]
+    if [w.shape for w in weights] != expected:
+        raise ConfigError(f"inits.fixed.{severity:g}: weights have shapes "
+                          f"{[w.shape for w in weights]}, the model needs {expected}")
+    return weights
+
+
 def _float32(weights: Weights) -> Weights:
     return [np.asarray(w, dtype="float32") for w in weights]
 
@@ -95,9 +112,15 @@ INITS: dict[str, InitScheme] = {
                    "wrong class"),
         InitScheme("large_normal", large_normal, None,
                    "every weight and bias N(0, 1), Nielsen's large_weight_initializer"),
+        InitScheme("fixed", fixed, "a label for each given start, e.g. its initial output",
+                   "weights given in the config: [kernel, bias, ...] per start", given=True),
     ]
 }
 
 
-def initial_weights(init: str, severity: float, seed: int, sizes: Sequence[int]) -> Weights:
+def initial_weights(init: str, severity: float, seed: int, sizes: Sequence[int],
+                    given: Mapping | None = None) -> Weights:
+    """The starting weights of an arm; ``given`` is the config's mapping for ``fixed``."""
+    if INITS[init].given:
+        return fixed(sizes, seed, severity, given)
     return INITS[init].make(sizes, seed, severity)

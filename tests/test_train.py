@@ -91,3 +91,20 @@ def test_divergence_stops_the_arm(tf, one_epoch, digits):
     assert result.diverged and result.diverged_at == 1
     assert result.steps() == [0, 1]  # evaluated at the step it diverged, then stopped
     assert not np.isfinite(result.series("train_loss")[-1])
+
+
+def test_two_epochs_follow_numpy_sgd_across_the_epoch_boundary(tf, smoke_config, digits):
+    """Every logged step of two epochs, so epoch 2 must train on its own permutation."""
+    config = shrink(smoke_config, epochs=2)
+    arm = Arm("glorot", 0.0, 5, 0.5, "cce")
+    result = train_arm(arm, config, digits)
+    order = batch_order(arm.seed, len(digits.y_train), config.batch_size, 2).reshape(-1, 10)
+    x, y = digits.x_train.astype("float64"), digits.y_train
+    weights0 = initial_weights("glorot", 0.0, arm.seed, [64, 30, 10])
+    trajectory = [[w.astype("float64") for w in weights0], *sgd(weights0, order, x, y, "cce",
+                                                                  arm.lr)]
+    steps = result.steps()
+    assert steps[-3:] == [107, 128, 214]
+    for step, value in result.history["train_loss"]:
+        assert value == pytest.approx(loss_and_grads(trajectory[step], x, y, "cce")[0],
+                                      rel=1e-4), step

@@ -41,15 +41,21 @@ class _Evaluator:
             loss = self.loss_fn(self.y_train, outputs)
         grads = tape.gradient(loss, self.model.trainable_variables)
         val_outputs = self.model(self.x_val, training=False).numpy()
-        return {
+        values = {
             "train_loss": float(loss),
             "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
             **yardsticks(val_outputs, self.splits.y_val, "val"),
             "grad_norm": float(tf.linalg.global_norm(grads)),
         }
+        if self.model.count_params() == 2:  # a single neuron: log all of it, as Nielsen does
+            kernel, bias = self.model.trainable_variables
+            values.update(output=float(outputs[0, 0]), weight=float(kernel[0, 0]),
+                          bias=float(bias[0]), grad_w=float(grads[0][0, 0]),
+                          grad_b=float(grads[1][0]))
+        return values
 
 
-def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult, first_step: int):
+def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
     import keras
 
     due = set(schedule.steps)
@@ -57,7 +63,7 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult, 
     class EvaluateOnSchedule(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.step = first_step
+            self.step = 0
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
@@ -71,8 +77,14 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult, 
 
 def record(step: int, values: dict[str, float], result: ArmResult) -> None:
     result.record(step, values)
-    if not math.isfinite(values["train_loss"]) and result.diverged_at is None:
+    if not math.isfinite(values["train_loss"]) and not result.diverged:
         result.diverged_at = step
+
+
+def training_targets(spec, splits: Splits):
+    """The dataset's own target rows if it has them, else the labels encoded for the loss."""
+    return splits.t_train if splits.t_train is not None else spec.encode(splits.y_train,
+                                                                          splits.n_classes)
 
 
 def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
@@ -80,7 +92,8 @@ def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
     spec = LOSSES[arm.loss]
     sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
     model = build_mlp(sizes, config.model.activation, spec.output)
-    model.set_weights(initial_weights(arm.init, arm.severity, arm.seed, sizes))
+    model.set_weights(initial_weights(arm.init, arm.severity, arm.seed, sizes,
+                                      given=config.inits.get(arm.init)))
     return model, spec.make()
 
 
@@ -92,7 +105,7 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=arm.lr,
                                                  momentum=config.optimizer.momentum),
                   loss=loss_fn)
-    y_train = LOSSES[arm.loss].encode(splits.y_train, splits.n_classes)
+    y_train = training_targets(LOSSES[arm.loss], splits)
     n_train, batch = len(splits.x_train), config.batch_size
     schedule = Schedule(steps_per_epoch(n_train, batch), config.epochs)
     order = batch_order(arm.seed, n_train, batch, config.epochs)
@@ -100,15 +113,22 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     evaluate = _Evaluator(model, loss_fn, splits, y_train)
     result = ArmResult()
     record(0, evaluate(0), result)
-    for epoch in range(config.epochs):
-        if result.diverged:
-            break
-        idx = order[epoch].reshape(-1)
-        callback = _make_callback(evaluate, schedule, result, epoch * schedule.steps_per_epoch)
-        model.fit(splits.x_train[idx], y_train[idx], batch_size=batch, epochs=1,
-                  shuffle=False, verbose=0, callbacks=[callback])
+    # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
+    # one iterator across epochs, so epoch e trains on exactly order[e].
+    if not result.diverged:
+        batches = _minibatches(splits.x_train, y_train, order)
+        model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
+                  shuffle=False, verbose=0, callbacks=[_make_callback(evaluate, schedule, result)])
     result.wall_seconds = time.perf_counter() - started
     return result
+
+
+def _minibatches(x, y, order):
+    import tensorflow as tf
+
+    x, y = tf.constant(x), tf.constant(y)
+    indices = tf.data.Dataset.from_tensor_slices(order.reshape(-1, order.shape[-1]))
+    return indices.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
 
 
 def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits):

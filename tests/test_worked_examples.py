@@ -1,0 +1,53 @@
+"""The seeds' worked examples (seeds 000 and 003), through the project's yardstick and loss
+code: cross-entropy in three log bases, the softmax, and the registered losses in nats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from study.losses import LOSSES
+from study.yardsticks import cross_entropy, softmax
+
+P = np.array([1.0, 0.0, 0.0])
+Q1 = np.array([0.5, 0.2, 0.3])
+Q2 = np.array([0.8, 0.1, 0.1])
+
+
+def test_cross_entropy_in_base_10_and_nats():
+    assert cross_entropy(P, Q1, base=10) == pytest.approx(0.301, abs=5e-4)
+    assert cross_entropy(P, Q2, base=10) == pytest.approx(0.097, abs=5e-4)
+    batch = cross_entropy(np.stack([P, P]), np.stack([Q1, Q2]), base=10)
+    assert batch.mean() == pytest.approx(0.199, abs=5e-4)
+    assert cross_entropy(P, Q1) == pytest.approx(0.693, abs=5e-4)
+    assert cross_entropy(P, Q2) == pytest.approx(0.223, abs=5e-4)
+
+
+def test_dog_cat_horse_leopard_in_bits():
+    p = np.array([0.0, 0.0, 1.0, 0.0])
+    q = np.array([0.1, 0.05, 0.775, 0.075])
+    assert cross_entropy(p, q, base=2) == pytest.approx(0.3677, abs=5e-5)
+
+
+def test_softmax_of_the_logits_gives_q1_q2_and_ignores_the_row_max():
+    logits = np.array([[-0.693, -1.609, -1.204], [-0.223, -2.303, -2.303]])
+    q = softmax(logits)
+    np.testing.assert_allclose(q, np.stack([Q1, Q2]), atol=1e-3)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(softmax(shifted), q, rtol=1e-12)
+    np.testing.assert_allclose(softmax(logits + 1000.0), q, rtol=1e-9)  # no overflow
+
+
+def test_registered_losses_equal_the_formulas_in_nats(tf):
+    q = np.stack([Q1, Q2]).astype("float32")
+    labels = np.array([0, 0])
+    ce = cross_entropy(np.stack([P, P]), q).mean()  # (0.693 + 0.223) / 2
+    for name in ("cce", "scce"):
+        spec = LOSSES[name]
+        assert float(spec.make()(spec.encode(labels, 3), q)) == pytest.approx(ce, rel=1e-6)
+    # bce treats each output as its own Bernoulli: the mean of H((y, 1-y), (a, 1-a)) over them
+    onehot = np.stack([P, P])
+    per_output = cross_entropy(np.stack([onehot, 1 - onehot], axis=-1),
+                               np.stack([q, 1 - q], axis=-1))
+    bce = LOSSES["bce"]
+    assert float(bce.make()(onehot, q)) == pytest.approx(per_output.mean(), rel=1e-6)
