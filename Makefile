@@ -8,7 +8,8 @@ PORT       ?= 5000
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run-study show smoke ui test lint clean
+EXPERIMENT ?=
+.PHONY: help install run-study show smoke report ui test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +31,9 @@ show: $(INSTALLED) ## print the grid of arms of CONFIG without training
 
 smoke: ## run configs/smoke.yaml (under a minute)
 	$(MAKE) run-study CONFIG=configs/smoke.yaml
+
+report: $(INSTALLED) ## render reports/<experiment>/ from the store (EXPERIMENT=name for one)
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(PYTHON) -m study report $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 ui: $(INSTALLED) ## browse the MLflow store in a browser (http://127.0.0.1:5000, PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)

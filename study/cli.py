@@ -25,6 +25,17 @@ def _parser() -> argparse.ArgumentParser:
                              metavar="KEY=VALUE",
                              help="override a config key (dotted, YAML value), e.g. "
                                   "--set epochs=2 --set model.hidden=[30]; repeatable")
+    report = commands.add_parser(
+        "report", help="render the report notebooks of the studies in the MLflow store",
+        description="Execute the report notebooks against the MLflow store and write "
+        "reports/<experiment>/ (HTML, summary.csv, figures); also logs them on the "
+        "study's latest parent run.")
+    report.add_argument("--experiment", default=None,
+                        help="one study (default: every study in the store)")
+    report.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///mlflow.db)")
+    report.add_argument("--out", default="reports", help="output folder (default: reports)")
     run = commands.choices["run"]
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
@@ -36,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
     from study.config import load_config
     from study.data import DATASETS
     from study.grid import expand_grid
@@ -75,4 +88,21 @@ def _run(config, args) -> int:
           f"{result.parent_run_id}")
     print(f"browse it: make ui, then open http://127.0.0.1:5000/#/experiments/"
           f"{result.experiment_id}")
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from study.report import build_reports
+    from study.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    try:
+        paths = build_reports(uri, args.experiment, Path(args.out))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
     return 0

@@ -25,6 +25,7 @@ class InitScheme:
     severity_meaning: str | None  # None: the scheme takes no severity
     summary: str
     given: bool = False  # the config gives the weights: a mapping severity -> weights
+    symbol: str = ""  # the severity's letter in reports: "scaled k=4"
 
     def check_severities(self, severities: Sequence[float] | Mapping) -> None:
         if self.given != isinstance(severities, Mapping):
@@ -105,15 +106,16 @@ INITS: dict[str, InitScheme] = {
         InitScheme("glorot", glorot, None,
                    "the control: Keras' default Glorot-uniform weights and zero biases"),
         InitScheme("scaled", scaled, "k, the factor on the control's weights; 1 is the control",
-                   "the control's weights times k: large k saturates the sigmoids"),
+                   "the control's weights times k: large k saturates the sigmoids", symbol="k"),
         InitScheme("saturated_wrong", saturated_wrong,
                    "m, the output pre-activation: +m on one wrong class, -m on the rest",
                    "hidden layers as the control; every input starts confidently on one "
-                   "wrong class"),
+                   "wrong class", symbol="m"),
         InitScheme("large_normal", large_normal, None,
                    "every weight and bias N(0, 1), Nielsen's large_weight_initializer"),
         InitScheme("fixed", fixed, "a label for each given start, e.g. its initial output",
-                   "weights given in the config: [kernel, bias, ...] per start", given=True),
+                   "weights given in the config: [kernel, bias, ...] per start", given=True,
+                   symbol="start"),
     ]
 }
 

@@ -7,9 +7,11 @@ scripts save it. Every figure colours a loss the same way (``LOSS_STYLE``).
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import Study
+from study.analysis import Study, kaplan_meier, performance_profile, start_name
+from study.analysis.convergence import median_ci
 
 # One colour per loss across every figure; scce repeats cce's maths, so it shares cce's
 # colour with a dashed line (where it hides cce, the two agree, as they must).
@@ -21,6 +23,7 @@ LOSS_STYLE = {
     "mse_softmax": {"color": "#ff7f0e", "linestyle": "-"},
     "quadratic": {"color": "#9467bd", "linestyle": "-"},
 }
+LOSS_MARKER = {"scce": "D"}  # in point plots, where a dash cannot tell scce from cce
 LOSS_LABEL = {"bce": "bce (cross-entropy)", "quadratic": "quadratic ½(a-y)²"}
 
 
@@ -86,3 +89,200 @@ def neuron_gradients(study: Study) -> Figure:
     ax.legend(fontsize=8)
     _style(ax)
     return figure
+
+
+# ---- convergence report ---------------------------------------------------------------------
+
+
+def _starts(frame: pd.DataFrame) -> list[tuple[str, float]]:
+    """(init, severity) pairs, the control first, then by scheme and severity."""
+    pairs = frame[["init", "severity"]].drop_duplicates().itertuples(index=False)
+    return sorted(map(tuple, pairs), key=lambda p: (p[0] != "glorot", p[0], p[1]))
+
+
+def _panel_grid(n: int, ncols: int = 4, **kwargs) -> tuple[Figure, list]:
+    ncols = min(n, ncols)
+    nrows = -(-n // ncols)
+    figure, axes = _figure(ncols, nrows, width=4.2, height=3.4, **kwargs)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return figure, flat[:n]
+
+
+def _legend(figure: Figure, axes: list) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", frameon=False)
+
+
+def _median_band(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per step: median over seeds and its bootstrap 95% CI."""
+    rows = [(step, *median_ci(group["value"].dropna()))
+            for step, group in curves.groupby("step") if group["value"].notna().any()]
+    return pd.DataFrame(rows, columns=["step", "median", "low", "high"])
+
+
+def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accuracy",
+                    view: str = "") -> Figure:
+    """One panel per start; per loss the median over seeds with a bootstrap 95% CI band."""
+    history = study.metric(metric).merge(arms[["run_id"]], on="run_id")
+    starts = _starts(history)
+    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
+    for ax, (init, severity) in zip(axes, starts, strict=True):
+        start = history[(history["init"] == init) & (history["severity"] == severity)]
+        for loss, curves in start.groupby("loss"):
+            band = _median_band(curves)
+            ax.plot(band["step"], band["median"], label=loss, lw=1.8, **LOSS_STYLE[loss])
+            ax.fill_between(band["step"], band["low"], band["high"], alpha=0.15,
+                            color=LOSS_STYLE[loss]["color"], lw=0)
+        if metric == "val_accuracy" and np.isfinite(study.target):
+            ax.axhline(study.target, color="black", lw=0.8, ls=":")
+        ax.set_title(start_name(init, severity))
+        ax.set_xscale("symlog", linthresh=1)  # step 0 stays on a log-like axis
+        ax.set_xlabel("step (optimizer updates)")
+        _style(ax)
+    for ax in axes[:: min(len(axes), 4)]:
+        ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+    _legend(figure, axes)
+    figure.suptitle(f"{_METRIC_LABEL.get(metric, metric)} by start: median over seeds, "
+                    f"95% CI band{f' ({view})' if view else ''}")
+    return figure
+
+
+_METRIC_LABEL = {"val_accuracy": "validation accuracy", "val_nll": "validation NLL (nats)",
+                 "val_brier": "validation Brier score", "grad_norm": "gradient norm ||∇L||",
+                 "train_loss": "training loss (own loss)"}
+
+
+def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
+    """Median steps-to-target per start and loss with CI bars; censored cells (some seed
+    never reached the target) drawn hollow, at or above the budget line."""
+    starts = _starts(summary)
+    position = {start: i for i, start in enumerate(starts)}
+    figure, axes = _figure(width=max(6.5, 1.3 * len(starts)), height=4.5)
+    ax = axes[0, 0]
+    offsets = np.linspace(-0.2, 0.2, summary["loss"].nunique())
+    for offset, (loss, cells) in zip(offsets, summary.groupby("loss"), strict=True):
+        style = LOSS_STYLE[loss]
+        for init, scheme in cells.groupby("init"):  # join the severities of one scheme
+            scheme = scheme.sort_values("severity")
+            x = [position[(init, s)] + offset for s in scheme["severity"]]
+            ax.plot(x, scheme["median_steps"], color=style["color"], lw=1, alpha=0.6,
+                    linestyle=style["linestyle"])
+        for cell in cells.itertuples():
+            x = position[(cell.init, cell.severity)] + offset
+            censored = cell.reached < cell.seeds
+            ax.errorbar(x, cell.median_steps,
+                        yerr=[[max(cell.median_steps - cell.steps_ci_low, 0)],
+                              [max(cell.steps_ci_high - cell.median_steps, 0)]],
+                        color=style["color"], capsize=3, lw=1)
+            ax.plot(x, cell.median_steps, marker="^" if censored else LOSS_MARKER.get(loss, "o"),
+                    ms=8,
+                    mfc="white" if censored else style["color"], mec=style["color"],
+                    linestyle="none", label=loss if cell.Index == cells.index[0] else None)
+    ax.axhline(budget, color="black", lw=0.8, ls=":")
+    ax.text(len(starts) - 0.5, budget, " budget", va="bottom", ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(starts)), [start_name(*s) for s in starts], rotation=20,
+                  ha="right")
+    ax.set_ylabel("steps to target (median over seeds)")
+    ax.set_title("Steps to target by start (hollow ▲: censored, a lower bound)")
+    ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return figure
+
+
+def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = None) -> Figure:
+    """The early phase: gradient norm against step, median over seeds, per start."""
+    history = study.metric("grad_norm").merge(arms[["run_id"]], on="run_id")
+    if max_step is None:  # the first two epochs: steps up to the second epoch end
+        epoch_ends = sorted(history["step"].unique())
+        max_step = epoch_ends[min(len(epoch_ends) - 1, _first_epoch_index(epoch_ends) + 1)]
+    history = history[history["step"] <= max_step]
+    starts = _starts(history)
+    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
+    for ax, (init, severity) in zip(axes, starts, strict=True):
+        start = history[(history["init"] == init) & (history["severity"] == severity)]
+        for loss, curves in start.groupby("loss"):
+            med = curves.groupby("step")["value"].median()
+            ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **LOSS_STYLE[loss])
+        ax.set_title(start_name(init, severity))
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        _style(ax)
+    axes[0].set_ylabel("||∇ own loss|| (median)")
+    _legend(figure, axes)
+    figure.suptitle("Early phase: how hard each loss pushes from each start")
+    return figure
+
+
+def _first_epoch_index(steps: list[int]) -> int:
+    # log-spaced steps are powers of two; the first step that is not one is an epoch end
+    for i, step in enumerate(steps):
+        if step > 0 and step & (step - 1):
+            return i
+    return len(steps) - 1
+
+
+def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
+    """Per start and loss, the Kaplan-Meier fraction of seeds that reached the target by each
+    step (1 - survival), with its 95% band; censored arms end their curve's support."""
+    starts = _starts(arms)
+    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
+    for ax, (init, severity) in zip(axes, starts, strict=True):
+        start = arms[(arms["init"] == init) & (arms["severity"] == severity)]
+        for loss, cell in start.groupby("loss"):
+            km = kaplan_meier(cell["time"], cell["reached"])
+            reached = 1 - km.survival_function_.iloc[:, 0]
+            ci = 1 - km.confidence_interval_
+            steps = np.append(reached.index.to_numpy(), budget)
+            ax.step(steps, np.append(reached.to_numpy(), reached.iloc[-1]), where="post",
+                    label=loss, lw=1.8, **LOSS_STYLE[loss])
+            ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", alpha=0.12,
+                            color=LOSS_STYLE[loss]["color"], lw=0)
+        ax.set_title(start_name(init, severity))
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("step")
+        _style(ax)
+    axes[0].set_ylabel("fraction of seeds at target")
+    _legend(figure, axes)
+    figure.suptitle("Kaplan-Meier time to target (censored at the budget)")
+    return figure
+
+
+def performance_profile_plot(profile: pd.DataFrame) -> Figure:
+    """Dolan-Moré profile: fraction of problems solved within tau x the fastest loss."""
+    figure, axes = _figure(width=6.5, height=4.2)
+    ax = axes[0, 0]
+    for loss in profile.columns:
+        ax.step(profile.index, profile[loss], where="post", lw=2, label=loss,
+                **LOSS_STYLE[loss])
+    if profile.empty:
+        ax.text(0.5, 0.5, "no loss reached the target on any problem", ha="center",
+                transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("τ (steps to target / the fastest loss's, on the same problem)")
+    ax.set_ylabel("fraction of problems")
+    ax.set_title("Performance profile over (start, seed) problems: higher and further left "
+                 "is better", fontsize=10)
+    if len(profile.columns):
+        ax.legend(frameon=False)
+    _style(ax)
+    return figure
+
+
+def report_figures(study: Study, arms: pd.DataFrame, summary: pd.DataFrame,
+                   view: str = "") -> dict[str, Figure]:
+    """Every figure of the convergence report, by file name, for one learning-rate view."""
+    budget = int(arms["budget"].max())
+    return {
+        "learning_curves_accuracy": learning_curves(study, arms, "val_accuracy", view),
+        "learning_curves_nll": learning_curves(study, arms, "val_nll", view),
+        "steps_to_target": severity_curve(summary, budget),
+        "kaplan_meier": kaplan_meier_curves(arms, budget),
+        "grad_norm_early": grad_norm_curves(study, arms),
+        "performance_profile": performance_profile_plot(performance_profile(arms)),
+    }

@@ -30,6 +30,13 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite path made absolute, so notebooks running elsewhere find the store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     # A SQLite store keeps artifacts beside its file, so the store moves as one folder.
     parsed = urlparse(uri)
@@ -72,7 +79,7 @@ class StudyTracker:
     def __init__(self, tracking_uri: str | None = None):
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri or default_tracking_uri()
+        self.uri = absolute_uri(tracking_uri or default_tracking_uri())
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -113,7 +120,8 @@ class StudyTracker:
         self.client.log_batch(
             self.parent_run_id,
             params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
-                    Param("dataset", config.dataset), Param("trainer", config.trainer)],
+                    Param("dataset", config.dataset), Param("trainer", config.trainer),
+                    Param("target", f"{config.target:g}")],
             tags=[RunTag(f"version.{name}", v) for name, v in versions.items()])
         self.client.log_text(self.parent_run_id, config_yaml, "config.yaml")
         self.client.log_dict(self.parent_run_id, versions, "environment.json")
@@ -126,6 +134,12 @@ class StudyTracker:
             raise
         finally:
             self.client.set_terminated(self.parent_run_id, status)
+
+    def log_report(self, parent_run_id: str, paths: list[Path]) -> None:
+        """The rendered report, its summary and figures, under ``report/`` on the parent."""
+        for path in paths:
+            sub = "report/figures" if path.suffix == ".png" else "report"
+            self.client.log_artifact(parent_run_id, str(path), sub)
 
     def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         """One complete child run for a finished arm; returns its run id."""

@@ -48,3 +48,13 @@ def shrink(config, **changes):
 
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory):
+    """configs/smoke.yaml trained once through the CLI into a temporary store."""
+    from study.cli import main
+
+    uri = tracking_uri(tmp_path_factory.mktemp("store"))
+    assert main(["run", str(CONFIGS / "smoke.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
+    return uri

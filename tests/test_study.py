@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
 from study.cli import main
@@ -31,13 +30,6 @@ def _histories(client, run):
     return {name: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
                                                                              name))
             for name in METRICS}
-
-
-@pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory):
-    uri = tracking_uri(tmp_path_factory.mktemp("store"))
-    assert main(["run", SMOKE, "--tracking-uri", uri, "--quiet"]) == 0
-    return uri
 
 
 def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):

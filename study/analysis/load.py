@@ -1,4 +1,4 @@
-"""Analysis: read a study back from MLflow into tidy pandas, the only place that reads it.
+"""Read a study back from MLflow into tidy pandas: the only code that reads the store.
 
 A report is rebuilt from the store alone: nothing here looks at configs or training code.
 """
@@ -22,6 +22,7 @@ class Study:
     experiment: str
     parent_run_id: str
     config_hash: str
+    target: float  # the val_accuracy threshold for steps-to-target
     arms: pd.DataFrame  # ARM_COLUMNS plus the other params
     history: pd.DataFrame  # ARM_COLUMNS[:7] + step, metric, value
 
@@ -83,7 +84,8 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
         newest.setdefault(run.data.tags["study.arm"], run)
     arms = _arms_table(list(newest.values()))
     history = _histories(client, tracking_uri, arms)
-    return Study(experiment, parent.info.run_id, digest, arms, history)
+    target = float(parent.data.params.get("target", "nan"))
+    return Study(experiment, parent.info.run_id, digest, target, arms, history)
 
 
 def _arms_table(runs) -> pd.DataFrame:

@@ -1,0 +1,21 @@
+"""Analysis: read studies from MLflow (``load``) and measure convergence (``convergence``)."""
+
+from study.analysis.convergence import (
+    arm_metrics,
+    describe_view,
+    headline,
+    kaplan_meier,
+    pairwise_tests,
+    performance_profile,
+    report_table,
+    select_lr,
+    start_name,
+    summarize,
+)
+from study.analysis.load import Study, experiments, load_study, neuron_table
+
+__all__ = [
+    "Study", "arm_metrics", "describe_view", "experiments", "headline", "kaplan_meier",
+    "load_study", "neuron_table", "pairwise_tests", "performance_profile", "report_table",
+    "select_lr", "start_name", "summarize",
+]

@@ -1,0 +1,308 @@
+"""Convergence: how fast each arm reaches the target, and what the seeds say with uncertainty.
+
+Per arm: steps-to-target (censored when the budget ends first), the area under the
+validation error curve, final and best yardsticks, the gradient norm at step 0.
+Per cell (loss, init, severity): medians with bootstrap CIs over seeds, Kaplan-Meier
+time-to-target, the slowdown against the control init, pairwise loss tests with Holm
+correction, and performance profiles. A diverged arm never reaches the target: it counts as
+censored at the full budget (DeepOBS counts misses as the full budget too), and its error
+after divergence counts as 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from study.analysis.load import Study
+
+CELL = ["loss", "init", "severity"]
+CONTROL = "glorot"
+CONFIDENCE = 0.95
+
+
+# ---- per arm ------------------------------------------------------------------------------
+
+
+def arm_metrics(study: Study) -> pd.DataFrame:
+    """One row per arm: the arm's keys and its convergence measures."""
+    budget = int(study.history["step"].max())
+    rows = []
+    for run_id, history in study.history.groupby("run_id"):
+        wide = history.pivot(index="step", columns="metric", values="value")
+        rows.append({"run_id": run_id, **_convergence(wide, study.target, budget)})
+    measures = pd.DataFrame(rows)
+    return study.arms[["run_id", "arm", "loss", "init", "severity", "seed", "lr",
+                       "diverged"]].merge(measures, on="run_id")
+
+
+def _convergence(wide: pd.DataFrame, target: float, budget: int) -> dict:
+    accuracy = wide["val_accuracy"]
+    reached_at = accuracy.index[accuracy.to_numpy() >= target]
+    reached = len(reached_at) > 0
+    steps = wide.index.to_numpy()
+    error = (1.0 - accuracy).fillna(1.0).to_numpy()
+    if steps[-1] < budget:  # diverged: the worst error for the rest of the budget
+        steps, error = np.append(steps, budget), np.append(error, 1.0)
+    return {
+        "reached": reached,
+        "steps_to_target": float(reached_at[0]) if reached else np.nan,
+        # for survival analysis: the event time, or the censoring time (the whole budget)
+        "time": float(reached_at[0]) if reached else float(budget),
+        "budget": budget,
+        "auc_val_error": float(np.trapezoid(error, steps) / budget) if budget else np.nan,
+        "final_val_accuracy": accuracy.iloc[-1],
+        "best_val_accuracy": accuracy.max(),
+        "final_val_nll": wide["val_nll"].iloc[-1],
+        "best_val_nll": wide["val_nll"].min(),
+        "final_val_brier": wide["val_brier"].iloc[-1],
+        "grad_norm_0": wide["grad_norm"].iloc[0],
+    }
+
+
+# ---- learning-rate views ------------------------------------------------------------------
+
+
+def best_lrs(arms: pd.DataFrame) -> pd.Series:
+    """Each loss's best learning rate on the control init, by median final val_nll (a
+    diverged arm's NaN counts as worst)."""
+    control = _control_rows(arms)
+    nll = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
+    medians = nll.groupby(["loss", "lr"])["final_val_nll"].median()
+    return medians.groupby("loss").idxmin().map(lambda pair: pair[1]).rename("lr")
+
+
+def shared_lr(arms: pd.DataFrame) -> float:
+    """The one learning rate that keeps every loss closest to its own best: the lr with the
+    smallest median (over losses) ratio of val_nll to that loss's best val_nll."""
+    control = _control_rows(arms)
+    nll = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
+    medians = nll.groupby(["loss", "lr"])["final_val_nll"].median().unstack("lr")
+    ratio = medians.div(medians.min(axis=1), axis=0)
+    return float(ratio.median(axis=0).idxmin())
+
+
+def _control_rows(arms: pd.DataFrame) -> pd.DataFrame:
+    control = arms[arms["init"] == CONTROL]
+    return control if len(control) else arms  # without a control, tune on everything
+
+
+def select_lr(arms: pd.DataFrame, view: str) -> pd.DataFrame:
+    """The arms of one view: ``own`` (each loss at its own best lr) or ``shared``."""
+    if view == "own":
+        chosen = best_lrs(arms)
+        return arms[arms["lr"] == arms["loss"].map(chosen)].reset_index(drop=True)
+    if view == "shared":
+        return arms[arms["lr"] == shared_lr(arms)].reset_index(drop=True)
+    raise ValueError(f"unknown lr view {view!r}; valid: own, shared")
+
+
+def describe_view(arms: pd.DataFrame, view: str) -> str:
+    if arms["lr"].nunique() == 1:
+        return f"every loss at the one learning rate of the study, {arms['lr'].iloc[0]:g}"
+    if view == "shared":
+        return f"every loss at the shared learning rate {shared_lr(arms):g}"
+    chosen = best_lrs(arms)
+    return "each loss at its own best learning rate on the control init (" + ", ".join(
+        f"{loss} {lr:g}" for loss, lr in chosen.items()) + ")"
+
+
+# ---- per cell -----------------------------------------------------------------------------
+
+
+def median_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Median with a percentile-bootstrap CI over seeds (NaN bounds with fewer than 2)."""
+    values = np.asarray(values, dtype=float)
+    median = float(np.median(values))
+    if len(values) < 2:
+        return median, np.nan, np.nan
+    if np.all(values == values[0]):
+        return median, median, median
+    result = stats.bootstrap((values,), np.median, confidence_level=confidence,
+                             n_resamples=2000, method="percentile",
+                             rng=np.random.default_rng(0))
+    return median, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def kaplan_meier(times, reached):
+    """A fitted lifelines KaplanMeierFitter of time-to-target; censored arms count as such."""
+    from lifelines import KaplanMeierFitter
+
+    return KaplanMeierFitter().fit(np.asarray(times, float), np.asarray(reached, bool))
+
+
+def summarize(arms: pd.DataFrame) -> pd.DataFrame:
+    """One row per (loss, init, severity): counts, medians with CIs, KM median, slowdown."""
+    rows = []
+    for (loss, init, severity), cell in arms.groupby(CELL):
+        median, low, high = median_ci(cell["time"])
+        km_median = float(kaplan_meier(cell["time"], cell["reached"]).median_survival_time_)
+        final = median_ci(cell["final_val_accuracy"].fillna(0.0))
+        rows.append({
+            "loss": loss, "init": init, "severity": severity, "lr": _lrs(cell),
+            "seeds": len(cell), "reached": int(cell["reached"].sum()),
+            "diverged": int(cell["diverged"].sum()),
+            "median_steps": median, "steps_ci_low": low, "steps_ci_high": high,
+            "km_median_steps": km_median,
+            "median_auc_val_error": float(cell["auc_val_error"].median()),
+            "median_final_val_accuracy": final[0],
+            "final_val_accuracy_ci_low": final[1], "final_val_accuracy_ci_high": final[2],
+            "median_grad_norm_0": float(cell["grad_norm_0"].median()),
+        })
+    summary = pd.DataFrame(rows)
+    slow = slowdowns(arms)
+    if len(slow):
+        summary = summary.merge(slow, on=CELL, how="left")
+    return summary
+
+
+def _lrs(cell: pd.DataFrame) -> str:
+    return ", ".join(f"{lr:g}" for lr in sorted(cell["lr"].unique()))
+
+
+def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Steps-to-target from each start over steps-to-target from the control, per loss:
+    the ratio of medians, with a paired bootstrap CI over seeds (a seed shares its control
+    weights and minibatch order across inits). Censored times make it a lower bound."""
+    control = arms[arms["init"] == CONTROL].set_index(["loss", "seed"])["time"]
+    rows = []
+    for (loss, init, severity), cell in arms.groupby(CELL):
+        if init == CONTROL or loss not in control.index.get_level_values("loss"):
+            continue
+        paired = cell.set_index("seed")["time"].to_frame("bad").join(
+            control.loc[loss].rename("control"), how="inner")
+        bad, ctrl = paired["bad"].to_numpy(), np.maximum(paired["control"].to_numpy(), 1.0)
+        ratio = float(np.median(bad) / np.median(ctrl))
+        low = high = np.nan
+        if len(paired) >= 2 and not (np.all(bad == bad[0]) and np.all(ctrl == ctrl[0])):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+                ci = stats.bootstrap((bad, ctrl), lambda b, c, axis: np.median(b, axis=axis)
+                                     / np.median(c, axis=axis), paired=True, vectorized=True,
+                                     confidence_level=confidence, n_resamples=2000,
+                                     method="percentile", rng=np.random.default_rng(0))
+            low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+        elif len(paired) >= 2:
+            low = high = ratio
+        rows.append({"loss": loss, "init": init, "severity": severity, "slowdown": ratio,
+                     "slowdown_ci_low": low, "slowdown_ci_high": high,
+                     "slowdown_censored": bool((~cell["reached"]).any())})
+    return pd.DataFrame(rows, columns=CELL + ["slowdown", "slowdown_ci_low", "slowdown_ci_high",
+                                              "slowdown_censored"])
+
+
+def pairwise_tests(arms: pd.DataFrame) -> pd.DataFrame:
+    """Mann-Whitney U between every two losses' steps-to-target (censored at the budget)
+    within each (init, severity), Holm-corrected over all the tests of the study."""
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    for (init, severity), start in arms.groupby(["init", "severity"]):
+        times = {loss: cell["time"].to_numpy() for loss, cell in start.groupby("loss")}
+        for a, b in itertools.combinations(sorted(times), 2):
+            if np.array_equal(np.sort(times[a]), np.sort(times[b])):
+                p = 1.0  # identical samples: no evidence of a difference (scipy returns NaN
+            else:    # for some all-tied inputs)
+                p = float(stats.mannwhitneyu(times[a], times[b],
+                                             alternative="two-sided").pvalue)
+            rows.append({"init": init, "severity": severity, "loss_a": a, "loss_b": b,
+                         "median_a": float(np.median(times[a])),
+                         "median_b": float(np.median(times[b])), "p_value": p})
+    tests = pd.DataFrame(rows, columns=["init", "severity", "loss_a", "loss_b", "median_a",
+                                        "median_b", "p_value"])
+    if len(tests):
+        reject, holm, _, _ = multipletests(tests["p_value"], alpha=1 - CONFIDENCE,
+                                           method="holm")
+        tests["p_holm"], tests["significant"] = holm, reject
+    return tests
+
+
+def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
+    """For each loss, the fraction of problems (init, severity, seed) on which it reaches
+    the target within a factor tau of the fastest loss on that problem (Dolan-More)."""
+    problems = arms.pivot_table(index=["init", "severity", "seed"], columns="loss",
+                                values="steps_to_target", aggfunc="min", dropna=False)
+    best = problems.min(axis=1)
+    ratios = problems.div(best.replace(0, 1), axis=0).fillna(np.inf)  # misses never count
+    if taus is None:
+        finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
+        top = max(2.0, float(finite.max()) * 1.1) if finite.size else 2.0
+        taus = np.geomspace(1.0, top, 200)
+    return pd.DataFrame({loss: [(ratios[loss] <= tau).mean() for tau in taus]
+                         for loss in ratios.columns}, index=pd.Index(taus, name="tau"))
+
+
+# ---- the answer in words ------------------------------------------------------------------
+
+
+def start_name(init: str, severity: float) -> str:
+    """'saturated_wrong m=4', 'scaled k=4', 'glorot' (the letter from the init registry)."""
+    from study.inits import INITS
+
+    symbol = INITS[init].symbol if init in INITS else "severity"
+    return f"{init} {symbol}={severity:g}" if symbol else init
+
+
+def headline(summary: pd.DataFrame, target: float) -> list[str]:
+    """One sentence per bad start, from the numbers: each loss's slowdown against the control
+    with its CI, slowest first, and which loss reaches the target first from that start."""
+    lines = []
+    if "slowdown" not in summary or summary["slowdown"].isna().all():
+        return ["No control (glorot) arms in this study, so no slowdowns to report."]
+    for (init, severity), start in summary.dropna(subset=["slowdown"]).groupby(
+            ["init", "severity"]):
+        parts = []
+        for row in start.sort_values("slowdown", ascending=False).itertuples():
+            bound = "≥" if row.slowdown_censored else ""
+            ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f})"
+                  if np.isfinite(row.slowdown_ci_low) else "")
+            parts.append(f"{row.loss} {bound}{row.slowdown:.1f}x{ci}")
+        fastest = start.sort_values(["median_steps", "median_auc_val_error"]).iloc[0]
+        lines.append(
+            f"From {start_name(init, severity)}, reaching val_accuracy {target:g} takes "
+            f"{'; '.join(parts)} the steps it takes from glorot. Fastest from this start: "
+            f"{fastest['loss']} (median {fastest['median_steps']:,.0f} steps"
+            f"{', censored' if fastest['reached'] < fastest['seeds'] else ''}).")
+    return lines
+
+
+def report_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it: one row per (start, loss), CIs in brackets."""
+
+    def ci(value, low, high, fmt):
+        if not np.isfinite(value):
+            return "-"
+        text = format(value, fmt)
+        return text + (f" [{format(low, fmt)}, {format(high, fmt)}]" if np.isfinite(low) else "")
+
+    rows = []
+    for row in summary.itertuples():
+        slowdown = getattr(row, "slowdown", np.nan)
+        rows.append({
+            "start": start_name(row.init, row.severity), "loss": row.loss, "lr": row.lr,
+            "reached target": f"{row.reached}/{row.seeds}"
+                              + (f" ({row.diverged} diverged)" if row.diverged else ""),
+            "median steps [95% CI]": ("≥ " if row.reached < row.seeds else "")
+            + ci(row.median_steps, row.steps_ci_low, row.steps_ci_high, ",.0f"),
+            "KM median steps": "not reached" if np.isinf(row.km_median_steps)
+            else f"{row.km_median_steps:,.0f}",
+            "slowdown vs glorot [95% CI]": ("≥ " if getattr(row, "slowdown_censored", False)
+                                            is True else "")
+            + ci(slowdown, getattr(row, "slowdown_ci_low", np.nan),
+                 getattr(row, "slowdown_ci_high", np.nan), ".2f"),
+            "final val accuracy [95% CI]": ci(row.median_final_val_accuracy,
+                                              row.final_val_accuracy_ci_low,
+                                              row.final_val_accuracy_ci_high, ".3f"),
+            "mean val error (AUC)": f"{row.median_auc_val_error:.3f}",
+        })
+    table = pd.DataFrame(rows)
+    order = {start: i for i, start in enumerate(
+        dict.fromkeys(start_name(i, s) for i, s in sorted(
+            zip(summary["init"], summary["severity"], strict=True),
+            key=lambda p: (p[0] != CONTROL, p[0], p[1]))))}
+    return table.sort_values(["start", "loss"], key=lambda c: c.map(order) if c.name ==
+                             "start" else c).reset_index(drop=True)

@@ -1,0 +1,92 @@
+"""Reports: execute the report notebooks with papermill against the MLflow store, export
+self-contained HTML, write the summary table, and log figures and summary on the study's
+latest parent run. Everything is rebuilt from the store alone."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from study.analysis import (
+    arm_metrics,
+    experiments,
+    load_study,
+    neuron_table,
+    select_lr,
+    summarize,
+)
+from study.analysis.load import Study
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def notebook_for(study: Study) -> str:
+    """The single-neuron study gets the textbook figures; every other the convergence report."""
+    return "neuron.ipynb" if (study.history["metric"] == "output").any() else "report.ipynb"
+
+
+def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
+    """Write ``out_dir/<experiment>/`` (the notebook's HTML, summary.csv, figures/); returns
+    the HTML path."""
+    from study.tracking import StudyTracker
+
+    study = load_study(tracking_uri, experiment)
+    notebook = notebook_for(study)
+    final = out_dir / experiment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Built in a scratch folder and moved in place at the end: a failed notebook leaves the
+    # previous report as it was, not half of a new one.
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        folder = Path(scratch) / experiment
+        (folder / "figures").mkdir(parents=True)
+        _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
+                                               "experiment": experiment})
+        _write_tables_and_figures(study, notebook, folder)
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.move(folder, final)
+    StudyTracker(tracking_uri).log_report(study.parent_run_id, sorted(final.rglob("*.*")))
+    return final / notebook.replace(".ipynb", ".html")
+
+
+def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None:
+    from study import plots
+
+    if notebook == "neuron.ipynb":
+        neuron_table(study).to_csv(folder / "summary.csv")
+        figures = {"neuron_outputs": plots.neuron_outputs(study),
+                   "neuron_gradients": plots.neuron_gradients(study)}
+    else:
+        arms = select_lr(arm_metrics(study), "own")
+        summary = summarize(arms)
+        summary.to_csv(folder / "summary.csv", index=False)
+        figures = plots.report_figures(study, arms, summary)
+    for name, figure in figures.items():
+        figure.savefig(folder / "figures" / f"{name}.png", dpi=110)
+
+
+def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
+    import nbformat
+    import papermill
+    from nbconvert import HTMLExporter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        executed = Path(tmp) / notebook.name
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+                                   cwd=str(NOTEBOOKS), progress_bar=False,
+                                   kernel_name="python3")
+        exporter = HTMLExporter(template_name="lab", exclude_input=True,
+                                exclude_input_prompt=True, exclude_output_prompt=True)
+        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    (folder / notebook.with_suffix(".html").name).write_text(body)
+
+
+def build_reports(tracking_uri: str, experiment: str | None, out_dir: Path) -> list[Path]:
+    from study.tracking import absolute_uri
+
+    tracking_uri = absolute_uri(tracking_uri)
+    names = [experiment] if experiment else experiments(tracking_uri)
+    if not names:
+        raise ValueError(f"no studies in {tracking_uri}: run one first (make run-study)")
+    return [build_report(tracking_uri, name, out_dir) for name in names]

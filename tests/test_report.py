@@ -1,0 +1,62 @@
+"""The report, end to end: the main notebook executed by papermill on the smoke study's
+store, exported to HTML, with the summary table and every figure; logged on the parent."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from study.cli import main
+from study.report import build_reports
+
+
+@pytest.fixture(scope="module")
+def report(smoke_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    paths = build_reports(smoke_store, "smoke", out)
+    return smoke_store, out, paths
+
+
+def test_report_html_holds_the_answer_table_and_figures(report):
+    _, out, paths = report
+    assert paths == [out / "smoke" / "report.html"]
+    html = paths[0].read_text()
+    assert "The answer" in html
+    assert "From saturated_wrong m=4, reaching val_accuracy 0.5 takes" in html
+    assert "median steps [95% CI]" in html and "slowdown vs glorot [95% CI]" in html
+    assert html.count('src="data:image/png;base64') == 6  # figures embedded
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warnings
+
+
+def test_summary_covers_every_loss_and_start(report):
+    _, out, _ = report
+    summary = pd.read_csv(out / "smoke" / "summary.csv")
+    cells = set(zip(summary["loss"], summary["init"], summary["severity"], strict=True))
+    assert cells == {(loss, init, sev) for loss in ["bce", "cce", "scce", "mse"]
+                     for init, sev in [("glorot", 0.0), ("saturated_wrong", 4.0)]}
+    assert {"median_steps", "steps_ci_low", "steps_ci_high", "km_median_steps",
+            "slowdown"} <= set(summary.columns)
+    figures = sorted(p.name for p in (out / "smoke" / "figures").iterdir())
+    assert figures == sorted(f"{name}.png" for name in [
+        "learning_curves_accuracy", "learning_curves_nll", "steps_to_target", "kaplan_meier",
+        "grad_norm_early", "performance_profile"])
+
+
+def test_report_is_logged_on_the_parent_run(report):
+    from mlflow.tracking import MlflowClient
+
+    uri, _, _ = report
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string="tags.`study.role` = 'parent'")[0]
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/summary.csv", "report/figures"} <= logged
+
+
+def test_report_of_an_unknown_experiment_exits_2(smoke_store, tmp_path, capsys):
+    code = main(["report", "--experiment", "nope", "--tracking-uri", smoke_store,
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
