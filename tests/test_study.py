@@ -46,7 +46,7 @@ def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.tags["version.tensorflow"].startswith("2.")
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id)}
-    assert artifacts == {"config.yaml", "environment.json"}
+    assert {"config.yaml", "environment.json"} <= artifacts
     stored = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "config.yaml")))
     assert stored["losses"] == ["bce", "cce", "scce", "mse"]
     versions = json.load(open(client.download_artifacts(parent.info.run_id,
