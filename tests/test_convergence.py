@@ -104,9 +104,12 @@ def test_a_group_where_every_arm_is_censored():
     bad = summary.loc["saturated_wrong"]
     assert bad.reached == 0 and bad.median_steps == BUDGET and np.isinf(bad.km_median_steps)
     assert bad.slowdown == pytest.approx(BUDGET / 8) and bad.slowdown_censored
-    table = report_table(summarize(arm_metrics(study))).set_index("start")
-    assert table.loc["saturated_wrong m=4", "KM median steps"] == "not reached"
-    assert table.loc["saturated_wrong m=4", "median steps [95% CI]"].startswith("≥ 1,000")
+    table = report_table(summarize(arm_metrics(study)))
+    assert list(table.index) == [("glorot", "mse"), ("saturated_wrong m=4", "mse")]
+    row = table.loc[("saturated_wrong m=4", "mse")]
+    assert row["KM median steps"] == "not reached"
+    assert row["median steps [95% CI]"].startswith("≥ 1,000")
+    assert row["slowdown vs glorot [95% CI]"] == "≥ 125.00 [125.00, 125.00]"
 
 
 def test_kaplan_meier_median_with_a_censored_arm():
@@ -151,13 +154,18 @@ def test_identical_samples_are_not_different():
 
 
 def test_performance_profile_by_hand():
+    # two problems: (glorot, seed 0) and (scaled k=2, seed 1); mse never reaches the target
     study = make_study([{"loss": "bce", "init": "glorot", "seed": 0, "reach": 100},
                         {"loss": "cce", "init": "glorot", "seed": 0, "reach": 200},
-                        {"loss": "mse", "init": "glorot", "seed": 0, "reach": None}])
-    profile = performance_profile(arm_metrics(study), taus=[1.0, 1.5, 2.0, 10.0])
-    assert list(profile["bce"]) == [1, 1, 1, 1]
-    assert list(profile["cce"]) == [0, 0, 1, 1]
-    assert list(profile["mse"]) == [0, 0, 0, 0]
+                        {"loss": "mse", "init": "glorot", "seed": 0, "reach": None},
+                        {"loss": "bce", "init": "scaled", "severity": 2, "seed": 1, "reach": 30},
+                        {"loss": "cce", "init": "scaled", "severity": 2, "seed": 1, "reach": 10},
+                        {"loss": "mse", "init": "scaled", "severity": 2, "seed": 1,
+                         "reach": None}])
+    profile = performance_profile(arm_metrics(study), taus=[1.0, 1.5, 2.0, 3.0, 10.0])
+    assert list(profile["bce"]) == [0.5, 0.5, 0.5, 1, 1]  # best once; 3x cce's once
+    assert list(profile["cce"]) == [0.5, 0.5, 1, 1, 1]  # best once; 2x bce's once
+    assert list(profile["mse"]) == [0, 0, 0, 0, 0]
 
 
 def test_learning_rate_views():

@@ -224,8 +224,10 @@ def pairwise_tests(arms: pd.DataFrame) -> pd.DataFrame:
 def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
     """For each loss, the fraction of problems (init, severity, seed) on which it reaches
     the target within a factor tau of the fastest loss on that problem (Dolan-More)."""
-    problems = arms.pivot_table(index=["init", "severity", "seed"], columns="loss",
-                                values="steps_to_target", aggfunc="min", dropna=False)
+    # groupby, not pivot_table: only (init, severity, seed) problems that exist, but every
+    # loss as a column even where it never reached the target (all NaN)
+    problems = arms.groupby(["init", "severity", "seed", "loss"])["steps_to_target"].min(
+        ).unstack("loss")
     best = problems.min(axis=1)
     ratios = problems.div(best.replace(0, 1), axis=0).fillna(np.inf)  # misses never count
     if taus is None:
@@ -271,7 +273,7 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
 
 
 def report_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as people read it: one row per (start, loss), CIs in brackets."""
+    """The summary as people read it: indexed by (start, loss), CIs in brackets."""
 
     def ci(value, low, high, fmt):
         if not np.isfinite(value):
@@ -304,5 +306,6 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
         dict.fromkeys(start_name(i, s) for i, s in sorted(
             zip(summary["init"], summary["severity"], strict=True),
             key=lambda p: (p[0] != CONTROL, p[0], p[1]))))}
-    return table.sort_values(["start", "loss"], key=lambda c: c.map(order) if c.name ==
-                             "start" else c).reset_index(drop=True)
+    table = table.sort_values(["start", "loss"], key=lambda c: c.map(order) if c.name ==
+                              "start" else c)
+    return table.set_index(["start", "loss"])
