@@ -66,7 +66,11 @@ class StudyConfig(_Frozen):
     batch_size: PositiveInt
     epochs: PositiveInt
     target: Annotated[float, Field(gt=0, le=1)]
-    trainer: Literal["reference"] = "reference"
+    # batched: every arm of the study in one stacked TensorFlow computation (fast);
+    # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
+    trainer: Literal["batched", "reference"] = "batched"
+    # The batched trainer trains arms in chunks that fit this much memory.
+    memory_budget_mb: Annotated[int, Field(ge=64)] = 2048
 
     @field_validator("dataset")
     @classmethod

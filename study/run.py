@@ -43,7 +43,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     """
     from tqdm.auto import tqdm
 
-    from study.train.reference import train_arms
+    from study.train import trainer
 
     DATASETS[config.dataset].check_available()  # before any run is created
     splits = load_dataset(config.dataset, config.data_seed)
@@ -58,12 +58,11 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     with tracker.study(config, config_yaml, digest, len(arms)) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
-        bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress)
+        bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}]")
         with bar:
-            for arm, arm_result in train_arms(todo, config, splits):
+            for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
                 params = arm_params(arm, config, model)
                 result.run_ids[arm.key] = tracker.log_arm(arm, arm_result, params)
                 result.results[arm.key] = arm_result
-                bar.set_postfix_str(arm.key, refresh=False)
-                bar.update()
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 from study.backend import start_tensorflow
 from study.config import StudyConfig
@@ -131,12 +132,15 @@ def _minibatches(x, y, order):
     return indices.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
 
 
-def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits):
+def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
+               advance: Callable[[float], None] = lambda arms_done: None):
     """Yield (arm, result) for each arm in turn."""
     start_tensorflow()
     for arm in arms:
         keras_clear_session()
-        yield arm, train_arm(arm, config, splits)
+        result = train_arm(arm, config, splits)
+        advance(1)
+        yield arm, result
 
 
 def keras_clear_session() -> None:

@@ -1,0 +1,267 @@
+"""The batched trainer: every arm of a group trained as one TensorFlow computation.
+
+A study's arms share the dataset, the model shape, the batch size and the budget, so their
+weights stack into tensors shaped [K, ...] and one graph call runs many SGD steps for all K
+arms at once. Each arm keeps its own loss, output activation, learning rate, starting weights
+and minibatch order. The maths is the reference trainer's (Keras' Dense, losses computed from
+logits as Keras does behind a sigmoid or softmax, Keras' SGD update), checked arm by arm
+against it in the tests.
+
+Per-step Python and Keras overhead, not arithmetic, is what a small MLP costs; here it is
+paid once per evaluation interval for the whole group. Arms are trained in chunks that fit a
+memory budget. An arm that diverges is evaluated, recorded and then frozen (learning rate 0,
+weights zeroed) so that its NaNs cannot cost time; the arms' computations never mix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from study.config import StudyConfig
+from study.data import Splits
+from study.grid import Arm
+from study.inits import initial_weights
+from study.losses import LOSSES
+from study.models import layer_sizes
+from study.train.common import ArmResult, Schedule, batch_order, steps_per_epoch
+from study.yardsticks import accuracy, yardsticks
+
+FLOAT = "float32"
+
+
+def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
+    """A generous estimate of the memory one arm needs: the full-batch evaluation dominates
+    (activations and their gradients on the training and validation sets), plus the weights,
+    velocities and the arm's minibatch order."""
+    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+    units = sum(sizes[1:])
+    rows = len(splits.x_train) + len(splits.x_val)
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    order = steps_per_epoch(len(splits.x_train), config.batch_size) * config.epochs
+    return 4 * (4 * rows * units + 4 * params) + 4 * order * config.batch_size
+
+
+def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
+    budget = config.memory_budget_mb * 2**20
+    return max(1, min(n_arms, budget // bytes_per_arm(config, splits)))
+
+
+class _Group:
+    """K arms as stacked variables, with graph functions to train and to evaluate them."""
+
+    def __init__(self, arms: list[Arm], config: StudyConfig, splits: Splits):
+        import tensorflow as tf
+
+        self.arms, self.splits = arms, splits
+        self.sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+        self.activation = getattr(tf.nn, config.model.activation)
+        starts = [initial_weights(a.init, a.severity, a.seed, self.sizes,
+                                  given=config.inits.get(a.init)) for a in arms]
+        self.weights = [tf.Variable(np.stack(layer)) for layer in zip(*starts, strict=True)]
+        self.momentum = config.optimizer.momentum
+        self.velocity = [tf.Variable(tf.zeros_like(w)) for w in self.weights] \
+            if self.momentum else []
+        self.lr = tf.Variable(np.array([a.lr for a in arms], FLOAT))
+        self.active = np.ones(len(arms), bool)
+
+        n_train = len(splits.x_train)
+        self.schedule = Schedule(steps_per_epoch(n_train, config.batch_size), config.epochs)
+        order = np.stack([batch_order(a.seed, n_train, config.batch_size, config.epochs)
+                          .reshape(self.schedule.total_steps, config.batch_size) for a in arms])
+        self.order = tf.constant(order.astype("int32"))  # [K, steps, batch]
+        self.x_train = tf.constant(splits.x_train)
+        self.x_val = tf.constant(splits.x_val)
+        onehot = (splits.t_train if splits.t_train is not None
+                  else np.eye(splits.n_classes, dtype=FLOAT)[splits.y_train])
+        self.y_onehot = tf.constant(onehot.astype(FLOAT))
+        self.y_int = tf.constant(splits.y_train.astype("int32"))
+        # arms by loss spec: each spec's loss is computed on its own arms only, so no NaN
+        # from a spec an arm does not use can reach that arm's gradient
+        by_spec: dict[str, list[int]] = {}
+        for k, arm in enumerate(arms):
+            by_spec.setdefault(arm.loss, []).append(k)
+        self.by_spec = {name: tf.constant(ks, "int32") for name, ks in by_spec.items()}
+        softmax = [LOSSES[a.loss].output == "softmax" for a in arms]
+        self.softmax_mask = tf.constant(np.array(softmax)[:, None, None])
+
+        self.run = tf.function(self._run, jit_compile=False)
+        self.evaluate_graph = tf.function(self._evaluate)
+
+    # ---- the model and its losses ----
+
+    def _logits(self, x):
+        """x: [M, d] shared by all arms, or [K, M, d] per arm; returns [K, M, C]."""
+        import tensorflow as tf
+
+        h = x
+        n_layers = len(self.weights) // 2
+        for i in range(n_layers):
+            kernel, bias = self.weights[2 * i], self.weights[2 * i + 1]
+            # a batched matmul, not an einsum: einsum may fold the K arms into one matrix,
+            # which makes an arm's rounding depend on how many arms share the group
+            z = tf.linalg.matmul(h[None] if h.shape.rank == 2 else h, kernel) + bias[:, None, :]
+            h = self.activation(z) if i < n_layers - 1 else z
+        return h
+
+    def _losses(self, logits, rows):
+        """Each arm's own loss, mean over the rows, [K]. rows: [K, M] or [M] indices."""
+        import tensorflow as tf
+
+        onehot = tf.gather(self.y_onehot, rows)  # [K, M, C] or [M, C]
+        labels = tf.gather(self.y_int, rows)
+        parts, where = [], []
+        for name, ks in self.by_spec.items():
+            z = tf.gather(logits, ks)
+            t = onehot if rows.shape.rank == 1 else tf.gather(onehot, ks)
+            y = labels if rows.shape.rank == 1 else tf.gather(labels, ks)
+            t = tf.broadcast_to(t, tf.shape(z))
+            y = tf.broadcast_to(y, tf.shape(z)[:-1])
+            parts.append(tf.reduce_mean(_per_example_loss(name, z, t, y), axis=1))
+            where.append(ks)
+        return tf.dynamic_stitch(where, parts)
+
+    # ---- training ----
+
+    def _run(self, start, stop):
+        import tensorflow as tf
+
+        lr = self.lr
+        for step in tf.range(start, stop):
+            rows = self.order[:, step, :]  # [K, B]
+            with tf.GradientTape() as tape:
+                logits = self._logits(tf.gather(self.x_train, rows))
+                total = tf.reduce_sum(self._losses(logits, rows))
+            grads = tape.gradient(total, self.weights)
+            for i, (w, g) in enumerate(zip(self.weights, grads, strict=True)):
+                rate = tf.reshape(lr, [-1] + [1] * (len(w.shape) - 1))
+                if self.momentum:  # Keras' SGD: v = momentum v - lr g; w += v
+                    v = self.velocity[i]
+                    v.assign(v * self.momentum - g * rate)
+                    w.assign_add(v)
+                else:
+                    w.assign_sub(g * rate)
+
+    def _evaluate(self):
+        import tensorflow as tf
+
+        rows = tf.range(tf.shape(self.x_train)[0])
+        with tf.GradientTape() as tape:
+            logits = self._logits(self.x_train)
+            losses = self._losses(logits, rows)
+            total = tf.reduce_sum(losses)
+        grads = tape.gradient(total, self.weights)
+        norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g), axis=tf.range(1, tf.rank(g)))
+                                  for g in grads]))
+        return (losses, norms, self._outputs(logits), self._outputs(self._logits(self.x_val)),
+                [tf.identity(w) for w in self.weights], grads)
+
+    def _outputs(self, logits):
+        import tensorflow as tf
+
+        return tf.where(self.softmax_mask, tf.nn.softmax(logits), tf.nn.sigmoid(logits))
+
+    # ---- bookkeeping ----
+
+    def evaluate(self, step: int, results: list[ArmResult]) -> None:
+        losses, norms, train_out, val_out, weights, grads = (
+            _numpy(t) for t in self.evaluate_graph())
+        neuron = self.sizes == [1, 1]
+        for k, result in enumerate(results):
+            if not self.active[k]:
+                continue
+            values = {
+                "train_loss": float(losses[k]),
+                "train_accuracy": accuracy(train_out[k], self.splits.y_train),
+                **yardsticks(val_out[k], self.splits.y_val, "val"),
+                "grad_norm": float(norms[k]),
+            }
+            if neuron:  # the single neuron, as the reference trainer logs it
+                values.update(output=float(train_out[k][0, 0]), weight=float(weights[0][k, 0, 0]),
+                              bias=float(weights[1][k, 0]), grad_w=float(grads[0][k, 0, 0]),
+                              grad_b=float(grads[1][k, 0]))
+            result.record(step, values)
+            if not math.isfinite(values["train_loss"]):
+                result.diverged_at = step
+                self.freeze(k)
+
+    def freeze(self, k: int) -> None:
+        """Stop arm k: zero its learning rate and weights (NaN costs time, never results)."""
+        self.active[k] = False
+        self.lr.scatter_nd_update([[k]], [0.0])
+        for w in self.weights + self.velocity:
+            w.scatter_nd_update([[k]], np.zeros([1, *w.shape[1:]], FLOAT))
+
+
+def _numpy(value):
+    if isinstance(value, list | tuple):
+        return [v.numpy() for v in value]
+    return value.numpy()
+
+
+def _per_example_loss(name: str, logits, onehot, labels):
+    """Keras' loss for spec ``name`` per example, from the logits as Keras computes it when
+    the output comes from a sigmoid or softmax."""
+    import tensorflow as tf
+
+    if name == "bce":
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(onehot, logits), axis=-1)
+    if name == "cce":
+        return tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
+    if name == "scce":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    outputs = tf.nn.softmax(logits) if LOSSES[name].output == "softmax" else tf.sigmoid(logits)
+    if name in ("mse", "mse_softmax"):
+        return tf.reduce_mean(tf.square(outputs - onehot), axis=-1)
+    if name == "quadratic":
+        return 0.5 * tf.reduce_sum(tf.square(outputs - onehot), axis=-1)
+    raise ValueError(f"the batched trainer has no loss {name!r}; valid: {', '.join(LOSSES)}")
+
+
+def train_group(arms: list[Arm], config: StudyConfig, splits: Splits,
+                advance: Callable[[float], None] = lambda arms_done: None) -> list[ArmResult]:
+    """Train arms of one group together; returns their results in the same order.
+    ``advance`` hears of progress in arms (fractions of the chunk as its steps go by)."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    group = _Group(arms, config, splits)
+    results = [ArmResult() for _ in arms]
+    group.evaluate(0, results)
+    previous = 0
+    for step in group.schedule.steps[1:]:
+        if not group.active.any():
+            break
+        group.run(tf.constant(previous), tf.constant(step))
+        group.evaluate(step, results)
+        advance(len(arms) * (step - previous) / group.schedule.total_steps)
+        previous = step
+    seconds = (time.perf_counter() - started) / len(arms)
+    for result in results:
+        result.wall_seconds = seconds
+    return results
+
+
+def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
+               advance: Callable[[float], None] = lambda arms_done: None,
+               ) -> Iterator[tuple[Arm, ArmResult]]:
+    """Yield (arm, result) for every arm, training them in chunks under the memory budget."""
+    from study.backend import start_tensorflow
+
+    start_tensorflow()
+    size = chunk_size(config, splits, len(arms))
+    for first in range(0, len(arms), size):
+        chunk = arms[first:first + size]
+        done = 0.0
+
+        def tally(n: float) -> None:
+            nonlocal done
+            done += n
+            advance(n)
+
+        results = train_group(chunk, config, splits, tally)
+        advance(len(chunk) - done)  # the steps an early stop skipped
+        yield from zip(chunk, results, strict=True)
