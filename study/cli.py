@@ -81,6 +81,8 @@ def _run(config, args) -> int:
     result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force)
     trained, skipped = len(result.results), len(result.skipped)
     print(f"study {config.name!r}: trained {trained} arms"
+          + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer; waited "
+             f"{result.logging_seconds:.1f} s for MLflow)" if trained else "")
           + (f", skipped {skipped} already finished (use --force to retrain)" if skipped else "")
           + (f"; {len(result.diverged)} diverged" if result.diverged else ""))
     print(f"MLflow store: {result.tracking_uri}")

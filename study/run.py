@@ -3,6 +3,7 @@ orchestration: it owns no maths and writes to MLflow only through ``StudyTracker
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import yaml
@@ -11,7 +12,7 @@ from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
 from study.grid import Arm, expand_grid
 from study.models import layer_sizes
-from study.tracking import StudyTracker, arm_params
+from study.tracking import ArmWriter, StudyTracker, arm_params
 from study.train.common import ArmResult
 
 
@@ -23,6 +24,8 @@ class StudyResult:
     run_ids: dict[str, str] = field(default_factory=dict)  # arm key -> child run id
     results: dict[str, ArmResult] = field(default_factory=dict)  # arm key -> history
     skipped: list[str] = field(default_factory=list)  # arm keys already FINISHED in the store
+    wall_seconds: float = 0.0  # training and logging, data loading excluded
+    logging_seconds: float = 0.0  # of which training waited for MLflow writes
 
     @property
     def diverged(self) -> list[str]:
@@ -60,9 +63,13 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
                              skipped=[arm.key for arm in arms if arm.key in done])
         bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}]")
-        with bar:
+        started = time.perf_counter()
+        futures = {}
+        with bar, ArmWriter(tracker) as writer:
             for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
-                params = arm_params(arm, config, model)
-                result.run_ids[arm.key] = tracker.log_arm(arm, arm_result, params)
+                futures[arm.key] = writer.submit(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
+        result.run_ids = {key: future.result() for key, future in futures.items()}
+        result.wall_seconds = time.perf_counter() - started
+        result.logging_seconds = writer.wait_seconds
     return result

@@ -154,12 +154,53 @@ class StudyTracker:
         now = int(time.time() * 1000)
         metrics = [Metric(name, value, now, step)
                    for name, points in result.history.items() for step, value in points]
-        tags = []
-        if result.diverged:
-            tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
+        tags = [RunTag("study.diverged_at_step", str(result.diverged_at))] \
+            if result.diverged else []
         params = [Param(k, v) for k, v in params.items()]
-        self.client.log_batch(run_id, params=params, tags=tags)
-        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 per batch
+        # One call for params, tags and the first metrics (MLflow takes at most 1000
+        # entities and 100 params a batch), then the rest 1000 metrics at a time.
+        first = 1000 - len(params) - len(tags)
+        self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
+        for start in range(first, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
+
+
+class ArmWriter:
+    """Writes finished arms from a background thread, off the training hot path.
+
+    ``submit`` returns at once; leaving the ``with`` block waits for every write and raises
+    the first error. If the study is interrupted, arms not yet started are dropped and the
+    one being written is completed, so no child run is left half-written.
+    """
+
+    def __init__(self, tracker: StudyTracker):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.tracker = tracker
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        self.futures = []
+        self.busy_seconds = 0.0  # time the writer spent writing
+        self.wait_seconds = 0.0  # time training waited for it at the end
+
+    def submit(self, arm: Arm, result: ArmResult, params: dict[str, str]):
+        self.futures.append(self.pool.submit(self._write, arm, result, params))
+        return self.futures[-1]
+
+    def _write(self, arm, result, params) -> str:
+        started = time.perf_counter()
+        run_id = self.tracker.log_arm(arm, result, params)
+        self.busy_seconds += time.perf_counter() - started
+        return run_id
+
+    def __enter__(self) -> ArmWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        started = time.perf_counter()
+        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+        self.wait_seconds = time.perf_counter() - started
+        if kind is None:
+            for future in self.futures:
+                future.result()  # raise the first write error, if any

@@ -32,27 +32,43 @@ def cross_entropy(p: np.ndarray, q: np.ndarray, base: float = np.e) -> np.ndarra
 
 def normalize(outputs: np.ndarray) -> np.ndarray:
     outputs = np.asarray(outputs, dtype="float64")
-    total = outputs.sum(axis=1, keepdims=True)
+    total = outputs.sum(axis=-1, keepdims=True)
     return outputs / np.where(total > 0, total, 1.0)
 
 
-def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(outputs, axis=1) == y))
+# Each measure takes outputs [M, C] (one arm: a float) or [K, M, C] (K arms: an array [K]),
+# so the batched trainer scores a whole group in one call.
 
 
-def nll(outputs: np.ndarray, y: np.ndarray) -> float:
-    """Mean cross-entropy in nats of the normalized outputs against the true class."""
-    q = np.clip(normalize(outputs), EPSILON, 1.0)
-    return float(np.mean(cross_entropy(np.eye(q.shape[1])[y], q)))
+def accuracy(outputs: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    return _result(np.mean(np.argmax(outputs, axis=-1) == y, axis=-1))
 
 
-def brier(outputs: np.ndarray, y: np.ndarray) -> float:
-    """Mean over examples of sum over classes (p - onehot)^2; 0 is perfect, 2 the worst."""
+def nll(outputs: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    """Mean cross-entropy in nats of the normalized outputs against the true class:
+    H(onehot, q) = -ln q_y, the one nonzero term of ``cross_entropy``."""
+    q = np.clip(_true_class(normalize(outputs), y), EPSILON, 1.0)
+    return _result(np.mean(-np.log(q), axis=-1))
+
+
+def brier(outputs: np.ndarray, y: np.ndarray) -> float | np.ndarray:
+    """Mean over examples of sum over classes (p - onehot)^2; 0 is perfect, 2 the worst.
+    Expanded: sum p^2 - 2 p_y + 1, which needs no one-hot array."""
     p = normalize(outputs)
-    onehot = np.eye(p.shape[1])[y]
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    per_example = np.sum(p * p, axis=-1) - 2 * _true_class(p, y) + 1
+    return _result(np.mean(per_example, axis=-1))
 
 
-def yardsticks(outputs: np.ndarray, y: np.ndarray, prefix: str) -> dict[str, float]:
+def _true_class(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """p[..., m, y[m]] for every example m."""
+    index = np.broadcast_to(np.asarray(y)[:, None], (*p.shape[:-1], 1))
+    return np.take_along_axis(p, index, axis=-1)[..., 0]
+
+
+def _result(value: np.ndarray) -> float | np.ndarray:
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def yardsticks(outputs: np.ndarray, y: np.ndarray, prefix: str) -> dict:
     return {f"{prefix}_accuracy": accuracy(outputs, y), f"{prefix}_nll": nll(outputs, y),
             f"{prefix}_brier": brier(outputs, y)}

@@ -45,9 +45,18 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
     return 4 * (4 * rows * units + 4 * params) + 4 * order * config.batch_size
 
 
+# Past about this many arms a group gains little per arm-step, while smaller groups let the
+# MLflow writes of one group overlap the training of the next.
+GROUP_CAP = 128
+
+
 def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
+    """Arms per chunk: within the memory budget and the cap, and balanced, so that the last
+    chunk is not a small remainder."""
     budget = config.memory_budget_mb * 2**20
-    return max(1, min(n_arms, budget // bytes_per_arm(config, splits)))
+    largest = max(1, min(n_arms, GROUP_CAP, budget // bytes_per_arm(config, splits)))
+    chunks = -(-n_arms // largest)
+    return -(-n_arms // chunks)
 
 
 class _Group:
@@ -88,7 +97,7 @@ class _Group:
         softmax = [LOSSES[a.loss].output == "softmax" for a in arms]
         self.softmax_mask = tf.constant(np.array(softmax)[:, None, None])
 
-        self.run = tf.function(self._run, jit_compile=False)
+        self.run = tf.function(self._run)
         self.evaluate_graph = tf.function(self._evaluate)
 
     # ---- the model and its losses ----
@@ -169,22 +178,18 @@ class _Group:
     def evaluate(self, step: int, results: list[ArmResult]) -> None:
         losses, norms, train_out, val_out, weights, grads = (
             _numpy(t) for t in self.evaluate_graph())
-        neuron = self.sizes == [1, 1]
+        metrics = {"train_loss": losses, "train_accuracy": accuracy(train_out,
+                                                                      self.splits.y_train),
+                   **yardsticks(val_out, self.splits.y_val, "val"), "grad_norm": norms}
+        if self.sizes == [1, 1]:  # the single neuron, as the reference trainer logs it
+            metrics.update(output=train_out[:, 0, 0], weight=weights[0][:, 0, 0],
+                           bias=weights[1][:, 0], grad_w=grads[0][:, 0, 0],
+                           grad_b=grads[1][:, 0])
         for k, result in enumerate(results):
             if not self.active[k]:
                 continue
-            values = {
-                "train_loss": float(losses[k]),
-                "train_accuracy": accuracy(train_out[k], self.splits.y_train),
-                **yardsticks(val_out[k], self.splits.y_val, "val"),
-                "grad_norm": float(norms[k]),
-            }
-            if neuron:  # the single neuron, as the reference trainer logs it
-                values.update(output=float(train_out[k][0, 0]), weight=float(weights[0][k, 0, 0]),
-                              bias=float(weights[1][k, 0]), grad_w=float(grads[0][k, 0, 0]),
-                              grad_b=float(grads[1][k, 0]))
-            result.record(step, values)
-            if not math.isfinite(values["train_loss"]):
+            result.record(step, {name: float(values[k]) for name, values in metrics.items()})
+            if not math.isfinite(metrics["train_loss"][k]):
                 result.diverged_at = step
                 self.freeze(k)
 
