@@ -9,7 +9,7 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
 .DEFAULT_GOAL := help
 EXPERIMENT ?=
-.PHONY: help install run-study show smoke report ui test lint clean
+.PHONY: help install run-study show smoke report bench ui test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ smoke: ## run configs/smoke.yaml (under a minute)
 
 report: $(INSTALLED) ## render reports/<experiment>/ from the store (EXPERIMENT=name for one)
 	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(PYTHON) -m study report $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
+
+bench: $(INSTALLED) ## batched vs reference trainer, logging share, memory (reports/bench.json)
+	$(PYTHON) -m study.bench
 
 ui: $(INSTALLED) ## browse the MLflow store in a browser (http://127.0.0.1:5000, PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)

@@ -9,8 +9,9 @@ against it in the tests.
 
 Per-step Python and Keras overhead, not arithmetic, is what a small MLP costs; here it is
 paid once per evaluation interval for the whole group. Arms are trained in chunks that fit a
-memory budget. An arm that diverges is evaluated, recorded and then frozen (learning rate 0,
-weights zeroed) so that its NaNs cannot cost time; the arms' computations never mix.
+memory budget, in one set of slots whose graphs are traced once. An arm that diverges is
+evaluated, recorded and then frozen (learning rate 0, weights zeroed) so that its NaNs cannot
+cost time; the arms' computations never mix.
 """
 
 from __future__ import annotations
@@ -60,45 +61,65 @@ def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
 
 
 class _Group:
-    """K arms as stacked variables, with graph functions to train and to evaluate them."""
+    """K arm slots as stacked variables, with graph functions to train and evaluate them.
 
-    def __init__(self, arms: list[Arm], config: StudyConfig, splits: Splits):
+    The graphs are traced once per study and reused for every chunk: ``load`` assigns a
+    chunk's starts, learning rates, minibatch orders and losses to the slots.
+    """
+
+    def __init__(self, size: int, config: StudyConfig, splits: Splits):
         import tensorflow as tf
 
-        self.arms, self.splits = arms, splits
+        self.size, self.config, self.splits = size, config, splits
         self.sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
         self.activation = getattr(tf.nn, config.model.activation)
-        starts = [initial_weights(a.init, a.severity, a.seed, self.sizes,
-                                  given=config.inits.get(a.init)) for a in arms]
-        self.weights = [tf.Variable(np.stack(layer)) for layer in zip(*starts, strict=True)]
+        shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=True)
+                  for s in [(a, b), (b,)]]
+        self.weights = [tf.Variable(tf.zeros((size, *shape))) for shape in shapes]
         self.momentum = config.optimizer.momentum
         self.velocity = [tf.Variable(tf.zeros_like(w)) for w in self.weights] \
             if self.momentum else []
-        self.lr = tf.Variable(np.array([a.lr for a in arms], FLOAT))
-        self.active = np.ones(len(arms), bool)
-
+        self.lr = tf.Variable(tf.zeros(size))
         n_train = len(splits.x_train)
         self.schedule = Schedule(steps_per_epoch(n_train, config.batch_size), config.epochs)
-        order = np.stack([batch_order(a.seed, n_train, config.batch_size, config.epochs)
-                          .reshape(self.schedule.total_steps, config.batch_size) for a in arms])
-        self.order = tf.constant(order.astype("int32"))  # [K, steps, batch]
+        self.order = tf.Variable(tf.zeros((size, self.schedule.total_steps, config.batch_size),
+                                          "int32"))
+        # which loss spec each slot trains with: one column per loss of the study
+        self.specs = tuple(config.losses)
+        self.spec_mask = tf.Variable(tf.zeros((size, len(self.specs)), tf.bool))
+        self.softmax_mask = tf.Variable(tf.zeros((size, 1, 1), tf.bool))
+        self.active = np.zeros(size, bool)
+
         self.x_train = tf.constant(splits.x_train)
         self.x_val = tf.constant(splits.x_val)
         onehot = (splits.t_train if splits.t_train is not None
                   else np.eye(splits.n_classes, dtype=FLOAT)[splits.y_train])
         self.y_onehot = tf.constant(onehot.astype(FLOAT))
         self.y_int = tf.constant(splits.y_train.astype("int32"))
-        # arms by loss spec: each spec's loss is computed on its own arms only, so no NaN
-        # from a spec an arm does not use can reach that arm's gradient
-        by_spec: dict[str, list[int]] = {}
-        for k, arm in enumerate(arms):
-            by_spec.setdefault(arm.loss, []).append(k)
-        self.by_spec = {name: tf.constant(ks, "int32") for name, ks in by_spec.items()}
-        softmax = [LOSSES[a.loss].output == "softmax" for a in arms]
-        self.softmax_mask = tf.constant(np.array(softmax)[:, None, None])
 
         self.run = tf.function(self._run)
         self.evaluate_graph = tf.function(self._evaluate)
+
+    def load(self, arms: list[Arm]) -> None:
+        """Put a chunk of at most ``size`` arms in the slots; spare slots repeat the last arm
+        with learning rate 0 and are never reported."""
+        padded = arms + [arms[-1]] * (self.size - len(arms))
+        starts = [initial_weights(a.init, a.severity, a.seed, self.sizes,
+                                  given=self.config.inits.get(a.init)) for a in padded]
+        for variable, layer in zip(self.weights, zip(*starts, strict=True), strict=True):
+            variable.assign(np.stack(layer))
+        for velocity in self.velocity:
+            velocity.assign(np.zeros(velocity.shape, FLOAT))
+        self.active = np.arange(self.size) < len(arms)
+        self.lr.assign(np.where(self.active, [a.lr for a in padded], 0.0).astype(FLOAT))
+        n_train, batch, epochs = len(self.splits.x_train), self.config.batch_size, \
+            self.config.epochs
+        self.order.assign(np.stack([
+            batch_order(a.seed, n_train, batch, epochs).reshape(-1, batch)
+            for a in padded]).astype("int32"))
+        self.spec_mask.assign(np.array([[a.loss == s for s in self.specs] for a in padded]))
+        self.softmax_mask.assign(np.array(
+            [LOSSES[a.loss].output == "softmax" for a in padded])[:, None, None])
 
     # ---- the model and its losses ----
 
@@ -117,21 +138,27 @@ class _Group:
         return h
 
     def _losses(self, logits, rows):
-        """Each arm's own loss, mean over the rows, [K]. rows: [K, M] or [M] indices."""
+        """Each slot's own loss, mean over the rows, [K]. rows: [K, M] or [M] indices.
+
+        Each spec's loss is computed on its own slots only (gathered by the spec mask,
+        scattered back), so no other spec's inf or NaN can reach a slot's value or gradient,
+        and nothing is computed twice. The index sets are tensors: one trace serves every
+        chunk, whatever its mix of losses."""
         import tensorflow as tf
 
-        onehot = tf.gather(self.y_onehot, rows)  # [K, M, C] or [M, C]
+        onehot = tf.gather(self.y_onehot, rows)
         labels = tf.gather(self.y_int, rows)
-        parts, where = [], []
-        for name, ks in self.by_spec.items():
-            z = tf.gather(logits, ks)
-            t = onehot if rows.shape.rank == 1 else tf.gather(onehot, ks)
-            y = labels if rows.shape.rank == 1 else tf.gather(labels, ks)
-            t = tf.broadcast_to(t, tf.shape(z))
-            y = tf.broadcast_to(y, tf.shape(z)[:-1])
-            parts.append(tf.reduce_mean(_per_example_loss(name, z, t, y), axis=1))
-            where.append(ks)
-        return tf.dynamic_stitch(where, parts)
+        total = tf.zeros(tf.shape(logits)[:1])
+        for column, name in enumerate(self.specs):
+            mine = tf.where(self.spec_mask[:, column])  # [n, 1] slot indices
+            z = tf.gather_nd(logits, mine)
+            t = tf.broadcast_to(onehot if rows.shape.rank == 1 else tf.gather_nd(onehot, mine),
+                                tf.shape(z))
+            y = tf.broadcast_to(labels if rows.shape.rank == 1 else tf.gather_nd(labels, mine),
+                                tf.shape(z)[:-1])
+            loss = tf.reduce_mean(_per_example_loss(name, z, t, y), axis=1)
+            total = tf.tensor_scatter_nd_update(total, mine, loss)
+        return total
 
     # ---- training ----
 
@@ -185,7 +212,7 @@ class _Group:
             metrics.update(output=train_out[:, 0, 0], weight=weights[0][:, 0, 0],
                            bias=weights[1][:, 0], grad_w=grads[0][:, 0, 0],
                            grad_b=grads[1][:, 0])
-        for k, result in enumerate(results):
+        for k, result in enumerate(results):  # results of the loaded arms, slot order
             if not self.active[k]:
                 continue
             result.record(step, {name: float(values[k]) for name, values in metrics.items()})
@@ -226,24 +253,27 @@ def _per_example_loss(name: str, logits, onehot, labels):
     raise ValueError(f"the batched trainer has no loss {name!r}; valid: {', '.join(LOSSES)}")
 
 
-def train_group(arms: list[Arm], config: StudyConfig, splits: Splits,
+def train_group(group: _Group, arms: list[Arm],
                 advance: Callable[[float], None] = lambda arms_done: None) -> list[ArmResult]:
-    """Train arms of one group together; returns their results in the same order.
+    """Train a chunk of arms in the group's slots; returns their results in the same order.
     ``advance`` hears of progress in arms (fractions of the chunk as its steps go by)."""
     import tensorflow as tf
 
     started = time.perf_counter()
-    group = _Group(arms, config, splits)
+    group.load(arms)
     results = [ArmResult() for _ in arms]
     group.evaluate(0, results)
-    previous = 0
+    previous, done = 0, 0.0
     for step in group.schedule.steps[1:]:
         if not group.active.any():
             break
         group.run(tf.constant(previous), tf.constant(step))
         group.evaluate(step, results)
-        advance(len(arms) * (step - previous) / group.schedule.total_steps)
+        progress = len(arms) * (step - previous) / group.schedule.total_steps
+        advance(progress)
+        done += progress
         previous = step
+    advance(len(arms) - done)  # the steps an early stop skipped
     seconds = (time.perf_counter() - started) / len(arms)
     for result in results:
         result.wall_seconds = seconds
@@ -258,15 +288,7 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
 
     start_tensorflow()
     size = chunk_size(config, splits, len(arms))
+    group = _Group(size, config, splits)
     for first in range(0, len(arms), size):
         chunk = arms[first:first + size]
-        done = 0.0
-
-        def tally(n: float) -> None:
-            nonlocal done
-            done += n
-            advance(n)
-
-        results = train_group(chunk, config, splits, tally)
-        advance(len(chunk) - done)  # the steps an early stop skipped
-        yield from zip(chunk, results, strict=True)
+        yield from zip(chunk, train_group(group, chunk, advance), strict=True)

@@ -1,0 +1,141 @@
+"""``make bench``: the batched trainer against the reference trainer, measured in one run.
+
+Prints and writes as JSON: per-arm-step time of each trainer on the same grid (the default
+model shape), the speedup, effective GFLOP/s against this machine's measured matmul rate,
+the full default study's wall time and the share of it spent waiting for MLflow, and the
+peak memory of 512 arms. Figures are ratios measured here, in one run: machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from study.config import load_config
+from study.data import load_dataset
+from study.grid import expand_grid
+from study.models import layer_sizes
+from study.train.common import Schedule, steps_per_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "configs" / "default.yaml"
+
+
+def flops_per_arm_step(sizes: list[int], batch: int) -> float:
+    """Forward 2*B*sum(fan_in*fan_out) multiply-adds; backward about twice that."""
+    return 3 * 2 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n], seed=0)
+    tf.linalg.matmul(a, a).numpy()  # warm up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a = tf.linalg.matmul(a, a) / n
+    a.numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def time_trainer(module, arms, config, splits) -> float:
+    started = time.perf_counter()
+    for _ in module.train_arms(arms, config, splits):
+        pass
+    return time.perf_counter() - started
+
+
+def peak_memory_mb(n_arms: int) -> float:
+    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS."""
+    seeds = list(range(-(-n_arms // 36)))  # 36 arms per seed in the default grid (one lr)
+    code = (
+        "from study.config import load_config; from study.data import load_dataset; "
+        "from study.grid import expand_grid; from study.train import batched; "
+        f"c = load_config({str(DEFAULT)!r}, ['epochs=1', 'optimizer.lr=2.0', "
+        f"'seeds={seeds}']); a = expand_grid(c)[:{n_arms}]; assert len(a) == {n_arms}; "
+        "list(batched.train_arms(a, c, load_dataset(c.dataset, c.data_seed)))")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__)
+    parser.add_argument("--arms", type=int, default=96, help="group size K (default 96)")
+    parser.add_argument("--reference-arms", type=int, default=4,
+                        help="arms the (slow) reference trainer times (default 4)")
+    parser.add_argument("--epochs", type=int, default=15,
+                        help="the default study's budget (default 15)")
+    parser.add_argument("--out", default="reports/bench.json")
+    args = parser.parse_args(argv)
+
+    from study.backend import start_tensorflow
+    from study.run import run_study
+    from study.train import batched, reference
+
+    start_tensorflow()
+    seeds = list(range(-(-args.arms // 36)))
+    config = load_config(DEFAULT, [f"epochs={args.epochs}", "optimizer.lr=2.0",
+                                   f"seeds={seeds}"])
+    splits = load_dataset(config.dataset, config.data_seed)
+    arms = expand_grid(config)[: args.arms]
+    steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
+                     config.epochs).total_steps
+    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+
+    print(f"grid: {len(arms)} arms of mlp-{'-'.join(map(str, sizes))}, batch "
+          f"{config.batch_size}, {steps} steps each, evaluations on the study's schedule")
+    batched_s = time_trainer(batched, arms, config, splits)
+    reference_arms = arms[:: max(1, len(arms) // args.reference_arms)][: args.reference_arms]
+    reference_s = time_trainer(reference, reference_arms, config, splits)
+    per_batched = batched_s / (len(arms) * steps)
+    per_reference = reference_s / (len(reference_arms) * steps)
+    flops = flops_per_arm_step(sizes, config.batch_size)
+    machine = matmul_gflops()
+
+    with tempfile.TemporaryDirectory() as store:
+        full = load_config(DEFAULT)
+        study = run_study(full, f"sqlite:///{store}/mlflow.db", progress=False)
+    memory_arms = 512
+    peak = peak_memory_mb(memory_arms)
+
+    results = {
+        "arms": len(arms), "steps_per_arm": steps,
+        "batched_ms_per_arm_step": per_batched * 1e3,
+        "reference_ms_per_arm_step": per_reference * 1e3,
+        "reference_arms_timed": len(reference_arms),
+        "speedup": per_reference / per_batched,
+        "mflop_per_arm_step": flops / 1e6,
+        "batched_gflops": flops / per_batched / 1e9,
+        "reference_gflops": flops / per_reference / 1e9,
+        "machine_matmul_gflops": machine,
+        "default_study_arms": len(study.results),
+        "default_study_wall_seconds": study.wall_seconds,
+        "default_study_logging_seconds": study.logging_seconds,
+        "logging_share": study.logging_seconds / study.wall_seconds,
+        f"peak_rss_mb_{memory_arms}_arms": peak,
+    }
+    print(f"reference trainer: {per_reference * 1e3:8.4f} ms per arm-step "
+          f"({len(reference_arms)} arms, one Keras fit each)")
+    print(f"batched trainer:   {per_batched * 1e3:8.4f} ms per arm-step (K = {len(arms)})")
+    print(f"speedup:           {results['speedup']:8.1f}x   (target: >= 100x at K >= 64)")
+    print(f"effective rate:    {results['batched_gflops']:8.2f} GFLOP/s batched, "
+          f"{results['reference_gflops']:.3f} reference; machine matmul {machine:.0f} GFLOP/s "
+          f"({flops / 1e6:.3f} MFLOP per arm-step)")
+    print(f"default study:     {len(study.results)} arms in {study.wall_seconds:.1f} s, "
+          f"{results['logging_share']:.1%} of it waiting for MLflow (target: < 2 min, <= 10%)")
+    print(f"memory:            {memory_arms} arms peak at {peak:.0f} MB RSS")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
