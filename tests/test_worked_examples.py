@@ -51,3 +51,23 @@ def test_registered_losses_equal_the_formulas_in_nats(tf):
                                np.stack([q, 1 - q], axis=-1))
     bce = LOSSES["bce"]
     assert float(bce.make()(onehot, q)) == pytest.approx(per_output.mean(), rel=1e-6)
+
+
+def test_yardsticks_follow_their_definitions_one_arm_or_many():
+    from study.yardsticks import accuracy, brier, nll, normalize
+
+    rng = np.random.default_rng(0)
+    outputs = rng.uniform(0.01, 1.0, size=(3, 40, 5))  # 3 arms, 40 examples, 5 classes
+    y = rng.integers(0, 5, 40)
+    for k in range(3):
+        q, onehot = normalize(outputs[k]), np.eye(5)[y]
+        assert nll(outputs[k], y) == pytest.approx(np.mean(cross_entropy(onehot, q)), rel=1e-12)
+        assert brier(outputs[k], y) == pytest.approx(np.mean(((q - onehot) ** 2).sum(1)),
+                                                     rel=1e-12)
+        assert accuracy(outputs[k], y) == np.mean(outputs[k].argmax(1) == y)
+    np.testing.assert_array_equal(nll(outputs, y), [nll(o, y) for o in outputs])
+    np.testing.assert_array_equal(brier(outputs, y), [brier(o, y) for o in outputs])
+    # a perfect confident prediction: Brier 0, NLL 0; uniform over 5: NLL ln 5, Brier 0.8
+    assert brier(np.eye(5)[y], y) == 0 and nll(np.eye(5)[y], y) == 0
+    assert nll(np.ones((40, 5)), y) == pytest.approx(np.log(5))
+    assert brier(np.ones((40, 5)), y) == pytest.approx(0.8)

@@ -286,6 +286,8 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
     """Yield (arm, result) for every arm, training them in chunks under the memory budget."""
     from study.backend import start_tensorflow
 
+    if not arms:
+        return
     start_tensorflow()
     size = chunk_size(config, splits, len(arms))
     group = _Group(size, config, splits)
