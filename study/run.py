@@ -64,12 +64,14 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
         bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}]")
         started = time.perf_counter()
-        futures = {}
         with bar, ArmWriter(tracker) as writer:
+            # every child run is created up front, in the background, while training starts;
+            # each arm's results are written as soon as it finishes
+            writer.open(todo, {arm.key: arm_params(arm, config, model) for arm in todo})
             for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
-                futures[arm.key] = writer.submit(arm, arm_result, arm_params(arm, config, model))
+                writer.close(arm, arm_result)
                 result.results[arm.key] = arm_result
-        result.run_ids = {key: future.result() for key, future in futures.items()}
+        result.run_ids = writer.run_ids()
         result.wall_seconds = time.perf_counter() - started
         result.logging_seconds = writer.wait_seconds
     return result

@@ -151,38 +151,52 @@ class StudyTracker:
             sub = "report/figures" if path.suffix == ".png" else "report"
             self.client.log_artifact(parent_run_id, str(path), sub)
 
-    def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
-        """One complete child run for a finished arm; returns its run id."""
-        from mlflow.entities import Metric, Param, RunTag
+    def open_arm(self, arm: Arm, params: dict[str, str]) -> str:
+        """Create an arm's child run (RUNNING, with its params and tags); returns its id."""
+        from mlflow.entities import Param
 
         run = self.client.create_run(
             self.experiment_id, run_name=arm.key,
             tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
-                  "study.config_hash": self.config_hash,
-                  "study.diverged": str(result.diverged).lower()})
-        run_id = run.info.run_id
+                  "study.config_hash": self.config_hash})
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        return run.info.run_id
+
+    def close_arm(self, run_id: str, result: ArmResult) -> None:
+        """Write a finished arm's metrics and divergence tags, then mark its run FINISHED."""
+        from mlflow.entities import Metric, RunTag
+
         now = int(time.time() * 1000)
         metrics = [Metric(name, value, now, step)
                    for name, points in result.history.items() for step, value in points]
-        tags = [RunTag("study.diverged_at_step", str(result.diverged_at))] \
-            if result.diverged else []
-        params = [Param(k, v) for k, v in params.items()]
-        # One call for params, tags and the first metrics (MLflow takes at most 1000
-        # entities and 100 params a batch), then the rest 1000 metrics at a time.
-        first = 1000 - len(params) - len(tags)
-        self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
+        tags = [RunTag("study.diverged", str(result.diverged).lower())]
+        if result.diverged:
+            tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
+        first = 1000 - len(tags)  # MLflow takes at most 1000 entities a batch
+        self.client.log_batch(run_id, metrics=metrics[:first], tags=tags)
         for start in range(first, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
         self.client.set_terminated(run_id, "FINISHED")
+
+    def discard_arm(self, run_id: str) -> None:
+        """Delete an arm's run that never finished, so no half-written arm stays visible."""
+        self.client.delete_run(run_id)
+
+    def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
+        """One complete child run for a finished arm; returns its run id."""
+        run_id = self.open_arm(arm, params)
+        self.close_arm(run_id, result)
         return run_id
 
 
 class ArmWriter:
-    """Writes finished arms from a background thread, off the training hot path.
+    """Writes arms from a background thread, off the training hot path.
 
-    ``submit`` returns at once; leaving the ``with`` block waits for every write and raises
-    the first error. If the study is interrupted, arms not yet started are dropped and the
-    one being written is completed, so no child run is left half-written.
+    ``open`` creates the child runs of arms about to train (while the first of them train);
+    ``close`` writes an arm's results when it finishes. Both return at once. Leaving the
+    ``with`` block waits for every write and raises the first error. If the study is cut
+    short, writes not yet started are dropped and the runs of arms that did not finish are
+    deleted, so the store never shows a half-written arm; arms that finished are kept.
     """
 
     def __init__(self, tracker: StudyTracker):
@@ -190,27 +204,53 @@ class ArmWriter:
 
         self.tracker = tracker
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
-        self.futures = []
+        self.opened: dict[str, object] = {}  # arm key -> future of its run id
+        self.closed: dict[str, object] = {}  # arm key -> future of the close
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
 
-    def submit(self, arm: Arm, result: ArmResult, params: dict[str, str]):
-        self.futures.append(self.pool.submit(self._write, arm, result, params))
-        return self.futures[-1]
+    def open(self, arms: list[Arm], params: dict[str, dict[str, str]]) -> None:
+        for arm in arms:
+            self.opened[arm.key] = self.pool.submit(self._timed, self.tracker.open_arm, arm,
+                                                    params[arm.key])
 
-    def _write(self, arm, result, params) -> str:
+    def close(self, arm: Arm, result: ArmResult) -> None:
+        run_id = self.opened[arm.key]
+        self.closed[arm.key] = self.pool.submit(
+            lambda: self._timed(self.tracker.close_arm, run_id.result(), result))
+
+    def run_ids(self) -> dict[str, str]:
+        return {key: self.opened[key].result() for key in self.closed}
+
+    def _timed(self, write, *args):
         started = time.perf_counter()
-        run_id = self.tracker.log_arm(arm, result, params)
-        self.busy_seconds += time.perf_counter() - started
-        return run_id
+        try:
+            return write(*args)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
 
     def __enter__(self) -> ArmWriter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         started = time.perf_counter()
-        self.pool.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is not None:  # cut short: finished arms are still written, nothing else is
+            for key, opened in self.opened.items():
+                if key not in self.closed:
+                    opened.cancel()
+        self.pool.shutdown(wait=True)
         self.wait_seconds = time.perf_counter() - started
-        if kind is None:
-            for future in self.futures:
-                future.result()  # raise the first write error, if any
+        if kind is not None:
+            self._discard_unfinished()
+            return
+        for future in [*self.opened.values(), *self.closed.values()]:
+            future.result()  # raise the first write error, if any
+
+    def _discard_unfinished(self) -> None:
+        for key, opened in self.opened.items():
+            closed = self.closed.get(key)
+            finished = closed is not None and closed.done() and not closed.cancelled() \
+                and closed.exception() is None
+            if opened.done() and not opened.cancelled() and opened.exception() is None \
+                    and not finished:
+                self.tracker.discard_arm(opened.result())

@@ -118,3 +118,40 @@ def test_a_diverged_arm_is_tagged_and_the_study_goes_on(tmp_path):
     assert runs["1e+30"].data.tags["study.diverged_at_step"] == "1"
     assert runs["0.5"].data.tags["study.diverged"] == "false"
     assert len(client.get_metric_history(runs["0.5"].info.run_id, "val_accuracy")) == 9
+
+
+def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, tf):
+    """Ctrl-C after two arms: their runs are complete, the other arms' runs are gone, the
+    parent is KILLED, and a rerun trains just the missing arms."""
+    import pytest
+
+    from study.run import run_study
+    from study.train import batched
+
+    real = batched.train_arms
+
+    def interrupted(arms, config, splits, advance=lambda n: None):
+        for i, item in enumerate(real(arms, config, splits, advance)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    uri = tracking_uri(tmp_path)
+    config = load_config(SMOKE)
+    monkeypatch.setattr(batched, "train_arms", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, uri, progress=False)
+    client = _client(uri)
+    children = _children(client, "smoke")  # search_runs skips deleted runs
+    assert len(children) == 2
+    assert {r.info.status for r in children} == {"FINISHED"}
+    for run in children:
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 9
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    parent = client.search_runs([experiment], "tags.`study.role` = 'parent'")[0]
+    assert parent.info.status == "KILLED"
+
+    monkeypatch.setattr(batched, "train_arms", real)
+    resumed = run_study(config, uri, progress=False)
+    assert len(resumed.skipped) == 2 and len(resumed.results) == 6
+    assert len(_children(client, "smoke")) == 8

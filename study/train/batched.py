@@ -48,7 +48,7 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
 
 # Past about this many arms a group gains little per arm-step, while smaller groups let the
 # MLflow writes of one group overlap the training of the next.
-GROUP_CAP = 128
+GROUP_CAP = 96
 
 
 def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
