@@ -26,6 +26,7 @@ class StudyResult:
     skipped: list[str] = field(default_factory=list)  # arm keys already FINISHED in the store
     wall_seconds: float = 0.0  # training and logging, data loading excluded
     logging_seconds: float = 0.0  # of which training waited for MLflow writes
+    writer_busy_seconds: float = 0.0  # MLflow writes in all, mostly overlapping training
 
     @property
     def diverged(self) -> list[str]:
@@ -67,11 +68,12 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
         with bar, ArmWriter(tracker) as writer:
             # every child run is created up front, in the background, while training starts;
             # each arm's results are written as soon as it finishes
-            writer.open(todo, {arm.key: arm_params(arm, config, model) for arm in todo})
+            writer.open(todo)
             for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
-                writer.close(arm, arm_result)
+                writer.close(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
         result.run_ids = writer.run_ids()
         result.wall_seconds = time.perf_counter() - started
         result.logging_seconds = writer.wait_seconds
+        result.writer_busy_seconds = writer.busy_seconds
     return result

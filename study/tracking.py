@@ -151,20 +151,18 @@ class StudyTracker:
             sub = "report/figures" if path.suffix == ".png" else "report"
             self.client.log_artifact(parent_run_id, str(path), sub)
 
-    def open_arm(self, arm: Arm, params: dict[str, str]) -> str:
-        """Create an arm's child run (RUNNING, with its params and tags); returns its id."""
-        from mlflow.entities import Param
-
+    def open_arm(self, arm: Arm) -> str:
+        """Create an arm's child run (RUNNING, with its tags); returns its id."""
         run = self.client.create_run(
             self.experiment_id, run_name=arm.key,
             tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
                   "study.config_hash": self.config_hash})
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         return run.info.run_id
 
-    def close_arm(self, run_id: str, result: ArmResult) -> None:
-        """Write a finished arm's metrics and divergence tags, then mark its run FINISHED."""
-        from mlflow.entities import Metric, RunTag
+    def close_arm(self, run_id: str, result: ArmResult, params: dict[str, str]) -> None:
+        """Write a finished arm's params, metrics and divergence tags in as few batched calls
+        as MLflow allows, then mark its run FINISHED."""
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         metrics = [Metric(name, value, now, step)
@@ -172,8 +170,9 @@ class StudyTracker:
         tags = [RunTag("study.diverged", str(result.diverged).lower())]
         if result.diverged:
             tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
-        first = 1000 - len(tags)  # MLflow takes at most 1000 entities a batch
-        self.client.log_batch(run_id, metrics=metrics[:first], tags=tags)
+        params = [Param(k, v) for k, v in params.items()]
+        first = 1000 - len(tags) - len(params)  # at most 1000 entities (100 params) a batch
+        self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
         for start in range(first, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
         self.client.set_terminated(run_id, "FINISHED")
@@ -184,8 +183,8 @@ class StudyTracker:
 
     def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         """One complete child run for a finished arm; returns its run id."""
-        run_id = self.open_arm(arm, params)
-        self.close_arm(run_id, result)
+        run_id = self.open_arm(arm)
+        self.close_arm(run_id, result, params)
         return run_id
 
 
@@ -209,15 +208,14 @@ class ArmWriter:
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
 
-    def open(self, arms: list[Arm], params: dict[str, dict[str, str]]) -> None:
+    def open(self, arms: list[Arm]) -> None:
         for arm in arms:
-            self.opened[arm.key] = self.pool.submit(self._timed, self.tracker.open_arm, arm,
-                                                    params[arm.key])
+            self.opened[arm.key] = self.pool.submit(self._timed, self.tracker.open_arm, arm)
 
-    def close(self, arm: Arm, result: ArmResult) -> None:
+    def close(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> None:
         run_id = self.opened[arm.key]
         self.closed[arm.key] = self.pool.submit(
-            lambda: self._timed(self.tracker.close_arm, run_id.result(), result))
+            lambda: self._timed(self.tracker.close_arm, run_id.result(), result, params))
 
     def run_ids(self) -> dict[str, str]:
         return {key: self.opened[key].result() for key in self.closed}
