@@ -187,7 +187,7 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
                   ha="right")
     ax.set_ylabel("steps to target (median over seeds)")
     ax.set_title("Steps to target by start (hollow ▲: censored, a lower bound)")
-    ax.legend(frameon=False, fontsize=8)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _style(ax)
     return figure
 
