@@ -103,7 +103,7 @@ def test_a_group_where_every_arm_is_censored():
     summary = summarize(arm_metrics(study)).set_index("init")
     bad = summary.loc["saturated_wrong"]
     assert bad.reached == 0 and bad.median_steps == BUDGET and np.isinf(bad.km_median_steps)
-    assert bad.slowdown == pytest.approx(BUDGET / 8) and bad.slowdown_censored
+    assert bad.slowdown == pytest.approx(BUDGET / 8) and bad.slowdown_bound == ">="
     table = report_table(summarize(arm_metrics(study)))
     assert list(table.index) == [("glorot", "mse"), ("saturated_wrong m=4", "mse")]
     row = table.loc[("saturated_wrong m=4", "mse")]
@@ -129,7 +129,7 @@ def test_slowdown_is_the_ratio_of_medians_paired_by_seed():
     row = summarize(arm_metrics(study)).set_index("init").loc["scaled"]
     assert row.slowdown == pytest.approx(400 / 200)
     assert row.slowdown_ci_low <= 2.0 <= row.slowdown_ci_high
-    assert not row.slowdown_censored
+    assert row.slowdown_bound == ""
     text = headline(summarize(arm_metrics(study)), 0.9)
     assert text[0].startswith("From scaled k=4, reaching val_accuracy 0.9 takes mse 2.0x (95% CI")
 
@@ -182,3 +182,13 @@ def test_learning_rate_views():
     assert set(select_lr(arms, "shared")["lr"]) == {1.0}
     with pytest.raises(ValueError, match="valid: own, shared"):
         select_lr(arms, "best")
+
+
+def test_a_censored_control_makes_the_slowdown_an_upper_bound():
+    study = make_study([{"loss": "mse", "init": init, "seed": s,
+                         "reach": None if init == "glorot" else 100,
+                         "severity": 0.0 if init == "glorot" else 2.0}
+                        for init in ("glorot", "scaled") for s in range(3)])
+    row = summarize(arm_metrics(study)).set_index("init").loc["scaled"]
+    assert row.slowdown == pytest.approx(100 / BUDGET) and row.slowdown_bound == "<="
+    assert "mse ≤0.1x" in headline(summarize(arm_metrics(study)), 0.9)[0]

@@ -167,8 +167,9 @@ def _lrs(cell: pd.DataFrame) -> str:
 def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Steps-to-target from each start over steps-to-target from the control, per loss:
     the ratio of medians, with a paired bootstrap CI over seeds (a seed shares its control
-    weights and minibatch order across inits). Censored times make it a lower bound."""
-    control = arms[arms["init"] == CONTROL].set_index(["loss", "seed"])["time"]
+    weights and minibatch order across inits). ``slowdown_bound`` says how censoring bends it."""
+    control_rows = arms[arms["init"] == CONTROL].set_index(["loss", "seed"])
+    control, control_reached = control_rows["time"], control_rows["reached"]
     rows = []
     for (loss, init, severity), cell in arms.groupby(CELL):
         if init == CONTROL or loss not in control.index.get_level_values("loss"):
@@ -190,9 +191,18 @@ def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFram
             low = high = ratio
         rows.append({"loss": loss, "init": init, "severity": severity, "slowdown": ratio,
                      "slowdown_ci_low": low, "slowdown_ci_high": high,
-                     "slowdown_censored": bool((~cell["reached"]).any())})
+                     "slowdown_bound": _bound(bool((~cell["reached"]).any()),
+                                              bool((~control_reached.loc[loss]).any()))})
     return pd.DataFrame(rows, columns=CELL + ["slowdown", "slowdown_ci_low", "slowdown_ci_high",
-                                              "slowdown_censored"])
+                                              "slowdown_bound"])
+
+
+def _bound(start_censored: bool, control_censored: bool) -> str:
+    """How to read a slowdown: a censored time is a lower bound on the true one, so a ratio
+    with a censored numerator is a lower bound (">="), with a censored denominator an upper
+    bound ("<="), and with both it says nothing ("?")."""
+    return {(False, False): "", (True, False): ">=", (False, True): "<=",
+            (True, True): "?"}[(start_censored, control_censored)]
 
 
 def pairwise_tests(arms: pd.DataFrame) -> pd.DataFrame:
@@ -240,6 +250,8 @@ def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
 
 # ---- the answer in words ------------------------------------------------------------------
 
+_BOUND_SIGN = {"": "", ">=": "≥", "<=": "≤", "?": "? "}
+
 
 def start_name(init: str, severity: float) -> str:
     """'saturated_wrong m=4', 'scaled k=4', 'glorot' (the letter from the init registry)."""
@@ -259,7 +271,7 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
             ["init", "severity"]):
         parts = []
         for row in start.sort_values("slowdown", ascending=False).itertuples():
-            bound = "≥" if row.slowdown_censored else ""
+            bound = _BOUND_SIGN[row.slowdown_bound]
             ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f})"
                   if np.isfinite(row.slowdown_ci_low) else "")
             parts.append(f"{row.loss} {bound}{row.slowdown:.1f}x{ci}")
@@ -292,8 +304,8 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
             + ci(row.median_steps, row.steps_ci_low, row.steps_ci_high, ",.0f"),
             "KM median steps": "not reached" if np.isinf(row.km_median_steps)
             else f"{row.km_median_steps:,.0f}",
-            "slowdown vs glorot [95% CI]": ("≥ " if getattr(row, "slowdown_censored", False)
-                                            is True else "")
+            "slowdown vs glorot [95% CI]": (_BOUND_SIGN.get(getattr(row, "slowdown_bound", ""),
+                                                            "") + " ").lstrip()
             + ci(slowdown, getattr(row, "slowdown_ci_low", np.nan),
                  getattr(row, "slowdown_ci_high", np.nan), ".2f"),
             "final val accuracy [95% CI]": ci(row.median_final_val_accuracy,
