@@ -181,12 +181,6 @@ class StudyTracker:
         """Delete an arm's run that never finished, so no half-written arm stays visible."""
         self.client.delete_run(run_id)
 
-    def log_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
-        """One complete child run for a finished arm; returns its run id."""
-        run_id = self.open_arm(arm)
-        self.close_arm(run_id, result, params)
-        return run_id
-
 
 class ArmWriter:
     """Writes arms from a background thread, off the training hot path.

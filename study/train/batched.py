@@ -16,8 +16,6 @@ cost time; the arms' computations never mix.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -216,8 +214,7 @@ class _Group:
             if not self.active[k]:
                 continue
             result.record(step, {name: float(values[k]) for name, values in metrics.items()})
-            if not math.isfinite(metrics["train_loss"][k]):
-                result.diverged_at = step
+            if result.diverged_at == step:
                 self.freeze(k)
 
     def freeze(self, k: int) -> None:
@@ -259,7 +256,6 @@ def train_group(group: _Group, arms: list[Arm],
     ``advance`` hears of progress in arms (fractions of the chunk as its steps go by)."""
     import tensorflow as tf
 
-    started = time.perf_counter()
     group.load(arms)
     results = [ArmResult() for _ in arms]
     group.evaluate(0, results)
@@ -274,9 +270,6 @@ def train_group(group: _Group, arms: list[Arm],
         done += progress
         previous = step
     advance(len(arms) - done)  # the steps an early stop skipped
-    seconds = (time.perf_counter() - started) / len(arms)
-    for result in results:
-        result.wall_seconds = seconds
     return results
 
 

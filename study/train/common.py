@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,15 +55,17 @@ class ArmResult:
 
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     diverged_at: int | None = None  # the first evaluated step with a non-finite loss
-    wall_seconds: float = 0.0
 
     @property
     def diverged(self) -> bool:
         return self.diverged_at is not None
 
     def record(self, step: int, values: dict[str, float]) -> None:
+        """Add one evaluation; a non-finite train_loss marks the arm diverged at ``step``."""
         for name, value in values.items():
             self.history.setdefault(name, []).append((step, float(value)))
+        if not math.isfinite(values["train_loss"]) and not self.diverged:
+            self.diverged_at = step
 
     def series(self, name: str) -> np.ndarray:
         """Values of one metric, in step order."""

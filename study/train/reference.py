@@ -7,8 +7,6 @@ the arm at the scheduled steps.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 from study.backend import start_tensorflow
@@ -69,17 +67,11 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
             if self.step in due:
-                record(self.step, evaluate(self.step), result)
+                result.record(self.step, evaluate(self.step))
                 if result.diverged:
                     self.model.stop_training = True
 
     return EvaluateOnSchedule()
-
-
-def record(step: int, values: dict[str, float], result: ArmResult) -> None:
-    result.record(step, values)
-    if not math.isfinite(values["train_loss"]) and not result.diverged:
-        result.diverged_at = step
 
 
 def training_targets(spec, splits: Splits):
@@ -101,7 +93,6 @@ def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
 def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     import keras
 
-    started = time.perf_counter()
     model, loss_fn = build_arm_model(arm, config, splits)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=arm.lr,
                                                  momentum=config.optimizer.momentum),
@@ -113,14 +104,13 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
 
     evaluate = _Evaluator(model, loss_fn, splits, y_train)
     result = ArmResult()
-    record(0, evaluate(0), result)
+    result.record(0, evaluate(0))
     # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
     # one iterator across epochs, so epoch e trains on exactly order[e].
     if not result.diverged:
         batches = _minibatches(splits.x_train, y_train, order)
         model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
                   shuffle=False, verbose=0, callbacks=[_make_callback(evaluate, schedule, result)])
-    result.wall_seconds = time.perf_counter() - started
     return result
 
 
