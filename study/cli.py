@@ -78,7 +78,11 @@ def _show(config, arms) -> None:
 def _run(config, args) -> int:
     from study.run import run_study
 
-    result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force)
+    try:
+        result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force)
+    except ConfigError as err:  # found once the data is loaded, still before any run exists
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     trained, skipped = len(result.results), len(result.skipped)
     print(f"study {config.name!r}: trained {trained} arms"
           + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer; waited "

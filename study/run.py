@@ -11,6 +11,7 @@ import yaml
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
 from study.grid import Arm, expand_grid
+from study.inits import initial_weights
 from study.models import layer_sizes
 from study.tracking import ArmWriter, StudyTracker, arm_params
 from study.train.common import ArmResult
@@ -38,6 +39,14 @@ def model_name(config: StudyConfig, n_features: int, n_classes: int) -> str:
     return "mlp-" + "-".join(map(str, sizes)) + "-" + config.model.activation
 
 
+def check_starts(config: StudyConfig, splits) -> None:
+    """Draw every start once (NumPy, cheap), so that given weights of the wrong shape fail
+    as a ConfigError before any MLflow run exists."""
+    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+    for init, severity, seed in sorted({arm.start for arm in expand_grid(config)}):
+        initial_weights(init, severity, seed, sizes, given=config.inits.get(init))
+
+
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
               force: bool = False) -> StudyResult:
     """Train every arm of ``config`` and log it to MLflow.
@@ -51,6 +60,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
     DATASETS[config.dataset].check_available()  # before any run is created
     splits = load_dataset(config.dataset, config.data_seed)
+    check_starts(config, splits)
     digest = config_hash(config)
     tracker = StudyTracker(tracking_uri)
     arms = expand_grid(config)

@@ -159,3 +159,19 @@ def test_grid_is_the_full_product_and_show_prints_it(capsys):
     out = capsys.readouterr().out
     assert out.startswith("study 'smoke': 32 arms on digits")
     assert "bce|saturated_wrong:4|seed=1|lr=0.5" in out
+
+
+def test_fixed_weights_of_the_wrong_shape_exit_2_before_any_run(tmp_path, capsys):
+    code = main(["run", str(CONFIGS / "neuron.yaml"), "--set", "model.hidden=[3]",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "inits.fixed.0.82: weights have shapes [(1, 1), (1,)], the model needs " \
+           "[(1, 3), (3,), (3, 1), (1,)]" in err
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_neuron_dataset_refuses_softmax_losses(tmp_path, capsys):
+    assert main(["show", str(CONFIGS / "neuron.yaml"), "--set", "losses=[cce]"]) == 2
+    assert "losses ['cce'] need a softmax over classes (use bce, mse, quadratic)" in \
+        capsys.readouterr().err
