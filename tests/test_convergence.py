@@ -192,3 +192,13 @@ def test_a_censored_control_makes_the_slowdown_an_upper_bound():
     row = summarize(arm_metrics(study)).set_index("init").loc["scaled"]
     assert row.slowdown == pytest.approx(100 / BUDGET) and row.slowdown_bound == "<="
     assert "mse ≤0.1x" in headline(summarize(arm_metrics(study)), 0.9)[0]
+
+
+def test_a_slowdown_censored_on_both_sides_is_unknown():
+    study = make_study([{"loss": "cce", "init": init, "seed": s, "reach": None,
+                         "severity": 0.0 if init == "glorot" else 2.0}
+                        for init in ("glorot", "scaled") for s in range(3)])
+    row = summarize(arm_metrics(study)).set_index("init").loc["scaled"]
+    assert row.slowdown_bound == "?"
+    assert "cce unknown (censored from both starts)" in headline(
+        summarize(arm_metrics(study)), 0.9)[0]

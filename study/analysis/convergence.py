@@ -271,6 +271,9 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
             ["init", "severity"]):
         parts = []
         for row in start.sort_values("slowdown", ascending=False).itertuples():
+            if row.slowdown_bound == "?":
+                parts.append(f"{row.loss} unknown (censored from both starts)")
+                continue
             bound = _BOUND_SIGN[row.slowdown_bound]
             ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f})"
                   if np.isfinite(row.slowdown_ci_low) else "")
