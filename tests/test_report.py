@@ -60,3 +60,17 @@ def test_report_of_an_unknown_experiment_exits_2(smoke_store, tmp_path, capsys):
     assert code == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_notebooks_are_stored_without_outputs():
+    import nbformat
+
+    from study.report import NOTEBOOKS
+
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert [n.name for n in notebooks] == ["neuron.ipynb", "report.ipynb"]
+    for path in notebooks:
+        cells = nbformat.read(path, as_version=4).cells
+        code = [c for c in cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), path.name
+        assert "parameters" in code[0].metadata.get("tags", [])  # papermill's injection point
