@@ -1,9 +1,10 @@
 """Tracking: the one module that writes to MLflow.
 
 One parent run per invocation (the config, its hash, the git commit, package versions) and
-one nested child run per arm. A child run is created only once its arm has finished, and all
-its params, tags and metrics go in ``log_batch`` calls, so an interrupted study leaves no
-half-written arm behind: every child run in the store is complete.
+one nested child run per arm. Child runs are created (RUNNING) while training starts; an
+arm's params, tags and metrics go in ``log_batch`` calls when it finishes, and only then is
+its run FINISHED. An interrupted study deletes the runs of arms that did not finish, so every
+child run left in the store is complete.
 """
 
 from __future__ import annotations
