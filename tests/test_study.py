@@ -155,3 +155,15 @@ def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, t
     resumed = run_study(config, uri, progress=False)
     assert len(resumed.skipped) == 2 and len(resumed.results) == 6
     assert len(_children(client, "smoke")) == 8
+
+
+def test_tracking_uri_defaults(tmp_path, monkeypatch):
+    from study.tracking import absolute_uri, default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert default_tracking_uri() == "sqlite:///elsewhere.db"
+    assert absolute_uri("sqlite:///elsewhere.db") == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
