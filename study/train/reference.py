@@ -1,8 +1,8 @@
 """The reference trainer: one Keras model per arm, trained with plain ``Model.fit`` and SGD.
 
 It is the ground truth that faster trainers are checked against, so it does nothing clever:
-``fit`` one epoch at a time on that epoch's minibatch order, with a callback that evaluates
-the arm at the scheduled steps.
+one ``fit`` over all epochs, fed the arm's minibatch order through ``tf.data``, with a
+callback that evaluates the arm at the scheduled steps.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _Evaluator:
         self.y_train = tf.constant(y_train_encoded)
         self.x_val = tf.constant(splits.x_val)
 
-    def __call__(self, step: int) -> dict[str, float]:
+    def __call__(self) -> dict[str, float]:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
@@ -67,7 +67,7 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
             if self.step in due:
-                result.record(self.step, evaluate(self.step))
+                result.record(self.step, evaluate())
                 if result.diverged:
                     self.model.stop_training = True
 
@@ -104,7 +104,7 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
 
     evaluate = _Evaluator(model, loss_fn, splits, y_train)
     result = ArmResult()
-    result.record(0, evaluate(0))
+    result.record(0, evaluate())
     # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
     # one iterator across epochs, so epoch e trains on exactly order[e].
     if not result.diverged:
