@@ -50,12 +50,11 @@ GROUP_CAP = 96
 
 
 def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
-    """Arms per chunk: within the memory budget and the cap, and balanced, so that the last
-    chunk is not a small remainder."""
+    """Arms per chunk: within the memory budget and the cap. Chunks are full and the
+    remainder comes last, in padded slots: the smaller the last chunk, the less is left to
+    write to MLflow once training ends."""
     budget = config.memory_budget_mb * 2**20
-    largest = max(1, min(n_arms, GROUP_CAP, budget // bytes_per_arm(config, splits)))
-    chunks = -(-n_arms // largest)
-    return -(-n_arms // chunks)
+    return max(1, min(n_arms, GROUP_CAP, budget // bytes_per_arm(config, splits)))
 
 
 class _Group:
