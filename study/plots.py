@@ -110,6 +110,21 @@ def _panel_grid(n: int, ncols: int = 4, **kwargs) -> tuple[Figure, list]:
     return figure, flat[:n]
 
 
+def _start_panels(frame: pd.DataFrame, xlabel: str = "step"):
+    """One panel per start (init, severity) on a shared symlog step axis, so that step 0 and
+    the first updates stay visible; returns the figure, the axes and each panel's rows."""
+    starts = _starts(frame)
+    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
+    panels = []
+    for ax, (init, severity) in zip(axes, starts, strict=True):
+        panels.append((ax, frame[(frame["init"] == init) & (frame["severity"] == severity)]))
+        ax.set_title(start_name(init, severity))
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel(xlabel)
+        _style(ax)
+    return figure, axes, panels
+
+
 def _legend(figure: Figure, axes: list) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right center", frameon=False)
@@ -126,10 +141,8 @@ def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accurac
                     view: str = "") -> Figure:
     """One panel per start; per loss the median over seeds with a bootstrap 95% CI band."""
     history = study.metric(metric).merge(arms[["run_id"]], on="run_id")
-    starts = _starts(history)
-    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
-    for ax, (init, severity) in zip(axes, starts, strict=True):
-        start = history[(history["init"] == init) & (history["severity"] == severity)]
+    figure, axes, panels = _start_panels(history, "step (optimizer updates)")
+    for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             band = _median_band(curves)
             ax.plot(band["step"], band["median"], label=loss, lw=1.8, **LOSS_STYLE[loss])
@@ -137,10 +150,6 @@ def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accurac
                             color=LOSS_STYLE[loss]["color"], lw=0)
         if metric == "val_accuracy" and np.isfinite(study.target):
             ax.axhline(study.target, color="black", lw=0.8, ls=":")
-        ax.set_title(start_name(init, severity))
-        ax.set_xscale("symlog", linthresh=1)  # step 0 stays on a log-like axis
-        ax.set_xlabel("step (optimizer updates)")
-        _style(ax)
     for ax in axes[:: min(len(axes), 4)]:
         ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
     _legend(figure, axes)
@@ -195,22 +204,16 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
 def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = None) -> Figure:
     """The early phase: gradient norm against step, median over seeds, per start."""
     history = study.metric("grad_norm").merge(arms[["run_id"]], on="run_id")
-    if max_step is None:  # the first two epochs: steps up to the second epoch end
-        epoch_ends = sorted(history["step"].unique())
-        max_step = epoch_ends[min(len(epoch_ends) - 1, _first_epoch_index(epoch_ends) + 1)]
+    if max_step is None:  # the first two epochs: up to twice the first epoch end
+        steps = sorted(history["step"].unique())
+        max_step = 2 * steps[_first_epoch_index(steps)]
     history = history[history["step"] <= max_step]
-    starts = _starts(history)
-    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
-    for ax, (init, severity) in zip(axes, starts, strict=True):
-        start = history[(history["init"] == init) & (history["severity"] == severity)]
+    figure, axes, panels = _start_panels(history)
+    for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             med = curves.groupby("step")["value"].median()
             ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **LOSS_STYLE[loss])
-        ax.set_title(start_name(init, severity))
-        ax.set_xscale("symlog", linthresh=1)
         ax.set_yscale("log")
-        ax.set_xlabel("step")
-        _style(ax)
     axes[0].set_ylabel("||∇ own loss|| (median)")
     _legend(figure, axes)
     figure.suptitle("Early phase: how hard each loss pushes from each start")
@@ -228,10 +231,8 @@ def _first_epoch_index(steps: list[int]) -> int:
 def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
     """Per start and loss, the Kaplan-Meier fraction of seeds that reached the target by each
     step (1 - survival), with its 95% band; censored arms end their curve's support."""
-    starts = _starts(arms)
-    figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
-    for ax, (init, severity) in zip(axes, starts, strict=True):
-        start = arms[(arms["init"] == init) & (arms["severity"] == severity)]
+    figure, axes, panels = _start_panels(arms)
+    for ax, start in panels:
         for loss, cell in start.groupby("loss"):
             km = kaplan_meier(cell["time"], cell["reached"])
             reached = 1 - km.survival_function_.iloc[:, 0]
@@ -241,11 +242,7 @@ def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
                     label=loss, lw=1.8, **LOSS_STYLE[loss])
             ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", alpha=0.12,
                             color=LOSS_STYLE[loss]["color"], lw=0)
-        ax.set_title(start_name(init, severity))
-        ax.set_xscale("symlog", linthresh=1)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("step")
-        _style(ax)
     axes[0].set_ylabel("fraction of seeds at target")
     _legend(figure, axes)
     figure.suptitle("Kaplan-Meier time to target (censored at the budget)")
