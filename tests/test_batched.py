@@ -86,3 +86,13 @@ def test_progress_adds_up_to_the_number_of_arms(tf, digits):
     list(batched.train_arms(expand_grid(config), config, digits, seen.append))
     assert sum(seen) == pytest.approx(len(expand_grid(config)))
     assert len(seen) > 1  # it moves during training, not only at the end
+
+
+def test_fixed_starts_on_the_single_neuron_match_the_reference_trainer(tf):
+    from study.data import load_dataset
+
+    config = load_config(CONFIGS / "neuron.yaml", ["epochs=30"])
+    neuron = load_dataset("neuron", 0)
+    expected, actual = _train(reference, config, neuron), _train(batched, config, neuron)
+    assert "grad_w" in actual[next(iter(actual))].history
+    _assert_same_curves(expected, actual, 1e-5)
