@@ -31,19 +31,23 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI (relative to the working directory when
+    the URI is), or None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if urlparse(uri).scheme == "sqlite" else None
+
+
 def absolute_uri(uri: str) -> str:
     """A relative SQLite path made absolute, so notebooks running elsewhere find the store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
+    path = sqlite_path(uri)
+    return f"sqlite:///{path.resolve()}" if path is not None else uri
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     # A SQLite store keeps artifacts beside its file, so the store moves as one folder.
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    db_path = sqlite_path(uri)
+    if db_path is None:
         return None
-    db_path = Path(uri.removeprefix("sqlite:///"))
     return (db_path.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
@@ -95,10 +99,10 @@ class StudyTracker:
     def _write_ahead_log(self) -> None:
         # SQLite's write-ahead log makes each commit cheaper (about 20% per arm here) and
         # lets `make ui` read while a study writes. The mode is stored in the file, once.
-        if urlparse(self.uri).scheme == "sqlite":
+        if sqlite_path(self.uri) is not None:
             import sqlite3
 
-            with contextlib.closing(sqlite3.connect(self.uri.removeprefix("sqlite:///"))) as db:
+            with contextlib.closing(sqlite3.connect(sqlite_path(self.uri))) as db:
                 db.execute("PRAGMA journal_mode=WAL")
 
     def finished_arms(self, experiment: str, config_hash: str) -> set[str]:

@@ -26,7 +26,14 @@ from study.grid import Arm
 from study.inits import initial_weights
 from study.losses import LOSSES
 from study.models import layer_sizes
-from study.train.common import ArmResult, Schedule, batch_order, steps_per_epoch
+from study.train.common import (
+    ArmResult,
+    Schedule,
+    batch_order,
+    is_single_neuron,
+    neuron_metrics,
+    steps_per_epoch,
+)
 from study.yardsticks import accuracy, yardsticks
 
 FLOAT = "float32"
@@ -153,7 +160,7 @@ class _Group:
                                 tf.shape(z))
             y = tf.broadcast_to(labels if rows.shape.rank == 1 else tf.gather_nd(labels, mine),
                                 tf.shape(z)[:-1])
-            loss = tf.reduce_mean(_per_example_loss(name, z, t, y), axis=1)
+            loss = tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
             total = tf.tensor_scatter_nd_update(total, mine, loss)
         return total
 
@@ -200,15 +207,15 @@ class _Group:
     # ---- bookkeeping ----
 
     def evaluate(self, step: int, results: list[ArmResult]) -> None:
-        losses, norms, train_out, val_out, weights, grads = (
-            _numpy(t) for t in self.evaluate_graph())
+        losses, norms, train_out, val_out, weights, grads = self.evaluate_graph()
+        losses, norms, train_out, val_out = (t.numpy() for t in (losses, norms, train_out,
+                                                                 val_out))
         metrics = {"train_loss": losses, "train_accuracy": accuracy(train_out,
                                                                       self.splits.y_train),
                    **yardsticks(val_out, self.splits.y_val, "val"), "grad_norm": norms}
-        if self.sizes == [1, 1]:  # the single neuron, as the reference trainer logs it
-            metrics.update(output=train_out[:, 0, 0], weight=weights[0][:, 0, 0],
-                           bias=weights[1][:, 0], grad_w=grads[0][:, 0, 0],
-                           grad_b=grads[1][:, 0])
+        if is_single_neuron(self.sizes):
+            metrics.update(neuron_metrics(train_out, *(t.numpy() for t in weights),
+                                          *(g.numpy() for g in grads)))
         for k, result in enumerate(results):  # results of the loaded arms, slot order
             if not self.active[k]:
                 continue
@@ -222,31 +229,6 @@ class _Group:
         self.lr.scatter_nd_update([[k]], [0.0])
         for w in self.weights + self.velocity:
             w.scatter_nd_update([[k]], np.zeros([1, *w.shape[1:]], FLOAT))
-
-
-def _numpy(value):
-    if isinstance(value, list | tuple):
-        return [v.numpy() for v in value]
-    return value.numpy()
-
-
-def _per_example_loss(name: str, logits, onehot, labels):
-    """Keras' loss for spec ``name`` per example, from the logits as Keras computes it when
-    the output comes from a sigmoid or softmax."""
-    import tensorflow as tf
-
-    if name == "bce":
-        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(onehot, logits), axis=-1)
-    if name == "cce":
-        return tf.nn.softmax_cross_entropy_with_logits(onehot, logits)
-    if name == "scce":
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    outputs = tf.nn.softmax(logits) if LOSSES[name].output == "softmax" else tf.sigmoid(logits)
-    if name in ("mse", "mse_softmax"):
-        return tf.reduce_mean(tf.square(outputs - onehot), axis=-1)
-    if name == "quadratic":
-        return 0.5 * tf.reduce_sum(tf.square(outputs - onehot), axis=-1)
-    raise ValueError(f"the batched trainer has no loss {name!r}; valid: {', '.join(LOSSES)}")
 
 
 def train_group(group: _Group, arms: list[Arm],

@@ -49,6 +49,18 @@ def batch_order(seed: int, n_train: int, batch_size: int, epochs: int) -> np.nda
                      for _ in range(epochs)])
 
 
+def is_single_neuron(sizes) -> bool:
+    """Nielsen's one input, one sigmoid neuron: the trainers then log all of it."""
+    return list(sizes) == [1, 1]
+
+
+def neuron_metrics(outputs, kernel, bias, grad_kernel, grad_bias) -> dict:
+    """The neuron's output on x = 1, its weight and bias and their gradients. Works on one
+    arm (outputs [M, 1], kernel [1, 1]) or K stacked arms (a leading K axis everywhere)."""
+    return {"output": outputs[..., 0, 0], "weight": kernel[..., 0, 0], "bias": bias[..., 0],
+            "grad_w": grad_kernel[..., 0, 0], "grad_b": grad_bias[..., 0]}
+
+
 @dataclass
 class ArmResult:
     """An arm's logged history: metric name -> list of (step, value)."""

@@ -16,7 +16,14 @@ from study.grid import Arm
 from study.inits import initial_weights
 from study.losses import LOSSES
 from study.models import build_mlp, layer_sizes
-from study.train.common import ArmResult, Schedule, batch_order, steps_per_epoch
+from study.train.common import (
+    ArmResult,
+    Schedule,
+    batch_order,
+    is_single_neuron,
+    neuron_metrics,
+    steps_per_epoch,
+)
 from study.yardsticks import accuracy, yardsticks
 
 
@@ -31,6 +38,9 @@ class _Evaluator:
         self.x_train = tf.constant(splits.x_train)
         self.y_train = tf.constant(y_train_encoded)
         self.x_val = tf.constant(splits.x_val)
+        kernels = model.trainable_variables[::2]
+        self.single_neuron = is_single_neuron([k.shape[0] for k in kernels]
+                                              + [kernels[-1].shape[1]])
 
     def __call__(self) -> dict[str, float]:
         import tensorflow as tf
@@ -46,11 +56,11 @@ class _Evaluator:
             **yardsticks(val_outputs, self.splits.y_val, "val"),
             "grad_norm": float(tf.linalg.global_norm(grads)),
         }
-        if self.model.count_params() == 2:  # a single neuron: log all of it, as Nielsen does
-            kernel, bias = self.model.trainable_variables
-            values.update(output=float(outputs[0, 0]), weight=float(kernel[0, 0]),
-                          bias=float(bias[0]), grad_w=float(grads[0][0, 0]),
-                          grad_b=float(grads[1][0]))
+        if self.single_neuron:
+            neuron = neuron_metrics(outputs.numpy(), *(v.numpy() for v in
+                                                       self.model.trainable_variables),
+                                    *(g.numpy() for g in grads))
+            values.update({name: float(value) for name, value in neuron.items()})
         return values
 
 
