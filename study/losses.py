@@ -1,7 +1,9 @@
 """Loss specs: each loss name maps to (Keras loss, output activation, label encoding).
 
-Adding a loss to the study is one entry in ``LOSSES``. Keras is imported only when a loss is
-built, so the registry can validate configs without starting TensorFlow.
+Adding a loss to the study is one entry in ``LOSSES``: the Keras loss (for the reference
+trainer) and the same loss per example from the logits (for the batched trainer, which the
+tests hold to the Keras one within 1e-5). TensorFlow is imported only when a loss is built or
+called, so the registry can validate configs without starting it.
 """
 
 from __future__ import annotations
