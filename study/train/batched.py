@@ -9,14 +9,18 @@ against it in the tests.
 
 Per-step Python and Keras overhead, not arithmetic, is what a small MLP costs; here it is
 paid once per evaluation interval for the whole group. Arms are trained in chunks that fit a
-memory budget, in one set of slots whose graphs are traced once. An arm that diverges is
-evaluated, recorded and then frozen (learning rate 0, weights zeroed) so that its NaNs cannot
-cost time; the arms' computations never mix.
+memory budget, in one set of slots whose graphs are traced once. Evaluations run on a second
+thread, on snapshots of the weights, while training goes on: a full-dataset evaluation of the
+group costs as much as many training steps, and the machine has a second core for it. An arm
+that diverges is evaluated, recorded and then frozen (learning rate 0, weights zeroed) so that
+its NaNs cannot cost time; the arms' computations never mix.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,7 +38,7 @@ from study.train.common import (
     neuron_metrics,
     steps_per_epoch,
 )
-from study.yardsticks import accuracy, yardsticks
+from study.yardsticks import yardsticks
 
 FLOAT = "float32"
 
@@ -101,8 +105,10 @@ class _Group:
         self.y_onehot = tf.constant(onehot.astype(FLOAT))
         self.y_int = tf.constant(splits.y_train.astype("int32"))
 
-        self.run = tf.function(self._run)
-        self.evaluate_graph = tf.function(self._evaluate)
+        # No autograph: the loops are written as TensorFlow loops, and converting this
+        # module's code would cost most of a second of every study's start-up.
+        self.run = tf.function(self._run, autograph=False)
+        self.evaluate_graph = tf.function(self._evaluate, autograph=False)
 
     def load(self, arms: list[Arm]) -> None:
         """Put a chunk of at most ``size`` arms in the slots; spare slots repeat the last arm
@@ -127,17 +133,20 @@ class _Group:
 
     # ---- the model and its losses ----
 
-    def _logits(self, x):
-        """x: [M, d] shared by all arms, or [K, M, d] per arm; returns [K, M, C]."""
+    def _logits(self, x, weights):
+        """x: [M, d] shared by all arms (a whole dataset), or [K, M, d] per arm (each arm's
+        minibatch); returns [K, M, C]."""
         import tensorflow as tf
 
         h = x
-        n_layers = len(self.weights) // 2
+        n_layers = len(weights) // 2
         for i in range(n_layers):
-            kernel, bias = self.weights[2 * i], self.weights[2 * i + 1]
-            # a batched matmul, not an einsum: einsum may fold the K arms into one matrix,
-            # which makes an arm's rounding depend on how many arms share the group
-            z = tf.linalg.matmul(h[None] if h.shape.rank == 2 else h, kernel) + bias[:, None, :]
+            kernel, bias = weights[2 * i], weights[2 * i + 1]
+            if h.shape.rank == 2:
+                z = _shared_input_matmul(h, kernel)
+            else:
+                z = tf.linalg.matmul(h, kernel)  # batched: each arm's rounding is its own
+            z = z + bias[:, None, :]
             h = self.activation(z) if i < n_layers - 1 else z
         return h
 
@@ -166,38 +175,55 @@ class _Group:
 
     # ---- training ----
 
-    def _run(self, start, stop):
+    def _step(self, step):
         import tensorflow as tf
 
-        lr = self.lr
-        for step in tf.range(start, stop):
-            rows = self.order[:, step, :]  # [K, B]
-            with tf.GradientTape() as tape:
-                logits = self._logits(tf.gather(self.x_train, rows))
-                total = tf.reduce_sum(self._losses(logits, rows))
-            grads = tape.gradient(total, self.weights)
-            for i, (w, g) in enumerate(zip(self.weights, grads, strict=True)):
-                rate = tf.reshape(lr, [-1] + [1] * (len(w.shape) - 1))
-                if self.momentum:  # Keras' SGD: v = momentum v - lr g; w += v
-                    v = self.velocity[i]
-                    v.assign(v * self.momentum - g * rate)
-                    w.assign_add(v)
-                else:
-                    w.assign_sub(g * rate)
+        rows = self.order[:, step, :]  # [K, B]
+        with tf.GradientTape() as tape:
+            logits = self._logits(tf.gather(self.x_train, rows), self.weights)
+            total = tf.reduce_sum(self._losses(logits, rows))
+        grads = tape.gradient(total, self.weights)
+        for i, (w, g) in enumerate(zip(self.weights, grads, strict=True)):
+            rate = tf.reshape(self.lr, [-1] + [1] * (len(w.shape) - 1))
+            if self.momentum:  # Keras' SGD: v = momentum v - lr g; w += v
+                v = self.velocity[i]
+                v.assign(v * self.momentum - g * rate)
+                w.assign_add(v)
+            else:
+                w.assign_sub(g * rate)
 
-    def _evaluate(self):
+    def _run(self, start, stop):
+        """SGD steps start, ..., stop - 1 for every slot, in one graph call."""
+        import tensorflow as tf
+
+        def body(step):
+            self._step(step)
+            return (step + 1,)
+
+        tf.while_loop(lambda step: step < stop, body, (start,))
+
+    def _evaluate(self, weights):
+        """The full-dataset measures of every slot at the given weights (a snapshot)."""
         import tensorflow as tf
 
         rows = tf.range(tf.shape(self.x_train)[0])
         with tf.GradientTape() as tape:
-            logits = self._logits(self.x_train)
+            tape.watch(weights)
+            logits = self._logits(self.x_train, weights)
             losses = self._losses(logits, rows)
             total = tf.reduce_sum(losses)
-        grads = tape.gradient(total, self.weights)
+        grads = tape.gradient(total, weights)
         norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g), axis=tf.range(1, tf.rank(g)))
                                   for g in grads]))
-        return (losses, norms, self._outputs(logits), self._outputs(self._logits(self.x_val)),
-                [tf.identity(w) for w in self.weights], grads)
+        train_out = self._outputs(logits)
+        # accuracy here, not from the outputs in NumPy: they are the largest thing to copy
+        correct = tf.argmax(train_out, axis=-1, output_type=tf.int32) == self.y_int
+        measures = {"train_loss": losses, "grad_norm": norms,
+                    "train_accuracy": tf.reduce_mean(tf.cast(correct, tf.float64), axis=1),
+                    "val_outputs": self._outputs(self._logits(self.x_val, weights))}
+        if is_single_neuron(self.sizes):
+            measures["neuron"] = (train_out, *weights, *grads)
+        return measures
 
     def _outputs(self, logits):
         import tensorflow as tf
@@ -206,17 +232,27 @@ class _Group:
 
     # ---- bookkeeping ----
 
-    def evaluate(self, step: int, results: list[ArmResult]) -> None:
-        losses, norms, train_out, val_out, weights, grads = self.evaluate_graph()
-        losses, norms, train_out, val_out = (t.numpy() for t in (losses, norms, train_out,
-                                                                 val_out))
-        metrics = {"train_loss": losses, "train_accuracy": accuracy(train_out,
-                                                                      self.splits.y_train),
-                   **yardsticks(val_out, self.splits.y_val, "val"), "grad_norm": norms}
-        if is_single_neuron(self.sizes):
-            metrics.update(neuron_metrics(train_out, *(t.numpy() for t in weights),
-                                          *(g.numpy() for g in grads)))
-        for k, result in enumerate(results):  # results of the loaded arms, slot order
+    def snapshot(self) -> list:
+        """The slots' current weights as tensors: later steps leave them unchanged (a
+        variable that is updated while its value is still referenced is copied first)."""
+        return [w.value() for w in self.weights]
+
+    def evaluate(self, weights: list) -> dict[str, np.ndarray]:
+        """Every logged metric of every slot at a snapshot, as arrays [K]."""
+        measures = self.evaluate_graph(weights)
+        metrics = {"train_loss": measures["train_loss"].numpy(),
+                   "train_accuracy": measures["train_accuracy"].numpy(),
+                   **yardsticks(measures["val_outputs"].numpy(), self.splits.y_val, "val"),
+                   "grad_norm": measures["grad_norm"].numpy()}
+        if "neuron" in measures:
+            metrics.update(neuron_metrics(*(t.numpy() for t in measures["neuron"])))
+        return metrics
+
+    def record(self, step: int, metrics: dict[str, np.ndarray],
+               results: list[ArmResult]) -> None:
+        """Add one evaluation to the loaded arms' results (slot order); freeze any arm that
+        has just diverged. Frozen arms and spare slots are not recorded."""
+        for k, result in enumerate(results):
             if not self.active[k]:
                 continue
             result.record(step, {name: float(values[k]) for name, values in metrics.items()})
@@ -239,19 +275,42 @@ def train_group(group: _Group, arms: list[Arm],
 
     group.load(arms)
     results = [ArmResult() for _ in arms]
-    group.evaluate(0, results)
+    evaluations = deque()  # (step, future metrics), in step order
+    evaluator = ThreadPoolExecutor(1, thread_name_prefix="evaluate")
+
+    def record_finished(wait: bool = False) -> None:
+        while evaluations and (wait or evaluations[0][1].done()):
+            step, metrics = evaluations.popleft()
+            group.record(step, metrics.result(), results)
+
     previous, done = 0, 0.0
-    for step in group.schedule.steps[1:]:
-        if not group.active.any():
-            break
-        group.run(tf.constant(previous), tf.constant(step))
-        group.evaluate(step, results)
-        progress = len(arms) * (step - previous) / group.schedule.total_steps
-        advance(progress)
-        done += progress
-        previous = step
+    try:
+        for step in group.schedule.steps:
+            if step:
+                if not group.active.any():  # every arm has diverged
+                    break
+                group.run(tf.constant(previous), tf.constant(step))
+                progress = len(arms) * (step - previous) / group.schedule.total_steps
+                advance(progress)
+                done += progress
+            evaluations.append((step, evaluator.submit(group.evaluate, group.snapshot())))
+            record_finished()  # a diverged arm is frozen as soon as its evaluation is in
+            previous = step
+        record_finished(wait=True)
+    finally:
+        evaluator.shutdown(cancel_futures=True)
     advance(len(arms) - done)  # the steps an early stop skipped
     return results
+
+
+def _shared_input_matmul(x, kernel):
+    """x [M, d] times each arm's kernel [K, d, h], as [K, M, h]: one matrix product with the
+    K kernels side by side, the fastest form of a pass over a whole dataset."""
+    import tensorflow as tf
+
+    k, d, h = kernel.shape
+    side_by_side = tf.reshape(tf.transpose(kernel, [1, 0, 2]), [d, k * h])
+    return tf.transpose(tf.reshape(tf.linalg.matmul(x, side_by_side), [-1, k, h]), [1, 0, 2])
 
 
 def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
