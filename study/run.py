@@ -76,11 +76,8 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
                    bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}]")
         started = time.perf_counter()
         with bar, ArmWriter(tracker) as writer:
-            # every child run is created up front, in the background, while training starts;
-            # each arm's results are written as soon as it finishes
-            writer.open(todo)
             for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
-                writer.close(arm, arm_result, arm_params(arm, config, model))
+                writer.write(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
         result.run_ids = writer.run_ids()
         result.wall_seconds = time.perf_counter() - started

@@ -1,10 +1,9 @@
 """Tracking: the one module that writes to MLflow.
 
 One parent run per invocation (the config, its hash, the git commit, package versions) and
-one nested child run per arm. Child runs are created (RUNNING) while training starts; an
-arm's params, tags and metrics go in ``log_batch`` calls when it finishes, and only then is
-its run FINISHED. An interrupted study deletes the runs of arms that did not finish, so every
-child run left in the store is complete.
+one nested child run per arm, written when the arm finishes: its params, tags and metrics in
+``log_batch`` calls, then FINISHED. An arm that did not finish has no run, so every child run
+in the store is complete.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -156,45 +156,41 @@ class StudyTracker:
             sub = "report/figures" if path.suffix == ".png" else "report"
             self.client.log_artifact(parent_run_id, str(path), sub)
 
-    def open_arm(self, arm: Arm) -> str:
-        """Create an arm's child run (RUNNING, with its tags); returns its id."""
-        run = self.client.create_run(
-            self.experiment_id, run_name=arm.key,
-            tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
-                  "study.config_hash": self.config_hash})
-        return run.info.run_id
-
-    def close_arm(self, run_id: str, result: ArmResult, params: dict[str, str]) -> None:
-        """Write a finished arm's params, metrics and divergence tags in as few batched calls
-        as MLflow allows, then mark its run FINISHED."""
+    def write_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
+        """A finished arm's child run, complete: tags, params and metrics in as few batched
+        calls as MLflow allows, then FINISHED. If a write fails, the run is deleted, so no
+        half-written arm stays visible. Returns the run id."""
         from mlflow.entities import Metric, Param, RunTag
 
-        now = int(time.time() * 1000)
-        metrics = [Metric(name, value, now, step)
-                   for name, points in result.history.items() for step, value in points]
-        tags = [RunTag("study.diverged", str(result.diverged).lower())]
-        if result.diverged:
-            tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
-        params = [Param(k, v) for k, v in params.items()]
-        first = 1000 - len(tags) - len(params)  # at most 1000 entities (100 params) a batch
-        self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
-        for start in range(first, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        self.client.set_terminated(run_id, "FINISHED")
-
-    def discard_arm(self, run_id: str) -> None:
-        """Delete an arm's run that never finished, so no half-written arm stays visible."""
-        self.client.delete_run(run_id)
+        run_id = self.client.create_run(
+            self.experiment_id, run_name=arm.key,
+            tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
+                  "study.config_hash": self.config_hash}).info.run_id
+        try:
+            now = int(time.time() * 1000)
+            metrics = [Metric(name, value, now, step)
+                       for name, points in result.history.items() for step, value in points]
+            tags = [RunTag("study.diverged", str(result.diverged).lower())]
+            if result.diverged:
+                tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
+            params = [Param(k, v) for k, v in params.items()]
+            first = 1000 - len(tags) - len(params)  # at most 1000 entities (100 params) a batch
+            self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
+            for start in range(first, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+            self.client.set_terminated(run_id, "FINISHED")
+        except BaseException:
+            self.client.delete_run(run_id)
+            raise
+        return run_id
 
 
 class ArmWriter:
-    """Writes arms from a background thread, off the training hot path.
+    """Writes each finished arm to MLflow from a background thread, off the training hot path.
 
-    ``open`` creates the child runs of arms about to train (while the first of them train);
-    ``close`` writes an arm's results when it finishes. Both return at once. Leaving the
-    ``with`` block waits for every write and raises the first error. If the study is cut
-    short, writes not yet started are dropped and the runs of arms that did not finish are
-    deleted, so the store never shows a half-written arm; arms that finished are kept.
+    ``write`` returns at once. Leaving the ``with`` block waits for every write and raises the
+    first error; that holds when the study is cut short too, so every arm that finished is
+    kept, and an arm that did not finish never has a run.
     """
 
     def __init__(self, tracker: StudyTracker):
@@ -202,52 +198,30 @@ class ArmWriter:
 
         self.tracker = tracker
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
-        self.opened: dict[str, object] = {}  # arm key -> future of its run id
-        self.closed: dict[str, object] = {}  # arm key -> future of the close
+        self.written: dict[str, Future] = {}  # arm key -> future run id
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
 
-    def open(self, arms: list[Arm]) -> None:
-        for arm in arms:
-            self.opened[arm.key] = self.pool.submit(self._timed, self.tracker.open_arm, arm)
+    def write(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> None:
+        self.written[arm.key] = self.pool.submit(self._timed, arm, result, params)
 
-    def close(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> None:
-        run_id = self.opened[arm.key]
-        self.closed[arm.key] = self.pool.submit(
-            lambda: self._timed(self.tracker.close_arm, run_id.result(), result, params))
-
-    def run_ids(self) -> dict[str, str]:
-        return {key: self.opened[key].result() for key in self.closed}
-
-    def _timed(self, write, *args):
+    def _timed(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         started = time.perf_counter()
         try:
-            return write(*args)
+            return self.tracker.write_arm(arm, result, params)
         finally:
             self.busy_seconds += time.perf_counter() - started
+
+    def run_ids(self) -> dict[str, str]:
+        return {key: future.result() for key, future in self.written.items()}
 
     def __enter__(self) -> ArmWriter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
         started = time.perf_counter()
-        if kind is not None:  # cut short: finished arms are still written, nothing else is
-            for key, opened in self.opened.items():
-                if key not in self.closed:
-                    opened.cancel()
         self.pool.shutdown(wait=True)
         self.wait_seconds = time.perf_counter() - started
-        if kind is not None:
-            self._discard_unfinished()
-            return
-        for future in [*self.opened.values(), *self.closed.values()]:
-            future.result()  # raise the first write error, if any
-
-    def _discard_unfinished(self) -> None:
-        for key, opened in self.opened.items():
-            closed = self.closed.get(key)
-            finished = closed is not None and closed.done() and not closed.cancelled() \
-                and closed.exception() is None
-            if opened.done() and not opened.cancelled() and opened.exception() is None \
-                    and not finished:
-                self.tracker.discard_arm(opened.result())
+        if kind is None:
+            for future in self.written.values():
+                future.result()  # raise the first write error, if any

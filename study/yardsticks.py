@@ -72,3 +72,30 @@ def _result(value: np.ndarray) -> float | np.ndarray:
 def yardsticks(outputs: np.ndarray, y: np.ndarray, prefix: str) -> dict:
     return {f"{prefix}_accuracy": accuracy(outputs, y), f"{prefix}_nll": nll(outputs, y),
             f"{prefix}_brier": brier(outputs, y)}
+
+
+# The same measures in TensorFlow, over K stacked arms (outputs [K, M, C], labels y [M]): the
+# batched trainer computes them inside its evaluation graph, where they need neither a copy
+# of the outputs nor the interpreter lock that MLflow's writer thread holds. The tests hold
+# them to the NumPy functions above.
+
+
+def accuracy_tf(outputs, y):
+    import tensorflow as tf
+
+    correct = tf.argmax(outputs, axis=-1, output_type=y.dtype) == y
+    return tf.reduce_mean(tf.cast(correct, tf.float64), axis=-1)
+
+
+def yardsticks_tf(outputs, y, prefix: str) -> dict:
+    import tensorflow as tf
+
+    p = tf.cast(outputs, tf.float64)
+    total = tf.reduce_sum(p, axis=-1, keepdims=True)
+    p = p / tf.where(total > 0, total, tf.ones_like(total))
+    true_class = tf.reduce_sum(p * tf.one_hot(y, tf.shape(p)[-1], dtype=tf.float64), axis=-1)
+    nll_tf = -tf.math.log(tf.clip_by_value(true_class, EPSILON, 1.0))
+    brier_tf = tf.reduce_sum(p * p, axis=-1) - 2 * true_class + 1
+    return {f"{prefix}_accuracy": accuracy_tf(outputs, y),
+            f"{prefix}_nll": tf.reduce_mean(nll_tf, axis=-1),
+            f"{prefix}_brier": tf.reduce_mean(brier_tf, axis=-1)}

@@ -80,6 +80,25 @@ def test_chunks_under_a_memory_budget_give_the_same_curves(tf, digits):
     _assert_same_curves(_train(batched, config, digits), _train(batched, tiny, digits), 1e-6)
 
 
+def test_an_evaluation_sees_its_snapshot_while_training_goes_on(tf, digits):
+    """Evaluations run beside training on snapshots of the weights: a snapshot keeps its
+    values however many steps follow, and evaluating it later gives the same metrics."""
+    config = _config("epochs=1")
+    arms = expand_grid(config)
+    group = batched._Group(len(arms), config, digits)
+    group.load(arms)
+    snapshot = group.snapshot()
+    before = [w.numpy().copy() for w in snapshot]
+    metrics = group.evaluate(snapshot)
+    group.run(tf.constant(0), tf.constant(20))
+    assert not np.array_equal(group.weights[0].numpy(), before[0])  # training moved on
+    for kept, copy in zip(snapshot, before, strict=True):
+        np.testing.assert_array_equal(kept.numpy(), copy)
+    later = group.evaluate(snapshot)
+    for name in metrics:
+        np.testing.assert_array_equal(later[name], metrics[name])
+
+
 def test_progress_adds_up_to_the_number_of_arms(tf, digits):
     config = _config("epochs=1")
     seen = []

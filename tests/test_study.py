@@ -157,6 +157,36 @@ def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, t
     assert len(_children(client, "smoke")) == 8
 
 
+def test_a_failed_write_leaves_no_half_written_run(tmp_path, monkeypatch, tf):
+    """If MLflow fails while an arm is written, the study stops with the error and the arm's
+    run is deleted: every child run in the store stays complete."""
+    import pytest
+    from mlflow.tracking import MlflowClient
+
+    from study.run import run_study
+
+    real = MlflowClient.log_batch
+    calls = []
+
+    def failing(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        calls.append(run_id)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    uri = tracking_uri(tmp_path)
+    monkeypatch.setattr(MlflowClient, "log_batch", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_study(load_config(SMOKE), uri, progress=False)
+    monkeypatch.setattr(MlflowClient, "log_batch", real)
+    client = _client(uri)
+    children = _children(client, "smoke")
+    assert calls[2] not in {run.info.run_id for run in children}
+    assert children and {run.info.status for run in children} == {"FINISHED"}
+    for run in children:
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 9
+
+
 def test_tracking_uri_defaults(tmp_path, monkeypatch):
     from study.tracking import absolute_uri, default_tracking_uri
 

@@ -71,3 +71,24 @@ def test_yardsticks_follow_their_definitions_one_arm_or_many():
     assert brier(np.eye(5)[y], y) == 0 and nll(np.eye(5)[y], y) == 0
     assert nll(np.ones((40, 5)), y) == pytest.approx(np.log(5))
     assert brier(np.ones((40, 5)), y) == pytest.approx(0.8)
+
+
+def test_tensorflow_yardsticks_equal_the_numpy_ones(tf):
+    """The batched trainer's in-graph yardsticks against the NumPy definitions, including a
+    row of zeros (nothing to normalize) and a confidently wrong row (NLL clipped at 1e-7)."""
+    from study.yardsticks import accuracy, accuracy_tf, yardsticks, yardsticks_tf
+
+    rng = np.random.default_rng(1)
+    outputs = rng.uniform(0.0, 1.0, size=(4, 30, 5)).astype("float32")
+    y = rng.integers(0, 5, 30)
+    outputs[0, 0] = 0.0
+    outputs[1, 1] = np.eye(5)[(y[1] + 1) % 5]
+    expected = yardsticks(outputs, y, "val")
+    actual = yardsticks_tf(tf.constant(outputs), tf.constant(y, tf.int32), "val")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        np.testing.assert_allclose(actual[name].numpy(), expected[name], rtol=1e-12,
+                                   err_msg=name)
+    np.testing.assert_array_equal(accuracy_tf(tf.constant(outputs), tf.constant(y)).numpy(),
+                                  accuracy(outputs, y))
+    assert expected["val_nll"][1] > -np.log(1 - 1e-7)  # the clipped term counts

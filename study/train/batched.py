@@ -31,6 +31,7 @@ from study.inits import initial_weights
 from study.losses import LOSSES
 from study.models import layer_sizes
 from study.train.common import (
+    METRICS,
     ArmResult,
     Schedule,
     batch_order,
@@ -38,7 +39,7 @@ from study.train.common import (
     neuron_metrics,
     steps_per_epoch,
 )
-from study.yardsticks import yardsticks
+from study.yardsticks import accuracy_tf, yardsticks_tf
 
 FLOAT = "float32"
 
@@ -104,6 +105,7 @@ class _Group:
                   else np.eye(splits.n_classes, dtype=FLOAT)[splits.y_train])
         self.y_onehot = tf.constant(onehot.astype(FLOAT))
         self.y_int = tf.constant(splits.y_train.astype("int32"))
+        self.y_val = tf.constant(splits.y_val.astype("int32"))
 
         # No autograph: the loops are written as TensorFlow loops, and converting this
         # module's code would cost most of a second of every study's start-up.
@@ -216,14 +218,13 @@ class _Group:
         norms = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(g), axis=tf.range(1, tf.rank(g)))
                                   for g in grads]))
         train_out = self._outputs(logits)
-        # accuracy here, not from the outputs in NumPy: they are the largest thing to copy
-        correct = tf.argmax(train_out, axis=-1, output_type=tf.int32) == self.y_int
-        measures = {"train_loss": losses, "grad_norm": norms,
-                    "train_accuracy": tf.reduce_mean(tf.cast(correct, tf.float64), axis=1),
-                    "val_outputs": self._outputs(self._logits(self.x_val, weights))}
-        if is_single_neuron(self.sizes):
-            measures["neuron"] = (train_out, *weights, *grads)
-        return measures
+        val_out = self._outputs(self._logits(self.x_val, weights))
+        metrics = {"train_loss": tf.cast(losses, tf.float64),
+                   "train_accuracy": accuracy_tf(train_out, self.y_int),
+                   **yardsticks_tf(val_out, self.y_val, "val"),
+                   "grad_norm": tf.cast(norms, tf.float64)}
+        neuron = (train_out, *weights, *grads) if is_single_neuron(self.sizes) else ()
+        return tf.stack([metrics[name] for name in METRICS]), neuron
 
     def _outputs(self, logits):
         import tensorflow as tf
@@ -239,13 +240,10 @@ class _Group:
 
     def evaluate(self, weights: list) -> dict[str, np.ndarray]:
         """Every logged metric of every slot at a snapshot, as arrays [K]."""
-        measures = self.evaluate_graph(weights)
-        metrics = {"train_loss": measures["train_loss"].numpy(),
-                   "train_accuracy": measures["train_accuracy"].numpy(),
-                   **yardsticks(measures["val_outputs"].numpy(), self.splits.y_val, "val"),
-                   "grad_norm": measures["grad_norm"].numpy()}
-        if "neuron" in measures:
-            metrics.update(neuron_metrics(*(t.numpy() for t in measures["neuron"])))
+        values, neuron = self.evaluate_graph(weights)
+        metrics = dict(zip(METRICS, values.numpy(), strict=True))
+        if neuron:
+            metrics.update(neuron_metrics(*(t.numpy() for t in neuron)))
         return metrics
 
     def record(self, step: int, metrics: dict[str, np.ndarray],
