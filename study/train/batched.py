@@ -57,9 +57,9 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
 
 
 # Past about this many arms a group gains little per arm-step (on 2 cores, the default
-# study's 540 arms: 11.9 s in groups of 64, 10.2 s of 96, 9.3 s of 135, 9.0 s of 180), while
-# smaller groups let the MLflow writes of one group overlap the training of the next.
-GROUP_CAP = 180
+# study's 540 arms train in 11.9 s in groups of 64, 10.2 s of 96, 9.0 s of 180), while smaller
+# groups let MLflow's writes start sooner and leave fewer of them for after the last group.
+GROUP_CAP = 96
 
 
 def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
@@ -156,25 +156,27 @@ class _Group:
         return h
 
     def _losses(self, logits, rows):
-        """Each slot's own loss, mean over the rows, [K]. rows: [K, B] indices (each slot's
-        minibatch) or [M] (a whole dataset, shared).
+        """Each slot's own loss, mean over the rows, [K]. rows: [K, M] or [M] indices.
 
-        Either way a slot's value and gradient come from its own logits alone, so no other
-        slot's inf or NaN can reach it, and the masks are tensors: one trace serves every
+        Each spec's loss is computed on its own slots only (gathered by the spec mask,
+        scattered back), so no other spec's inf or NaN can reach a slot's value or gradient,
+        and nothing is computed twice. The index sets are tensors: one trace serves every
         chunk, whatever its mix of losses."""
         import tensorflow as tf
 
         onehot = tf.gather(self.y_onehot, rows)
         labels = tf.gather(self.y_int, rows)
         total = tf.zeros(tf.shape(logits)[:1])
-        if rows.shape.rank == 2:
-            # A minibatch: every spec's loss on every slot, each slot keeping its own. The
-            # tensors are tiny, so fewer ops beat less arithmetic; another spec's loss is
-            # finite on finite logits and gets a zero gradient.
-            for column, name in enumerate(self.specs):
-                loss = tf.reduce_mean(LOSSES[name].from_logits(logits, onehot, labels), axis=1)
-                total = total + tf.where(self.spec_mask[:, column], loss, 0.0)
-            return total
+        for column, name in enumerate(self.specs):
+            mine = tf.where(self.spec_mask[:, column])  # [n, 1] slot indices
+            z = tf.gather_nd(logits, mine)
+            t = tf.broadcast_to(onehot if rows.shape.rank == 1 else tf.gather_nd(onehot, mine),
+                                tf.shape(z))
+            y = tf.broadcast_to(labels if rows.shape.rank == 1 else tf.gather_nd(labels, mine),
+                                tf.shape(z)[:-1])
+            loss = tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
+            total = tf.tensor_scatter_nd_update(total, mine, loss)
+        return total
         # A whole dataset: each spec's loss on its own slots only (gathered by the spec mask,
         # scattered back), as there the arithmetic dominates.
         for column, name in enumerate(self.specs):
