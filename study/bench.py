@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -88,16 +87,21 @@ def batched_ms_per_step(arms, config, splits, steps: int = 1000) -> float:
 
 
 def peak_memory_mb(n_arms: int) -> float:
-    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS."""
+    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS, as
+    the process itself reports it (a parent's count of its children would include whatever a
+    forked helper inherited from this process)."""
     seeds = list(range(-(-n_arms // 36)))  # 36 arms per seed in the default grid (one lr)
     code = (
+        "import resource; "
         "from study.config import load_config; from study.data import load_dataset; "
         "from study.grid import expand_grid; from study.train import batched; "
         f"c = load_config({str(DEFAULT)!r}, ['epochs=1', 'optimizer.lr=2.0', "
         f"'seeds={seeds}']); a = expand_grid(c)[:{n_arms}]; assert len(a) == {n_arms}; "
-        "list(batched.train_arms(a, c, load_dataset(c.dataset, c.data_seed)))")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux
+        "list(batched.train_arms(a, c, load_dataset(c.dataset, c.data_seed))); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                          stdout=subprocess.PIPE, text=True)
+    return int(done.stdout.split()[-1]) / 1024  # kB on Linux
 
 
 def study_figures(config_path: Path) -> dict:
