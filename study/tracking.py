@@ -157,25 +157,25 @@ class StudyTracker:
             self.client.log_artifact(parent_run_id, str(path), sub)
 
     def write_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
-        """A finished arm's child run, complete: tags, params and metrics in as few batched
-        calls as MLflow allows, then FINISHED. If a write fails, the run is deleted, so no
-        half-written arm stays visible. Returns the run id."""
-        from mlflow.entities import Metric, Param, RunTag
+        """A finished arm's child run, complete: its tags as it is created, then params and
+        metrics in as few batched calls as MLflow allows, then FINISHED. If a write fails,
+        the run is deleted, so no half-written arm stays visible. Returns the run id."""
+        from mlflow.entities import Metric, Param
 
-        run_id = self.client.create_run(
-            self.experiment_id, run_name=arm.key,
-            tags={"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
-                  "study.config_hash": self.config_hash}).info.run_id
+        tags = {"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
+                "study.config_hash": self.config_hash,
+                "study.diverged": str(result.diverged).lower()}
+        if result.diverged:
+            tags["study.diverged_at_step"] = str(result.diverged_at)
+        run_id = self.client.create_run(self.experiment_id, run_name=arm.key,
+                                        tags=tags).info.run_id
         try:
             now = int(time.time() * 1000)
             metrics = [Metric(name, value, now, step)
                        for name, points in result.history.items() for step, value in points]
-            tags = [RunTag("study.diverged", str(result.diverged).lower())]
-            if result.diverged:
-                tags.append(RunTag("study.diverged_at_step", str(result.diverged_at)))
             params = [Param(k, v) for k, v in params.items()]
-            first = 1000 - len(tags) - len(params)  # at most 1000 entities (100 params) a batch
-            self.client.log_batch(run_id, metrics=metrics[:first], params=params, tags=tags)
+            first = 1000 - len(params)  # at most 1000 entities (100 params) a batch
+            self.client.log_batch(run_id, metrics=metrics[:first], params=params)
             for start in range(first, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
             self.client.set_terminated(run_id, "FINISHED")

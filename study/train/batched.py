@@ -72,6 +72,16 @@ def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
     return -(-n_arms // chunks)
 
 
+def _shared_input_matmul(x, kernel):
+    """x [M, d] times each arm's kernel [K, d, h], as [K, M, h]: one matrix product with the
+    K kernels side by side, the fastest form of a pass over a whole dataset."""
+    import tensorflow as tf
+
+    k, d, h = kernel.shape
+    side_by_side = tf.reshape(tf.transpose(kernel, [1, 0, 2]), [d, k * h])
+    return tf.transpose(tf.reshape(tf.linalg.matmul(x, side_by_side), [-1, k, h]), [1, 0, 2])
+
+
 class _Group:
     """K arm slots as stacked variables, with graph functions to train and evaluate them.
 
@@ -311,16 +321,6 @@ def train_group(group: _Group, arms: list[Arm],
         evaluator.shutdown(cancel_futures=True)
     advance(len(arms) - done)  # the steps an early stop skipped
     return results
-
-
-def _shared_input_matmul(x, kernel):
-    """x [M, d] times each arm's kernel [K, d, h], as [K, M, h]: one matrix product with the
-    K kernels side by side, the fastest form of a pass over a whole dataset."""
-    import tensorflow as tf
-
-    k, d, h = kernel.shape
-    side_by_side = tf.reshape(tf.transpose(kernel, [1, 0, 2]), [d, k * h])
-    return tf.transpose(tf.reshape(tf.linalg.matmul(x, side_by_side), [-1, k, h]), [1, 0, 2])
 
 
 def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
