@@ -87,21 +87,20 @@ def batched_ms_per_step(arms, config, splits, steps: int = 1000) -> float:
 
 
 def peak_memory_mb(n_arms: int) -> float:
-    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS, as
-    the process itself reports it (a parent's count of its children would include whatever a
-    forked helper inherited from this process)."""
+    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS, read
+    from the process's own VmHWM (getrusage's maxrss would also count the image the process
+    was forked from, i.e. this one)."""
     seeds = list(range(-(-n_arms // 36)))  # 36 arms per seed in the default grid (one lr)
     code = (
-        "import resource; "
         "from study.config import load_config; from study.data import load_dataset; "
         "from study.grid import expand_grid; from study.train import batched; "
         f"c = load_config({str(DEFAULT)!r}, ['epochs=1', 'optimizer.lr=2.0', "
         f"'seeds={seeds}']); a = expand_grid(c)[:{n_arms}]; assert len(a) == {n_arms}; "
         "list(batched.train_arms(a, c, load_dataset(c.dataset, c.data_seed))); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
     done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                           stdout=subprocess.PIPE, text=True)
-    return int(done.stdout.split()[-1]) / 1024  # kB on Linux
+    return int(done.stdout.split()[-1]) / 1024  # kB
 
 
 def study_figures(config_path: Path) -> dict:
