@@ -73,10 +73,15 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
         bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}]")
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}"
+                              "{postfix}]")
         started = time.perf_counter()
-        with bar, ArmWriter(tracker) as writer:
-            for arm, arm_result in trainer(config).train_arms(todo, config, splits, bar.update):
+        # MLflow may still be writing when training ends: the bar says how far it has got
+        with bar, ArmWriter(tracker, lambda n: bar.set_postfix_str(f"{n} stored")) as writer:
+            def advance(arms: float) -> None:  # fractions of arms add up to a hair over
+                bar.update(min(arms, bar.total - bar.n))
+
+            for arm, arm_result in trainer(config).train_arms(todo, config, splits, advance):
                 writer.write(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
         result.run_ids = writer.run_ids()

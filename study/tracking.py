@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
@@ -190,13 +190,14 @@ class ArmWriter:
 
     ``write`` returns at once. Leaving the ``with`` block waits for every write and raises the
     first error; that holds when the study is cut short too, so every arm that finished is
-    kept, and an arm that did not finish never has a run.
+    kept, and an arm that did not finish never has a run. ``stored`` hears, from the writer
+    thread, how many arms are in the store so far.
     """
 
-    def __init__(self, tracker: StudyTracker):
+    def __init__(self, tracker: StudyTracker, stored: Callable[[int], None] = lambda n: None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.tracker = tracker
+        self.tracker, self.stored, self.n_stored = tracker, stored, 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
         self.written: dict[str, Future] = {}  # arm key -> future run id
         self.busy_seconds = 0.0  # time the writer spent writing
@@ -208,9 +209,12 @@ class ArmWriter:
     def _timed(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         started = time.perf_counter()
         try:
-            return self.tracker.write_arm(arm, result, params)
+            run_id = self.tracker.write_arm(arm, result, params)
         finally:
             self.busy_seconds += time.perf_counter() - started
+        self.n_stored += 1
+        self.stored(self.n_stored)
+        return run_id
 
     def run_ids(self) -> dict[str, str]:
         return {key: future.result() for key, future in self.written.items()}
