@@ -187,15 +187,6 @@ class _Group:
             loss = tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
             total = tf.tensor_scatter_nd_update(total, mine, loss)
         return total
-        # A whole dataset: each spec's loss on its own slots only (gathered by the spec mask,
-        # scattered back), as there the arithmetic dominates.
-        for column, name in enumerate(self.specs):
-            mine = tf.where(self.spec_mask[:, column])  # [n, 1] slot indices
-            z = tf.gather_nd(logits, mine)
-            t, y = tf.broadcast_to(onehot, tf.shape(z)), tf.broadcast_to(labels, tf.shape(z)[:-1])
-            loss = tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
-            total = tf.tensor_scatter_nd_update(total, mine, loss)
-        return total
 
     # ---- training ----
 
