@@ -13,6 +13,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from study.config import StudyConfig
+from study.cores import WriterCore
 from study.grid import Arm
 from study.train.common import ArmResult
 
@@ -191,7 +193,8 @@ class ArmWriter:
     ``write`` returns at once. Leaving the ``with`` block waits for every write and raises the
     first error; that holds when the study is cut short too, so every arm that finished is
     kept, and an arm that did not finish never has a run. ``stored`` hears, from the writer
-    thread, how many arms are in the store so far.
+    thread, how many arms are in the store so far. While writes are queued, the writer has a
+    core to itself (``study.cores``).
     """
 
     def __init__(self, tracker: StudyTracker, stored: Callable[[int], None] = lambda n: None):
@@ -200,18 +203,29 @@ class ArmWriter:
         self.tracker, self.stored, self.n_stored = tracker, stored, 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
         self.written: dict[str, Future] = {}  # arm key -> future run id
+        self.core = WriterCore()
+        self.queued = 0  # writes submitted and not yet done
+        self.lock = threading.Lock()
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
 
     def write(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> None:
+        with self.lock:
+            self.queued += 1
         self.written[arm.key] = self.pool.submit(self._timed, arm, result, params)
 
     def _timed(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
+        self.core.reserve()
         started = time.perf_counter()
         try:
             run_id = self.tracker.write_arm(arm, result, params)
         finally:
             self.busy_seconds += time.perf_counter() - started
+            with self.lock:
+                self.queued -= 1
+                idle = not self.queued
+            if idle:  # a write submitted meanwhile reserves the core again
+                self.core.release()
         self.n_stored += 1
         self.stored(self.n_stored)
         return run_id

@@ -3,6 +3,7 @@ the project's own, shrunk (lightning-hydra style) so each test trains for second
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,12 @@ from study.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+EVERY_CORE = os.sched_getaffinity(0)  # as the suite starts, before any MLflow writer pins one
+
+
+def every_thread_has_every_core() -> bool:
+    return all(os.sched_getaffinity(int(thread)) == EVERY_CORE
+               for thread in os.listdir("/proc/self/task"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import yaml
 
 from study.cli import main
 from study.config import config_hash, load_config
-from tests.conftest import CONFIGS, tracking_uri
+from tests.conftest import CONFIGS, every_thread_has_every_core, tracking_uri
 
 SMOKE = str(CONFIGS / "smoke.yaml")
 METRICS = {"train_loss", "train_accuracy", "val_accuracy", "val_nll", "val_brier", "grad_norm"}
@@ -150,6 +150,7 @@ def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, t
     experiment = client.get_experiment_by_name("smoke").experiment_id
     parent = client.search_runs([experiment], "tags.`study.role` = 'parent'")[0]
     assert parent.info.status == "KILLED"
+    assert every_thread_has_every_core()
 
     monkeypatch.setattr(batched, "train_arms", real)
     resumed = run_study(config, uri, progress=False)
@@ -185,6 +186,7 @@ def test_a_failed_write_leaves_no_half_written_run(tmp_path, monkeypatch, tf):
     assert children and {run.info.status for run in children} == {"FINISHED"}
     for run in children:
         assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 9
+    assert every_thread_has_every_core()  # the writer gave its core back on the way out
 
 
 def test_tracking_uri_defaults(tmp_path, monkeypatch):
