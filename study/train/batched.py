@@ -109,7 +109,7 @@ class _Group:
                                           "int32"))
         # which loss spec each slot trains with: one column per loss of the study
         self.specs = tuple(config.losses)
-        self.spec_mask = tf.Variable(tf.zeros((size, len(self.specs)), tf.bool))
+        self.spec = tf.Variable(tf.zeros(size, "int32"))  # index into specs
         self.softmax_mask = tf.Variable(tf.zeros((size, 1, 1), tf.bool))
         self.active = np.zeros(size, bool)
 
@@ -143,7 +143,7 @@ class _Group:
         self.order.assign(np.stack([
             batch_order(a.seed, n_train, batch, epochs).reshape(-1, batch)
             for a in padded]).astype("int32"))
-        self.spec_mask.assign(np.array([[a.loss == s for s in self.specs] for a in padded]))
+        self.spec.assign(np.array([self.specs.index(a.loss) for a in padded], "int32"))
         self.softmax_mask.assign(np.array(
             [LOSSES[a.loss].output == "softmax" for a in padded])[:, None, None])
 
@@ -169,25 +169,27 @@ class _Group:
     def _losses(self, logits, rows):
         """Each slot's own loss, mean over the rows, [K]. rows: [K, M] or [M] indices.
 
-        Each spec's loss is computed on its own slots only (gathered by the spec mask,
-        scattered back), so no other spec's inf or NaN can reach a slot's value or gradient,
-        and nothing is computed twice. The index sets are tensors: one trace serves every
-        chunk, whatever its mix of losses."""
+        Each spec's loss is computed on its own slots only (the slots partitioned by spec,
+        the losses stitched back), so no other spec's inf or NaN can reach a slot's value or
+        gradient, and nothing is computed twice. The partition is a tensor: one trace serves
+        every chunk, whatever its mix of losses. (Masking instead, every loss on every slot,
+        leaks NaN: 0 x NaN is NaN; per-spec gathers and scatters cost 8% more per step.)"""
         import tensorflow as tf
 
+        n = len(self.specs)
+        slots = tf.dynamic_partition(tf.range(tf.shape(logits)[0]), self.spec, n)
+        zs = tf.dynamic_partition(logits, self.spec, n)
         onehot = tf.gather(self.y_onehot, rows)
         labels = tf.gather(self.y_int, rows)
-        total = tf.zeros(tf.shape(logits)[:1])
-        for column, name in enumerate(self.specs):
-            mine = tf.where(self.spec_mask[:, column])  # [n, 1] slot indices
-            z = tf.gather_nd(logits, mine)
-            t = tf.broadcast_to(onehot if rows.shape.rank == 1 else tf.gather_nd(onehot, mine),
-                                tf.shape(z))
-            y = tf.broadcast_to(labels if rows.shape.rank == 1 else tf.gather_nd(labels, mine),
-                                tf.shape(z)[:-1])
-            loss = tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
-            total = tf.tensor_scatter_nd_update(total, mine, loss)
-        return total
+        if rows.shape.rank == 1:  # the same rows for every slot
+            ts = [tf.broadcast_to(onehot, tf.shape(z)) for z in zs]
+            ys = [tf.broadcast_to(labels, tf.shape(z)[:-1]) for z in zs]
+        else:
+            ts = tf.dynamic_partition(onehot, self.spec, n)
+            ys = tf.dynamic_partition(labels, self.spec, n)
+        losses = [tf.reduce_mean(LOSSES[name].from_logits(z, t, y), axis=1)
+                  for name, z, t, y in zip(self.specs, zs, ts, ys, strict=True)]
+        return tf.dynamic_stitch(slots, losses)
 
     # ---- training ----
 
