@@ -8,9 +8,10 @@ import os
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
-    # TensorFlow's C++ start-up lines (oneDNN notice, CUDA probing on a CPU-only machine) go
-    # straight to file descriptor 2 and ignore TF_CPP_MIN_LOG_LEVEL in recent releases.
+def native_stderr_silenced():
+    # TensorFlow's C++ notices (oneDNN, CUDA probing on a CPU-only machine, tf.data's graph
+    # version notes) go straight to file descriptor 2 and ignore TF_CPP_MIN_LOG_LEVEL in
+    # recent releases. Python exceptions still surface: they are raised, not printed.
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -27,7 +28,7 @@ def start_tensorflow():
     """Import TensorFlow and Keras (TensorFlow backend) with op determinism on; idempotent."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _stderr_silenced():
+    with native_stderr_silenced():
         import keras
         import tensorflow as tf
 

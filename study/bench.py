@@ -58,6 +58,7 @@ def keras_fit_ms_per_step(arm, config, splits, epochs: int = 4) -> float:
     the batched trainer exists to amortize."""
     import keras
 
+    from study.backend import native_stderr_silenced
     from study.losses import LOSSES
     from study.train.reference import build_arm_model, training_targets
 
@@ -65,7 +66,8 @@ def keras_fit_ms_per_step(arm, config, splits, epochs: int = 4) -> float:
     model.compile(optimizer=keras.optimizers.SGD(arm.lr), loss=loss)
     y = training_targets(LOSSES[arm.loss], splits)
     keras.utils.set_random_seed(0)  # fit shuffles; op determinism wants a seed
-    model.fit(splits.x_train, y, batch_size=config.batch_size, epochs=1, verbose=0)
+    with native_stderr_silenced():  # tf.data's first shuffle logs a harmless "E0000" line
+        model.fit(splits.x_train, y, batch_size=config.batch_size, epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(splits.x_train, y, batch_size=config.batch_size, epochs=epochs, verbose=0)
     steps = epochs * -(-len(splits.x_train) // config.batch_size)
