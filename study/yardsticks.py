@@ -36,8 +36,9 @@ def normalize(outputs: np.ndarray) -> np.ndarray:
     return outputs / np.where(total > 0, total, 1.0)
 
 
-# Each measure takes outputs [M, C] (one arm: a float) or [K, M, C] (K arms: an array [K]),
-# so the batched trainer scores a whole group in one call.
+# Each measure takes outputs [M, C] (one arm: a float) or [K, M, C] (K arms: an array [K]).
+# The reference trainer scores one arm; the stacked form is what the batched trainer's
+# TensorFlow measures below are tested against.
 
 
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float | np.ndarray:
