@@ -7,6 +7,7 @@ line that names the key and what is valid, before any MLflow run exists.
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ from study.data import DATASETS
 from study.errors import ConfigError, check_name
 from study.inits import INITS
 from study.losses import LOSSES
+from study.optimizers import OPTIMIZERS
 
 
 class _Frozen(BaseModel):
@@ -36,20 +38,72 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class ModelConfig(_Frozen):
-    hidden: tuple[PositiveInt, ...] = (30,)
+    # a registered builder (study.models.MODELS) or a user's own: "package.module:function"
+    kind: Literal["mlp", "cnn"] = "mlp"
+    builder: str | None = None
+    hidden: tuple[PositiveInt, ...] = (30,)  # Dense layers (for cnn: after the convolutions)
     activation: Literal["sigmoid", "tanh", "relu"] = "sigmoid"
+    filters: tuple[PositiveInt, ...] = (8,)  # cnn: one Conv2D per entry
+    kernel_size: PositiveInt = 3  # cnn
+    pool: PositiveInt = 2  # cnn: max-pooling after each convolution (1: none)
+
+    @field_validator("builder")
+    @classmethod
+    def _module_colon_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"must be 'package.module:function', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_the_kind(self) -> ModelConfig:
+        cnn_only = {"filters", "kernel_size", "pool"} & self.model_fields_set
+        if self.builder is not None:
+            extra = (self.model_fields_set - {"builder"})
+            if extra:
+                raise ValueError(f"a model.builder takes no other model keys, got "
+                                 f"{', '.join(sorted(extra))}")
+        elif self.kind == "mlp" and cnn_only:
+            raise ValueError(f"{', '.join(sorted(cnn_only))} only apply to model.kind cnn")
+        return self
 
 
-class OptimizerConfig(_Frozen):
-    # A list of learning rates makes lr a grid axis: the nuisance hyperparameter that the
-    # analysis tunes per loss on the control init.
+class OptimizerConfig(BaseModel):
+    # Keras keyword arguments (momentum, beta_1, ...) sit beside name and lr; the registry
+    # checks them. A list of learning rates makes lr a grid axis: the nuisance
+    # hyperparameter that the analysis tunes per (loss, optimizer) on the control init.
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "sgd"
     lr: tuple[Annotated[float, Field(gt=0)], ...]
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    label: str | None = None  # the arm key's name for it; default: name and options
 
     @field_validator("lr", mode="before")
     @classmethod
     def _scalar_to_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, int | float) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return check_name("optimizer", value, OPTIMIZERS)
+
+    @model_validator(mode="after")
+    def _options_are_elementwise(self) -> OptimizerConfig:
+        OPTIMIZERS[self.name].check_options(self.options)
+        _unique("lr", self.lr)
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def key(self) -> str:
+        """How arms and reports name it: sgd, or sgd(momentum=0.9) when options are set."""
+        if self.label:
+            return self.label
+        options = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in sorted(self.options.items()))
+        return f"{self.name}({options})" if options else self.name
 
 
 class StudyConfig(_Frozen):
@@ -62,7 +116,9 @@ class StudyConfig(_Frozen):
     # ``fixed`` takes a mapping severity label -> the weights [kernel, bias, ...].
     inits: dict[str, tuple[float, ...] | dict[float, tuple[Any, ...]]]
     seeds: tuple[int, ...]
-    optimizer: OptimizerConfig
+    # one or more optimizers, each with its learning rates; ``optimizer:`` (one mapping) is
+    # shorthand for a list of one
+    optimizers: tuple[OptimizerConfig, ...]
     batch_size: PositiveInt
     epochs: PositiveInt
     target: Annotated[float, Field(gt=0, le=1)]
@@ -71,6 +127,16 @@ class StudyConfig(_Frozen):
     trainer: Literal["batched", "reference"] = "batched"
     # The batched trainer trains arms in chunks that fit this much memory.
     memory_budget_mb: Annotated[int, Field(ge=64)] = 2048
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_optimizer(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "optimizer" in value:
+            if "optimizers" in value:
+                raise ValueError("give optimizer (one) or optimizers (a list), not both")
+            value = dict(value)
+            value["optimizers"] = [value.pop("optimizer")]
+        return value
 
     @field_validator("dataset")
     @classmethod
@@ -85,6 +151,16 @@ class StudyConfig(_Frozen):
         for name in value:
             check_name("loss", name, LOSSES)
         return _unique("losses", value)
+
+    @field_validator("optimizers")
+    @classmethod
+    def _distinct_optimizers(cls, value: tuple[OptimizerConfig, ...]) -> tuple:
+        if not value:
+            raise ValueError("must list at least one optimizer")
+        keys = [o.key for o in value]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"two optimizers are both {keys}: give each a distinct label")
+        return value
 
     @field_validator("seeds")
     @classmethod

@@ -32,10 +32,22 @@ class Splits:
     # Explicit target rows for datasets whose targets are not one class per example (the
     # single neuron's target 0); None means: encode the labels as each loss expects.
     t_train: np.ndarray | None = None
+    # Inputs are stored flat, [N, features]; images keep their (H, W) here, and models see
+    # each example in this shape (an MLP flattens it again, a CNN convolves it).
+    image_shape: tuple[int, int] | None = None
 
     @property
     def n_features(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.image_shape or (self.n_features,)
+
+    def inputs(self, split: str) -> np.ndarray:
+        """A split's inputs in the models' input shape."""
+        x = getattr(self, f"x_{split}")
+        return x.reshape(len(x), *self.input_shape)
 
 
 @dataclass(frozen=True)
@@ -82,7 +94,8 @@ def load_digits(data_seed: int) -> Splits:
 
     bunch = load_digits()
     x = bunch.data / 16.0  # pixel intensities are 0..16
-    return _splits(*_stratified_splits(x, bunch.target, data_seed, val=0.2, test=0.2), 10)
+    return replace(_splits(*_stratified_splits(x, bunch.target, data_seed, val=0.2, test=0.2),
+                           10), image_shape=(8, 8))
 
 
 def load_mnist1d(data_seed: int) -> Splits:
@@ -144,8 +157,8 @@ def _read_idx(path: Path) -> np.ndarray:
 def _image_splits(x, y, x_test, y_test, data_seed: int) -> Splits:
     """Pixels to [0, 1]; a sixth of the training images (10,000 of 60,000) held out for val."""
     x_train, x_val, y_train, y_val = _holdout(x, y, len(x) // 6, data_seed)
-    return _splits(x_train / 255.0, y_train, x_val / 255.0, y_val, x_test / 255.0, y_test,
-                   int(max(y.max(), y_test.max())) + 1)
+    return replace(_splits(x_train / 255.0, y_train, x_val / 255.0, y_val, x_test / 255.0,
+                           y_test, int(max(y.max(), y_test.max())) + 1), image_shape=(28, 28))
 
 
 def load_neuron(data_seed: int) -> Splits:

@@ -1,11 +1,12 @@
-"""The grid of arms: every (loss, init, severity, seed, lr) combination a study trains."""
+"""The grid of arms: every (loss, init, severity, seed, optimizer, lr) combination a study
+trains, and the groups the batched trainer vectorizes."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 
-from study.config import StudyConfig
+from study.config import OptimizerConfig, StudyConfig
 from study.inits import INITS
 
 
@@ -14,25 +15,39 @@ class Arm:
     init: str
     severity: float
     seed: int
+    optimizer: str  # the optimizer's key in the config: sgd, adam, sgd(momentum=0.9), ...
     lr: float
     loss: str
 
     @property
     def key(self) -> str:
         """Stable name of the arm, stored as the tag ``study.arm`` and used as the run name."""
-        return f"{self.loss}|{self.init}:{self.severity:g}|seed={self.seed}|lr={self.lr:g}"
+        return (f"{self.loss}|{self.init}:{self.severity:g}|seed={self.seed}|"
+                f"{self.optimizer}|lr={self.lr:g}")
 
     @property
     def start(self) -> tuple[str, float, int]:
         """Arms with the same start share bit-identical initial weights."""
         return (self.init, self.severity, self.seed)
 
+    @property
+    def group(self) -> tuple[str, str]:
+        """Arms of one group share a model (its output activation), loss and optimizer, so
+        they train as one vectorized computation; they differ in start, seed and lr."""
+        return (self.loss, self.optimizer)
+
+
+def optimizer_of(config: StudyConfig, arm: Arm) -> OptimizerConfig:
+    return next(o for o in config.optimizers if o.key == arm.optimizer)
+
 
 def expand_grid(config: StudyConfig) -> list[Arm]:
     """All arms, ordered so that arms sharing a start are adjacent (loss varies fastest)."""
     return [
-        Arm(init, severity, seed, lr, loss)
+        Arm(init, severity, seed, optimizer.key, lr, loss)
         for init, severities in config.inits.items()
-        for severity, seed, lr, loss in itertools.product(
-            INITS[init].severities(severities), config.seeds, config.optimizer.lr, config.losses)
+        for severity, seed in itertools.product(INITS[init].severities(severities),
+                                                config.seeds)
+        for optimizer in config.optimizers
+        for lr, loss in itertools.product(optimizer.lr, config.losses)
     ]

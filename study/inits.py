@@ -1,9 +1,11 @@
 """Init schemes: how an arm's starting weights are chosen, and how bad (``severity``) they are.
 
-Weights are drawn with NumPy from the arm's seed alone, never from the loss, so every loss
-arm of one (init, severity, seed) starts from bit-identical weights; every scheme also starts
-from the same control draw, so init schemes differ only in what the scheme changes.
-Weights come as the flat list Keras' ``Model.set_weights`` takes: [W1, b1, W2, b2, ...].
+Schemes work on any model of the registry. The control (``glorot``) is the model's own Keras
+initializers, each given a seed derived from the arm's seed; the other schemes transform that
+draw or draw with NumPy from the seed alone. Nothing depends on the loss, so every loss arm
+of one (init, severity, seed) starts from bit-identical weights (the output activation has no
+parameters), and every scheme starts from the same control draw, so schemes differ only in
+what the scheme changes. Weights come as the list ``model.trainable_variables`` orders.
 """
 
 from __future__ import annotations
@@ -18,10 +20,65 @@ from study.errors import ConfigError
 Weights = list[np.ndarray]
 
 
+class Starts:
+    """The starting weights of one model's arms; the control draw is cached per seed."""
+
+    def __init__(self, model, given: Mapping | None = None):
+        self.shapes = [tuple(v.shape) for v in model.trainable_variables]
+        self.names = [v.name for v in model.trainable_variables]  # "kernel", "bias", ...
+        self.paths = [v.path for v in model.trainable_variables]
+        self.initializers = _initializers(model)
+        self.given = given or {}
+        self._controls: dict[int, Weights] = {}
+
+    def control(self, seed: int) -> Weights:
+        if seed not in self._controls:
+            self._controls[seed] = _float32(
+                [_seeded(initializer, seed, i)(shape, dtype="float32") for i, (initializer, shape)
+                 in enumerate(zip(self.initializers, self.shapes, strict=True))])
+        return [w.copy() for w in self._controls[seed]]
+
+    def __call__(self, init: str, severity: float, seed: int) -> Weights:
+        return INITS[init].make(self, seed, severity)
+
+    def output_layer(self, scheme: str) -> tuple[int, int]:
+        """Indices of the last layer's kernel and bias: the output units' weights."""
+        if len(self.names) < 2 or self.names[-2:] != ["kernel", "bias"] \
+                or self.shapes[-1] != self.shapes[-2][-1:]:
+            raise ConfigError(f"init scheme {scheme!r} needs a model whose last layer has a "
+                              f"kernel and a bias (Dense), got {self.paths[-2:]}")
+        return len(self.names) - 2, len(self.names) - 1
+
+
+def _initializers(model) -> list:
+    """Each trainable variable's Keras initializer, from the layer that owns it."""
+    owner = {}
+    for layer in model._flatten_layers():
+        for variable in layer._trainable_variables:
+            owner[id(variable)] = getattr(layer, f"{variable.name}_initializer", None)
+    found = [owner.get(id(v)) for v in model.trainable_variables]
+    missing = [v.path for v, i in zip(model.trainable_variables, found, strict=True) if i is None]
+    if missing:
+        raise ConfigError(f"the control init cannot tell how the model draws {missing[0]} "
+                          "(its layer has no <name>_initializer); use init schemes that do "
+                          "not need it (large_normal, fixed)")
+    return found
+
+
+def _seeded(initializer, seed: int, index: int):
+    """The same initializer with its own seed: one per (arm seed, variable), never global
+    state, so a start does not depend on what was drawn before it."""
+    config = initializer.get_config()
+    if "seed" in config:
+        config["seed"] = int(np.random.SeedSequence([seed, 0, index]).generate_state(1)[0]
+                             % 2**31)
+    return type(initializer).from_config(config)
+
+
 @dataclass(frozen=True)
 class InitScheme:
     name: str
-    make: Callable[[Sequence[int], int, float], Weights]  # (layer sizes, seed, severity)
+    make: Callable[[Starts, int, float], Weights]  # (starts, seed, severity)
     severity_meaning: str | None  # None: the scheme takes no severity
     summary: str
     given: bool = False  # the config gives the weights: a mapping severity -> weights
@@ -49,50 +106,41 @@ class InitScheme:
         return tuple(configured) if self.severity_meaning else (0.0,)
 
 
-def glorot(sizes: Sequence[int], seed: int, severity: float = 0.0) -> Weights:
-    """Keras' default: Glorot-uniform kernels, zero biases."""
-    rng = np.random.default_rng([seed, 0])
-    weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        weights += [rng.uniform(-limit, limit, (fan_in, fan_out)), np.zeros(fan_out)]
-    return _float32(weights)
+def glorot(starts: Starts, seed: int, severity: float = 0.0) -> Weights:
+    """The model's own initializers (Keras' default: Glorot-uniform kernels, zero biases)."""
+    return starts.control(seed)
 
 
-def scaled(sizes: Sequence[int], seed: int, severity: float) -> Weights:
-    return _float32([w * severity for w in glorot(sizes, seed)])
+def scaled(starts: Starts, seed: int, severity: float) -> Weights:
+    return _float32([w * severity if name == "kernel" else w
+                     for w, name in zip(starts.control(seed), starts.names, strict=True)])
 
 
-def saturated_wrong(sizes: Sequence[int], seed: int, severity: float) -> Weights:
+def saturated_wrong(starts: Starts, seed: int, severity: float) -> Weights:
     # A zero output kernel makes the pre-activation exactly the bias for every input:
     # +m on one wrong class, -m on the rest (m = 4: sigmoid 0.982, Nielsen's 0.98 start).
-    weights = glorot(sizes, seed)
-    n_classes = sizes[-1]
+    weights = starts.control(seed)
+    kernel, bias = starts.output_layer("saturated_wrong")
+    n_classes = starts.shapes[bias][0]
     wrong = np.random.default_rng([seed, 1]).integers(n_classes)
-    bias = np.full(n_classes, -severity)
-    bias[wrong] = severity
-    weights[-2] = np.zeros_like(weights[-2])
-    weights[-1] = bias
+    weights[kernel] = np.zeros_like(weights[kernel])
+    weights[bias] = np.full(n_classes, -severity)
+    weights[bias][wrong] = severity
     return _float32(weights)
 
 
-def large_normal(sizes: Sequence[int], seed: int, severity: float = 0.0) -> Weights:
+def large_normal(starts: Starts, seed: int, severity: float = 0.0) -> Weights:
     """Nielsen's ``large_weight_initializer``: every weight and bias N(0, 1)."""
     rng = np.random.default_rng([seed, 2])
-    weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-        weights += [rng.standard_normal((fan_in, fan_out)), rng.standard_normal(fan_out)]
-    return _float32(weights)
+    return _float32([rng.standard_normal(shape) for shape in starts.shapes])
 
 
-def fixed(sizes: Sequence[int], seed: int, severity: float,
-          given: Mapping[float, Sequence] | None = None) -> Weights:
+def fixed(starts: Starts, seed: int, severity: float) -> Weights:
     """Weights given in the config, e.g. Nielsen's neuron: (w, b) = (0.6, 0.9) or (2, 2)."""
-    weights = _float32(given[severity])
-    expected = [s for a, b in zip(sizes[:-1], sizes[1:], strict=True) for s in [(a, b), (b,)]]
-    if [w.shape for w in weights] != expected:
+    weights = _float32(starts.given[severity])
+    if [w.shape for w in weights] != starts.shapes:
         raise ConfigError(f"inits.fixed.{severity:g}: weights have shapes "
-                          f"{[w.shape for w in weights]}, the model needs {expected}")
+                          f"{[w.shape for w in weights]}, the model needs {starts.shapes}")
     return weights
 
 
@@ -104,9 +152,10 @@ INITS: dict[str, InitScheme] = {
     scheme.name: scheme
     for scheme in [
         InitScheme("glorot", glorot, None,
-                   "the control: Keras' default Glorot-uniform weights and zero biases"),
-        InitScheme("scaled", scaled, "k, the factor on the control's weights; 1 is the control",
-                   "the control's weights times k: large k saturates the sigmoids", symbol="k"),
+                   "the control: the model's own Keras initializers (Glorot-uniform kernels, "
+                   "zero biases), seeded"),
+        InitScheme("scaled", scaled, "k, the factor on the control's kernels; 1 is the control",
+                   "the control's kernels times k: large k saturates the sigmoids", symbol="k"),
         InitScheme("saturated_wrong", saturated_wrong,
                    "m, the output pre-activation: +m on one wrong class, -m on the rest",
                    "hidden layers as the control; every input starts confidently on one "
@@ -118,11 +167,3 @@ INITS: dict[str, InitScheme] = {
                    symbol="start"),
     ]
 }
-
-
-def initial_weights(init: str, severity: float, seed: int, sizes: Sequence[int],
-                    given: Mapping | None = None) -> Weights:
-    """The starting weights of an arm; ``given`` is the config's mapping for ``fixed``."""
-    if INITS[init].given:
-        return fixed(sizes, seed, severity, given)
-    return INITS[init].make(sizes, seed, severity)

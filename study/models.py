@@ -1,23 +1,127 @@
-"""The model: one MLP shape for every loss; only the parameter-free output activation differs."""
+"""Models: a registry of Keras builders. Every loss of a study trains the same architecture;
+only the parameter-free output activation that a loss spec requires differs.
+
+A builder is called as ``builder(input_shape, n_classes, output_activation)`` and returns a
+Keras model: ``mlp`` and ``cnn`` here, or a user's own through ``model.builder:
+"package.module:function"``. The batched trainer calls the model's own ``stateless_call``
+on stacked weights, so a model must be a pure function of its trainable weights: no
+non-trainable state (BatchNormalization's moving statistics) and no random layers (Dropout).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import math
+import os
+import sys
+from collections.abc import Callable
+
+from study.errors import ConfigError
 
 
-def layer_sizes(n_features: int, hidden: Sequence[int], n_classes: int) -> list[int]:
-    return [n_features, *hidden, n_classes]
-
-
-def count_params(sizes: Sequence[int]) -> int:
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-
-
-def build_mlp(sizes: Sequence[int], activation: str, output: str):
-    """A Keras Sequential MLP: Dense layers with ``activation``, then Dense(C, ``output``)."""
+def build_mlp(config, input_shape: tuple[int, ...], n_classes: int, output: str):
+    """Dense layers of ``config.hidden`` units with ``config.activation``, then Dense(C,
+    ``output``); an image input is flattened first."""
     import keras
 
-    layers = [keras.Input((sizes[0],))]
-    layers += [keras.layers.Dense(n, activation=activation) for n in sizes[1:-1]]
-    layers.append(keras.layers.Dense(sizes[-1], activation=output))
+    layers = [keras.Input(input_shape)]
+    if len(input_shape) > 1:
+        layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(n, activation=config.activation) for n in config.hidden]
+    layers.append(keras.layers.Dense(n_classes, activation=output))
     return keras.Sequential(layers)
+
+
+def build_cnn(config, input_shape: tuple[int, ...], n_classes: int, output: str):
+    """For images (H, W): Conv2D(f, kernel_size, same padding, ``activation``) then
+    MaxPooling(pool) for each f of ``config.filters``, then the Dense layers of
+    ``config.hidden`` and Dense(C, ``output``)."""
+    import keras
+
+    if len(input_shape) != 2:
+        raise ConfigError(f"model.kind: cnn needs an image dataset (digits, mnist, "
+                          f"fashion_mnist); this one has inputs of shape {input_shape}")
+    layers = [keras.Input(input_shape), keras.layers.Reshape((*input_shape, 1))]
+    for filters in config.filters:
+        layers.append(keras.layers.Conv2D(filters, config.kernel_size, padding="same",
+                                          activation=config.activation))
+        if config.pool > 1:
+            layers.append(keras.layers.MaxPooling2D(config.pool))
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(n, activation=config.activation) for n in config.hidden]
+    layers.append(keras.layers.Dense(n_classes, activation=output))
+    return keras.Sequential(layers)
+
+
+MODELS: dict[str, Callable] = {"mlp": build_mlp, "cnn": build_cnn}
+
+
+def import_builder(path: str) -> Callable:
+    """``package.module:function``, importable from the working directory."""
+    module_name, _, function = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        builder = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"model.builder: cannot import {path!r} ({err}); give "
+                          "'package.module:function', importable from the working "
+                          "directory") from None
+    if not callable(builder):
+        raise ConfigError(f"model.builder: {path!r} is not callable")
+    return builder
+
+
+def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: str):
+    """The study's model with the output activation a loss spec requires, checked."""
+    import keras
+
+    from study.backend import start_tensorflow
+
+    start_tensorflow()
+    if config.builder:
+        what = f"model.builder {config.builder!r}"
+        try:
+            model = import_builder(config.builder)(tuple(input_shape), n_classes, output)
+        except ConfigError:
+            raise
+        except Exception as err:  # the user's code: say whose error it is, in one line
+            raise ConfigError(f"{what} failed with {type(err).__name__}: {err}") from None
+    else:
+        model = MODELS[config.kind](config, tuple(input_shape), n_classes, output)
+        what = f"model.kind {config.kind!r}"
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"{what} returned {type(model).__name__}, not a keras.Model")
+    if tuple(model.output_shape) != (None, n_classes):
+        raise ConfigError(f"{what}: output shape {tuple(model.output_shape)}, the dataset "
+                          f"needs (None, {n_classes})")
+    if model.non_trainable_variables:
+        names = sorted({v.path for v in model.non_trainable_variables})[:3]
+        raise ConfigError(f"{what} has non-trainable state ({', '.join(names)}): every arm "
+                          "must be a pure function of its trainable weights (no "
+                          "BatchNormalization)")
+    if _has_random_layers(model):
+        raise ConfigError(f"{what} has random layers (e.g. Dropout): the arms' minibatch "
+                          "order is their only randomness")
+    return model
+
+
+def _has_random_layers(model) -> bool:
+    import keras
+
+    return any(isinstance(layer, keras.layers.Dropout | keras.layers.GaussianNoise
+                          | keras.layers.GaussianDropout | keras.layers.AlphaDropout)
+               for layer in model._flatten_layers())
+
+
+def describe(model, config) -> str:
+    """A short name for the child runs' ``model`` param, e.g. mlp-64-30-10-sigmoid."""
+    if config.builder:
+        return f"{config.builder} ({model.count_params()} params)"
+    inputs = "x".join(map(str, model.input_shape[1:]))
+    if config.kind == "mlp":
+        sizes = [math.prod(model.input_shape[1:]), *config.hidden, model.output_shape[-1]]
+        return "mlp-" + "-".join(map(str, sizes)) + "-" + config.activation
+    conv = "-".join(f"c{f}k{config.kernel_size}" for f in config.filters)
+    dense = "".join(f"-{n}" for n in config.hidden)
+    return f"cnn-{inputs}-{conv}{dense}-{model.output_shape[-1]}-{config.activation}"

@@ -11,8 +11,8 @@ import yaml
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
 from study.grid import Arm, expand_grid
-from study.inits import initial_weights
-from study.models import layer_sizes
+from study.inits import Starts
+from study.models import build_model, describe
 from study.tracking import ArmWriter, StudyTracker, arm_params
 from study.train.common import ArmResult
 
@@ -34,17 +34,19 @@ class StudyResult:
         return [key for key, result in self.results.items() if result.diverged]
 
 
-def model_name(config: StudyConfig, n_features: int, n_classes: int) -> str:
-    sizes = layer_sizes(n_features, config.model.hidden, n_classes)
-    return "mlp-" + "-".join(map(str, sizes)) + "-" + config.model.activation
+def check_model_and_starts(config: StudyConfig, splits) -> str:
+    """Build the model and draw every start once, so that a model builder that fails or
+    given weights of the wrong shape stop as a ConfigError before any MLflow run exists.
+    Returns the model's name for the child runs' params."""
+    from study.losses import LOSSES
 
-
-def check_starts(config: StudyConfig, splits) -> None:
-    """Draw every start once (NumPy, cheap), so that given weights of the wrong shape fail
-    as a ConfigError before any MLflow run exists."""
-    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+    outputs = {LOSSES[loss].output for loss in config.losses}
+    models = [build_model(config.model, splits.input_shape, splits.n_classes, output)
+              for output in sorted(outputs)]
+    starts = Starts(models[0], config.inits.get("fixed"))
     for init, severity, seed in sorted({arm.start for arm in expand_grid(config)}):
-        initial_weights(init, severity, seed, sizes, given=config.inits.get(init))
+        starts(init, severity, seed)
+    return describe(models[0], config.model)
 
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
@@ -60,13 +62,12 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
     DATASETS[config.dataset].check_available()  # before any run is created
     splits = load_dataset(config.dataset, config.data_seed)
-    check_starts(config, splits)
+    model = check_model_and_starts(config, splits)
     digest = config_hash(config)
     tracker = StudyTracker(tracking_uri)
     arms = expand_grid(config)
     done = set() if force else tracker.finished_arms(config.name, digest)
     todo: list[Arm] = [arm for arm in arms if arm.key not in done]
-    model = model_name(config, splits.n_features, splits.n_classes)
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     with tracker.study(config, config_yaml, digest, len(arms)) as parent_run_id:

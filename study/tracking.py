@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from study.config import StudyConfig
 from study.cores import WriterCore
-from study.grid import Arm
+from study.grid import Arm, optimizer_of
 from study.train.common import ArmResult
 
 PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "scikit-learn", "mnist1d", "pandas")
@@ -76,10 +76,13 @@ def git_commit() -> str:
 
 
 def arm_params(arm: Arm, config: StudyConfig, model: str) -> dict[str, str]:
+    optimizer = optimizer_of(config, arm)
     return {"loss": arm.loss, "init": arm.init, "severity": f"{arm.severity:g}",
-            "seed": str(arm.seed), "lr": f"{arm.lr:g}", "dataset": config.dataset,
+            "seed": str(arm.seed), "optimizer": arm.optimizer,
+            "optimizer_name": optimizer.name, "lr": f"{arm.lr:g}", "dataset": config.dataset,
             "model": model, "batch_size": str(config.batch_size), "epochs": str(config.epochs),
-            "momentum": f"{config.optimizer.momentum:g}", "trainer": config.trainer}
+            "trainer": config.trainer,
+            **{f"optimizer.{key}": str(value) for key, value in optimizer.options.items()}}
 
 
 class StudyTracker:

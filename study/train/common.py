@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METRICS = ("train_loss", "train_accuracy", "val_accuracy", "val_nll", "val_brier", "grad_norm")
+NEURON_METRICS = ("output", "weight", "bias", "grad_w", "grad_b")
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,17 @@ def batch_order(seed: int, n_train: int, batch_size: int, epochs: int) -> np.nda
                      for _ in range(epochs)])
 
 
-def is_single_neuron(sizes) -> bool:
-    """Nielsen's one input, one sigmoid neuron: the trainers then log all of it."""
-    return list(sizes) == [1, 1]
+def is_single_neuron(model) -> bool:
+    """Nielsen's one input, one neuron (a kernel [1, 1] and a bias [1]): the trainers then
+    log all of it."""
+    return [tuple(v.shape) for v in model.trainable_variables] == [(1, 1), (1,)]
+
+
+def training_targets(spec, splits) -> np.ndarray:
+    """The dataset's own target rows if it has them, else the labels encoded for the loss."""
+    if splits.t_train is not None:
+        return splits.t_train
+    return spec.encode(splits.y_train, splits.n_classes)
 
 
 def neuron_metrics(outputs, kernel, bias, grad_kernel, grad_bias) -> dict:

@@ -1,4 +1,5 @@
-"""The reference trainer: one Keras model per arm, trained with plain ``Model.fit`` and SGD.
+"""The reference trainer: one Keras model per arm, trained with plain ``Model.fit`` and the
+arm's stock Keras optimizer.
 
 It is the ground truth that faster trainers are checked against, so it does nothing clever:
 one ``fit`` over all epochs, fed the arm's minibatch order through ``tf.data``, with a
@@ -13,9 +14,11 @@ from study.backend import start_tensorflow
 from study.config import StudyConfig
 from study.data import Splits
 from study.grid import Arm
-from study.inits import initial_weights
+from study.grid import optimizer_of
+from study.inits import Starts
 from study.losses import LOSSES
-from study.models import build_mlp, layer_sizes
+from study.models import build_model
+from study.optimizers import OPTIMIZERS
 from study.train.common import (
     ArmResult,
     Schedule,
@@ -23,6 +26,7 @@ from study.train.common import (
     is_single_neuron,
     neuron_metrics,
     steps_per_epoch,
+    training_targets,
 )
 from study.yardsticks import accuracy, yardsticks
 
@@ -35,12 +39,10 @@ class _Evaluator:
         import tensorflow as tf
 
         self.model, self.loss_fn, self.splits = model, loss_fn, splits
-        self.x_train = tf.constant(splits.x_train)
+        self.x_train = tf.constant(splits.inputs("train"))
         self.y_train = tf.constant(y_train_encoded)
-        self.x_val = tf.constant(splits.x_val)
-        kernels = model.trainable_variables[::2]
-        self.single_neuron = is_single_neuron([k.shape[0] for k in kernels]
-                                              + [kernels[-1].shape[1]])
+        self.x_val = tf.constant(splits.inputs("val"))
+        self.single_neuron = is_single_neuron(model)
 
     def __call__(self) -> dict[str, float]:
         import tensorflow as tf
@@ -84,28 +86,21 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
     return EvaluateOnSchedule()
 
 
-def training_targets(spec, splits: Splits):
-    """The dataset's own target rows if it has them, else the labels encoded for the loss."""
-    return splits.t_train if splits.t_train is not None else spec.encode(splits.y_train,
-                                                                          splits.n_classes)
-
-
 def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
     """The arm's Keras model at its starting weights, and its Keras loss."""
     spec = LOSSES[arm.loss]
-    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
-    model = build_mlp(sizes, config.model.activation, spec.output)
-    model.set_weights(initial_weights(arm.init, arm.severity, arm.seed, sizes,
-                                      given=config.inits.get(arm.init)))
+    model = build_model(config.model, splits.input_shape, splits.n_classes, spec.output)
+    starts = Starts(model, config.inits.get("fixed"))
+    for variable, value in zip(model.trainable_variables,
+                               starts(arm.init, arm.severity, arm.seed), strict=True):
+        variable.assign(value)
     return model, spec.make()
 
 
 def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
-    import keras
-
     model, loss_fn = build_arm_model(arm, config, splits)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=arm.lr,
-                                                 momentum=config.optimizer.momentum),
+    optimizer = optimizer_of(config, arm)
+    model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
                   loss=loss_fn)
     y_train = training_targets(LOSSES[arm.loss], splits)
     n_train, batch = len(splits.x_train), config.batch_size
@@ -118,7 +113,7 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
     # one iterator across epochs, so epoch e trains on exactly order[e].
     if not result.diverged:
-        batches = _minibatches(splits.x_train, y_train, order)
+        batches = _minibatches(splits.inputs("train"), y_train, order)
         model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
                   shuffle=False, verbose=0, callbacks=[_make_callback(evaluate, schedule, result)])
     return result
