@@ -226,7 +226,10 @@ def validate(raw: dict, source: str = "config") -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source}: {_first_error(err)}") from None
+        message = _first_error(err)
+        if isinstance(raw, dict) and "optimizer" in raw and "optimizers" not in raw:
+            message = re.sub(r"^optimizers\.0\b", "optimizer", message)  # the user's key
+        raise ConfigError(f"{source}: {message}") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -237,13 +240,33 @@ def _apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
-    *parents, leaf = key.split(".")
+    *parents, leaf = _one_optimizer_spelling(raw, key).split(".")
     node = raw
     for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # optimizers.1.lr
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
             raise ConfigError(f"--set {key}: {part} is not a mapping")
+    if isinstance(node, list):
+        raise ConfigError(f"--set {key}: index {leaf} is not in the list")
     node[leaf] = value
+
+
+def _one_optimizer_spelling(raw: dict, key: str) -> str:
+    """``optimizer`` and ``optimizers`` are two spellings of one key: an override in either
+    replaces the other, and ``optimizer.lr`` reaches a list of one optimizer."""
+    head = key.split(".")[0]
+    if head == "optimizers" and key == head:
+        raw.pop("optimizer", None)
+    elif head == "optimizer":
+        listed = raw.get("optimizers")
+        if key == head:
+            raw.pop("optimizers", None)
+        elif isinstance(listed, list) and len(listed) == 1:
+            return "optimizers.0" + key[len(head):]
+    return key
 
 
 def _first_error(err: ValidationError) -> str:

@@ -9,12 +9,21 @@ No TensorFlow import here: a bad config must fail before it starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from study.errors import ConfigError
 
 # Options every elementwise Keras optimizer takes.
 COMMON = frozenset({"weight_decay", "clipvalue"})
+
+# What each option may be: a flag, or a number in [low, high) (high None: no upper end).
+RANGES: dict[str, tuple[float, float | None] | type] = {
+    "momentum": (0.0, 1.0), "beta_1": (0.0, 1.0), "beta_2": (0.0, 1.0), "rho": (0.0, 1.0),
+    "epsilon": (1e-300, None), "weight_decay": (0.0, None), "clipvalue": (1e-300, None),
+    "initial_accumulator_value": (0.0, None),
+    "nesterov": bool, "amsgrad": bool, "centered": bool,
+}
 
 # Options that would mix arms in the stacked variables, and why.
 MIXING = {
@@ -41,9 +50,7 @@ class OptimizerSpec:
             if key not in self.options | COMMON:
                 raise ConfigError(f"unknown {self.name} option {key!r}; valid: "
                                   f"{', '.join(sorted(self.options | COMMON))}")
-            if not isinstance(value, bool | int | float) or value is None:
-                raise ConfigError(f"{self.name} option {key!r} must be a number or "
-                                  f"true/false, got {value!r}")
+            _check_value(self.name, key, value)
 
     def make(self, learning_rate, options: dict):
         """A fresh Keras optimizer; ``learning_rate`` a float or a callable."""
@@ -51,6 +58,20 @@ class OptimizerSpec:
 
         return getattr(keras.optimizers, self.keras_class)(learning_rate=learning_rate,
                                                           **options)
+
+
+def _check_value(optimizer: str, key: str, value) -> None:
+    allowed = RANGES[key]
+    if allowed is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{optimizer} option {key!r} must be true or false, got {value!r}")
+        return
+    low, high = allowed
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value < low or (high is not None and value >= high):
+        where = f"in [{low:g}, {high:g})" if high is not None else \
+            ("> 0" if low > 0 else ">= 0")
+        raise ConfigError(f"{optimizer} option {key!r} must be a number {where}, got {value!r}")
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {

@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from study.grid import Arm
-from study.inits import initial_weights
 from study.losses import LOSSES
-from study.models import count_params, layer_sizes
 from study.train.common import batch_order
 from study.train.reference import build_arm_model, train_arm
 from tests.conftest import shrink
@@ -24,10 +22,10 @@ def one_epoch(smoke_config):
 def test_every_loss_arm_starts_from_bit_identical_weights(tf, one_epoch, digits):
     starts, counts = [], set()
     for loss in LOSSES:
-        model, _ = build_arm_model(Arm("scaled", 3.0, 4, 0.5, loss), one_epoch, digits)
+        model, _ = build_arm_model(Arm("scaled", 3.0, 4, "sgd", 0.5, loss), one_epoch, digits)
         starts.append(model.get_weights())
         counts.add(model.count_params())
-    assert counts == {count_params([64, 30, 10])} == {64 * 30 + 30 + 30 * 10 + 10}
+    assert counts == {64 * 30 + 30 + 30 * 10 + 10}
     for weights in starts[1:]:
         for a, b in zip(starts[0], weights, strict=True):
             assert a.tobytes() == b.tobytes()
@@ -36,10 +34,9 @@ def test_every_loss_arm_starts_from_bit_identical_weights(tf, one_epoch, digits)
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_first_steps_match_numpy_sgd(tf, one_epoch, digits, loss):
     """Step 0, 1, 2 and 4: the logged loss and gradient norm equal a float64 NumPy SGD."""
-    arm = Arm("saturated_wrong", 4.0, 0, 0.5, loss)
+    arm = Arm("saturated_wrong", 4.0, 0, "sgd", 0.5, loss)
     result = train_arm(arm, one_epoch, digits)
-    sizes = layer_sizes(64, one_epoch.model.hidden, 10)
-    weights0 = initial_weights(arm.init, arm.severity, arm.seed, sizes)
+    weights0 = build_arm_model(arm, one_epoch, digits)[0].get_weights()
     order = batch_order(arm.seed, len(digits.y_train), one_epoch.batch_size, 1)[0]
     x, y = digits.x_train.astype("float64"), digits.y_train
     trajectory = [[w.astype("float64") for w in weights0]]
@@ -54,7 +51,7 @@ def test_first_steps_match_numpy_sgd(tf, one_epoch, digits, loss):
 
 def test_step_0_metrics_of_a_saturated_start_by_hand(tf, one_epoch, digits):
     """From saturated_wrong m=4 every output is sigma(+-4), so step 0 is known in closed form."""
-    result = train_arm(Arm("saturated_wrong", 4.0, 0, 0.5, "bce"), one_epoch, digits)
+    result = train_arm(Arm("saturated_wrong", 4.0, 0, "sgd", 0.5, "bce"), one_epoch, digits)
     step0 = {name: points[0] for name, points in result.history.items()}
     assert {step for step, _ in step0.values()} == {0}
     wrong = int(np.random.default_rng([0, 1]).integers(10))  # the scheme's wrong class
@@ -73,21 +70,21 @@ def test_step_0_metrics_of_a_saturated_start_by_hand(tf, one_epoch, digits):
 
 
 def test_cce_and_scce_curves_agree(tf, one_epoch, digits):
-    a = train_arm(Arm("glorot", 0.0, 1, 0.5, "cce"), one_epoch, digits)
-    b = train_arm(Arm("glorot", 0.0, 1, 0.5, "scce"), one_epoch, digits)
+    a = train_arm(Arm("glorot", 0.0, 1, "sgd", 0.5, "cce"), one_epoch, digits)
+    b = train_arm(Arm("glorot", 0.0, 1, "sgd", 0.5, "scce"), one_epoch, digits)
     assert a.steps() == b.steps() and len(a.steps()) == 9
     for name in a.history:
         np.testing.assert_allclose(a.series(name), b.series(name), rtol=1e-5, atol=1e-5)
 
 
 def test_same_arm_twice_gives_identical_curves(tf, one_epoch, digits):
-    arm = Arm("scaled", 3.0, 2, 0.5, "mse")
+    arm = Arm("scaled", 3.0, 2, "sgd", 0.5, "mse")
     assert train_arm(arm, one_epoch, digits).history == train_arm(arm, one_epoch, digits).history
 
 
 def test_divergence_stops_the_arm(tf, one_epoch, digits):
     config = shrink(one_epoch, model__activation="relu")
-    result = train_arm(Arm("glorot", 0.0, 0, 1e30, "cce"), config, digits)
+    result = train_arm(Arm("glorot", 0.0, 0, "sgd", 1e30, "cce"), config, digits)
     assert result.diverged and result.diverged_at == 1
     assert result.steps() == [0, 1]  # evaluated at the step it diverged, then stopped
     assert not np.isfinite(result.series("train_loss")[-1])
@@ -96,11 +93,11 @@ def test_divergence_stops_the_arm(tf, one_epoch, digits):
 def test_two_epochs_follow_numpy_sgd_across_the_epoch_boundary(tf, smoke_config, digits):
     """Every logged step of two epochs, so epoch 2 must train on its own permutation."""
     config = shrink(smoke_config, epochs=2)
-    arm = Arm("glorot", 0.0, 5, 0.5, "cce")
+    arm = Arm("glorot", 0.0, 5, "sgd", 0.5, "cce")
     result = train_arm(arm, config, digits)
     order = batch_order(arm.seed, len(digits.y_train), config.batch_size, 2).reshape(-1, 10)
     x, y = digits.x_train.astype("float64"), digits.y_train
-    weights0 = initial_weights("glorot", 0.0, arm.seed, [64, 30, 10])
+    weights0 = build_arm_model(arm, config, digits)[0].get_weights()
     trajectory = [[w.astype("float64") for w in weights0], *sgd(weights0, order, x, y, "cce",
                                                                   arm.lr)]
     steps = result.steps()
