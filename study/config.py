@@ -56,13 +56,15 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _keys_of_the_kind(self) -> ModelConfig:
-        cnn_only = {"filters", "kernel_size", "pool"} & self.model_fields_set
-        if self.builder is not None:
-            extra = (self.model_fields_set - {"builder"})
-            if extra:
-                raise ValueError(f"a model.builder takes no other model keys, got "
-                                 f"{', '.join(sorted(extra))}")
-        elif self.kind == "mlp" and cnn_only:
+        # Compared with the defaults, not with the keys given, so that a dumped config
+        # (every key written out) validates again.
+        changed = {name for name, field in ModelConfig.model_fields.items()
+                   if getattr(self, name) != field.default}
+        if self.builder is not None and changed - {"builder"}:
+            raise ValueError(f"a model.builder takes no other model keys, got "
+                             f"{', '.join(sorted(changed - {'builder'}))}")
+        cnn_only = changed & {"filters", "kernel_size", "pool"}
+        if self.builder is None and self.kind == "mlp" and cnn_only:
             raise ValueError(f"{', '.join(sorted(cnn_only))} only apply to model.kind cnn")
         return self
 

@@ -1,7 +1,9 @@
 """Plots: pure functions from analysis DataFrames to matplotlib Figures.
 
 No pyplot state: each function builds and returns its own Figure, so notebooks display it and
-scripts save it. Every figure colours a loss the same way (``LOSS_STYLE``).
+scripts save it. Every figure colours a loss the same way (``loss_style``): the registered
+losses have fixed colours, any other loss gets the next colour of a palette, and a loss under
+an optimizer ("mse · adam") keeps its loss's colour with the optimizer's line style.
 """
 
 from __future__ import annotations
@@ -23,6 +25,25 @@ LOSS_STYLE = {
     "mse_softmax": {"color": "#ff7f0e", "linestyle": "-"},
     "quadratic": {"color": "#9467bd", "linestyle": "-"},
 }
+OTHER_COLOURS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939"]
+OPTIMIZER_LINE = {"sgd": "-", "adam": (0, (5, 2)), "rmsprop": (0, (1, 1)),
+                  "adamw": (0, (5, 2, 1, 2)), "adagrad": (0, (8, 2, 1, 2, 1, 2))}
+
+
+def loss_style(name: str) -> dict:
+    """Colour and line style of a loss, or of a loss under an optimizer ("mse · adam")."""
+    from study.analysis.load import UNDER
+
+    loss, _, optimizer = name.partition(UNDER)
+    if loss not in LOSS_STYLE:
+        LOSS_STYLE[loss] = {"color": OTHER_COLOURS[len(LOSS_STYLE) % len(OTHER_COLOURS)],
+                            "linestyle": "-"}
+    style = dict(LOSS_STYLE[loss])
+    if optimizer:
+        style["linestyle"] = OPTIMIZER_LINE.get(optimizer.split("(")[0], (0, (2, 2)))
+    return style
+
+
 LOSS_MARKER = {"scce": "D"}  # in point plots, where a dash cannot tell scce from cce
 LOSS_LABEL = {"bce": "bce (cross-entropy)", "quadratic": "quadratic ½(a-y)²"}
 
@@ -50,7 +71,7 @@ def neuron_outputs(study: Study) -> Figure:
     for ax, start in zip(axes[0], starts, strict=True):
         for loss, curve in output[output["severity"] == start].groupby("loss"):
             ax.plot(curve["step"], curve["value"], label=LOSS_LABEL.get(loss, loss),
-                    lw=2, **LOSS_STYLE[loss])
+                    lw=2, **loss_style(loss))
         weights = study.metric("weight"), study.metric("bias")
         w0, b0 = (m[(m["severity"] == start) & (m["step"] == 0)]["value"].iloc[0]
                   for m in weights)
@@ -81,7 +102,7 @@ def neuron_gradients(study: Study) -> Figure:
     for (loss, start), arm in study.history.groupby(["loss", "severity"]):
         wide = arm.pivot_table(index="step", columns="metric", values="value")
         ax.plot(wide["output"], wide["grad_w"].abs(), linestyle="none", ms=3,
-                marker=markers[start], color=LOSS_STYLE[loss]["color"],
+                marker=markers[start], color=loss_style(loss)["color"],
                 label=f"{loss}, start {start:g} (logged)")
     ax.set_xlabel("output a")
     ax.set_ylabel("|dC/dw|")
@@ -145,9 +166,9 @@ def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accurac
     for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             band = _median_band(curves)
-            ax.plot(band["step"], band["median"], label=loss, lw=1.8, **LOSS_STYLE[loss])
+            ax.plot(band["step"], band["median"], label=loss, lw=1.8, **loss_style(loss))
             ax.fill_between(band["step"], band["low"], band["high"], alpha=0.15,
-                            color=LOSS_STYLE[loss]["color"], lw=0)
+                            color=loss_style(loss)["color"], lw=0)
         if metric == "val_accuracy" and np.isfinite(study.target):
             ax.axhline(study.target, color="black", lw=0.8, ls=":")
     for ax in axes[:: min(len(axes), 4)]:
@@ -172,7 +193,7 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
     ax = axes[0, 0]
     offsets = np.linspace(-0.2, 0.2, summary["loss"].nunique())
     for offset, (loss, cells) in zip(offsets, summary.groupby("loss"), strict=True):
-        style = LOSS_STYLE[loss]
+        style = loss_style(loss)
         for init, scheme in cells.groupby("init"):  # join the severities of one scheme
             scheme = scheme.sort_values("severity")
             x = [position[(init, s)] + offset for s in scheme["severity"]]
@@ -212,7 +233,7 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
     for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             med = curves.groupby("step")["value"].median()
-            ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **LOSS_STYLE[loss])
+            ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **loss_style(loss))
         ax.set_yscale("log")
     axes[0].set_ylabel("||∇ own loss|| (median)")
     _legend(figure, axes)
@@ -239,9 +260,9 @@ def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
             ci = 1 - km.confidence_interval_
             steps = np.append(reached.index.to_numpy(), budget)
             ax.step(steps, np.append(reached.to_numpy(), reached.iloc[-1]), where="post",
-                    label=loss, lw=1.8, **LOSS_STYLE[loss])
+                    label=loss, lw=1.8, **loss_style(loss))
             ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", alpha=0.12,
-                            color=LOSS_STYLE[loss]["color"], lw=0)
+                            color=loss_style(loss)["color"], lw=0)
         ax.set_ylim(-0.03, 1.03)
     axes[0].set_ylabel("fraction of seeds at target")
     _legend(figure, axes)
@@ -255,7 +276,7 @@ def performance_profile_plot(profile: pd.DataFrame) -> Figure:
     ax = axes[0, 0]
     for loss in profile.columns:
         ax.step(profile.index, profile[loss], where="post", lw=2, label=loss,
-                **LOSS_STYLE[loss])
+                **loss_style(loss))
     if profile.empty:
         ax.text(0.5, 0.5, "no loss reached the target on any problem", ha="center",
                 transform=ax.transAxes)

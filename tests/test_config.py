@@ -47,7 +47,7 @@ _DELETE = object()
 
 BAD_CONFIGS = [
     ({"optimiser": {"lr": 0.1}}, "optimiser: unknown key; valid keys: name, dataset"),
-    ({"model.hiden": [30]}, "model.hiden: unknown key; valid keys: hidden, activation"),
+    ({"model.hiden": [30]}, "model.hiden: unknown key; valid keys: kind, builder, hidden, activation"),
     ({"losses": ["bce", "hinge"]}, "losses: unknown loss 'hinge'; valid: bce, cce, scce, mse, "
                                    "mse_softmax, quadratic"),
     ({"inits": {"glorot": [], "orthogonal": []}},
@@ -59,7 +59,7 @@ BAD_CONFIGS = [
     ({"dataset": "cifar10"}, "dataset: unknown dataset 'cifar10'; valid: digits, mnist1d, "
                              "mnist, fashion_mnist"),
     ({"optimizer.lr": -0.1}, "optimizer.lr.0: Input should be greater than 0"),
-    ({"optimizer.momentum": 1.5}, "optimizer.momentum: Input should be less than 1"),
+    ({"optimizer.momentum": 1.5}, "optimizer: sgd option 'momentum' must be a number in [0, 1)"),
     ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
     ({"epochs": "many"}, "epochs: Input should be a valid integer"),
     ({"target": 1.5}, "target: Input should be less than or equal to 1"),
@@ -134,7 +134,7 @@ def test_overrides_use_dotted_keys_and_yaml_values():
                          ["epochs=2", "model.hidden=[20, 10]", "optimizer.lr=[0.1, 1]"])
     assert config.epochs == 2
     assert config.model.hidden == (20, 10)
-    assert config.optimizer.lr == (0.1, 1.0)
+    assert config.optimizers[0].lr == (0.1, 1.0)
 
 
 def test_config_is_frozen(smoke_config):
@@ -158,7 +158,7 @@ def test_grid_is_the_full_product_and_show_prints_it(capsys):
                  "--set", "optimizer.lr=[0.1, 0.5]"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("study 'smoke': 32 arms on digits")
-    assert "bce|saturated_wrong:4|seed=1|lr=0.5" in out
+    assert "bce|saturated_wrong:4|seed=1|sgd|lr=0.5" in out
 
 
 def test_fixed_weights_of_the_wrong_shape_exit_2_before_any_run(tmp_path, capsys):

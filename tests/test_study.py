@@ -64,13 +64,13 @@ def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
         assert tags["mlflow.runName"] == tags["study.arm"]
         assert params["dataset"] == "digits" and params["model"] == "mlp-64-30-10-sigmoid"
         assert params["batch_size"] == "10" and params["epochs"] == "1"
-        assert params["lr"] == "0.5" and params["seed"] == "0"
+        assert params["lr"] == "0.5" and params["seed"] == "0" and params["optimizer"] == "sgd"
         assert params["init"] in {"glorot", "saturated_wrong"}
         histories = _histories(client, run)
         for name, points in histories.items():
             # step 0, the log-spaced 1..64 and the epoch end at 107 updates
             assert [s for s, _ in points] == [0, 1, 2, 4, 8, 16, 32, 64, 107], name
-    assert keys == {f"{loss}|{init}|seed=0|lr=0.5" for loss in ["bce", "cce", "scce", "mse"]
+    assert keys == {f"{loss}|{init}|seed=0|sgd|lr=0.5" for loss in ["bce", "cce", "scce", "mse"]
                     for init in ["glorot:0", "saturated_wrong:4"]}
 
 

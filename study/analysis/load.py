@@ -100,9 +100,28 @@ def _arms_table(runs) -> pd.DataFrame:
     for column in ("batch_size", "epochs"):
         if column in table:
             table[column] = table[column].astype(int)
+    table = _losses_under_optimizers(table)
     first = [c for c in ARM_COLUMNS if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
     return table.sort_values(["init", "severity", "loss", "seed", "lr"], ignore_index=True)
+
+
+# Between a loss and its optimizer in a study of several optimizers: "mse · adam".
+UNDER = " · "
+
+
+def _losses_under_optimizers(table: pd.DataFrame) -> pd.DataFrame:
+    """With several optimizers in a study, each (loss, optimizer) is a condition of its own:
+    the ``loss`` column names both, so every view of the report (learning rate tuned per
+    condition, medians, tests) compares them; ``loss_name`` keeps the loss alone. Runs
+    stored before optimizers were an axis used SGD."""
+    if "optimizer" not in table:
+        table["optimizer"] = "sgd"
+    table["optimizer"] = table["optimizer"].fillna("sgd")
+    table["loss_name"] = table["loss"]
+    if table["optimizer"].nunique() > 1:
+        table["loss"] = table["loss"] + UNDER + table["optimizer"]
+    return table
 
 
 def _histories(client, tracking_uri: str, arms: pd.DataFrame) -> pd.DataFrame:
