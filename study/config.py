@@ -7,8 +7,8 @@ line that names the key and what is valid, before any MLflow run exists.
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 

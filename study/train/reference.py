@@ -13,8 +13,7 @@ from collections.abc import Callable
 from study.backend import start_tensorflow
 from study.config import StudyConfig
 from study.data import Splits
-from study.grid import Arm
-from study.grid import optimizer_of
+from study.grid import Arm, optimizer_of
 from study.inits import Starts
 from study.losses import LOSSES
 from study.models import build_model
