@@ -11,8 +11,8 @@ that the optimizer broadcasts over its weights, so the update is Keras' own, arm
 
 Slot independence: no op mixes arms. The vectorized model runs batched matrix products
 (one per arm), and the full-dataset evaluations run arm by arm (``tf.map_fn``), so an arm's
-values are bit for bit the same in any group, any slot, any chunk, alone or resumed. A lone
-arm is padded to two slots: a vectorized loop of length 1 is simplified into other ops.
+values are bit for bit the same in any group, any slot, any chunk, alone or resumed. The
+number of slots is a multiple of 16 (``SLOT_MULTIPLE``), spare slots padded.
 
 Per-step Python and Keras overhead, not arithmetic, is what a small model costs; here it is
 paid once per evaluation interval for the whole group (``tf.while_loop`` over steps).
@@ -74,6 +74,19 @@ def evaluation_bytes(config: StudyConfig, splits: Splits) -> int:
     with its activations and their gradients on the training and validation splits."""
     _, units = _model_size(config, splits)
     return 2 * 4 * 3 * (len(splits.x_train) + len(splits.x_val)) * units
+
+
+# Eigen computes an elementwise op (exp, log, the sigmoid) over a whole tensor in SIMD packets
+# and its last few elements one at a time, and the two paths can round differently. With a
+# slot count that is a multiple of the widest packet (16 floats), every element of every arm
+# takes the packet path whatever the group's size. Measured before: with an odd number of
+# slots, the last arm's output kernel differed by an ulp after one step, and the
+# difference grew over training.
+SLOT_MULTIPLE = 16
+
+
+def slots_for(n_arms: int) -> int:
+    return -(-n_arms // SLOT_MULTIPLE) * SLOT_MULTIPLE
 
 
 # Past about this many arms a group gains little per arm-step, while the last group's MLflow
@@ -297,7 +310,7 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
         groups.setdefault(arm.group, []).append(arm)
     for (loss, _), members in groups.items():
         size = chunk_size(config, splits, len(members))
-        group = _Group(max(2, size), config, splits, loss, optimizer_of(config, members[0]))
+        group = _Group(slots_for(size), config, splits, loss, optimizer_of(config, members[0]))
         for first in range(0, len(members), size):
             chunk = members[first:first + size]
             yield from zip(chunk, train_group(group, chunk, advance), strict=True)
