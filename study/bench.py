@@ -1,9 +1,10 @@
 """``make bench``: the batched trainer against the reference trainer, measured in one run.
 
-Prints and writes as JSON: per-arm-step time of each trainer on the same grid (the default
-model shape), the speedup, effective GFLOP/s against this machine's measured matmul rate,
-the wall time of full studies with MLflow and the share of it spent waiting for MLflow, and
-the peak memory of 512 arms. Figures are ratios measured here, in one run: machines are
+Prints and writes as JSON, for the MLP and the CNN under SGD and Adam: the per-arm-step time
+of each trainer on the same arms (whole runs: evaluations and tracing included), the
+training steps alone against a plain Keras fit, the default study's grid as a study trains
+it, the wall time of full studies with MLflow and the share of it spent waiting for MLflow,
+and the peak memory of 512 arms. Figures are ratios measured here, in one run: machines are
 noisy.
 """
 
@@ -22,28 +23,18 @@ import numpy as np
 from study.config import load_config
 from study.data import load_dataset
 from study.grid import expand_grid
-from study.models import layer_sizes
 from study.train.common import Schedule, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "default.yaml"
-
-
-def flops_per_arm_step(sizes: list[int], batch: int) -> float:
-    """Forward 2*B*sum(fan_in*fan_out) multiply-adds; backward about twice that."""
-    return 3 * 2 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    import tensorflow as tf
-
-    a = tf.random.normal([n, n], seed=0)
-    tf.linalg.matmul(a, a).numpy()  # warm up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a = tf.linalg.matmul(a, a) / n
-    a.numpy()
-    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e9
+CNN = "model={kind: cnn, filters: [8], hidden: [30], activation: sigmoid}"
+# (name, overrides of the default study): one group of 64 arms (16 seeds x 4 starts) each.
+CASES = [
+    ("mlp sgd", []),
+    ("mlp adam", ["optimizer={name: adam, lr: 0.01}"]),
+    ("cnn sgd", [CNN, "epochs=2"]),
+    ("cnn adam", [CNN, "epochs=2", "optimizer={name: adam, lr: 0.01}"]),
+]
 
 
 def time_trainer(module, arms, config, splits) -> float:
@@ -53,39 +44,75 @@ def time_trainer(module, arms, config, splits) -> float:
     return time.perf_counter() - started
 
 
-def keras_fit_ms_per_step(arm, config, splits, epochs: int = 4) -> float:
+def keras_fit_ms_per_step(arm, config, splits, epochs: int = 2) -> float:
     """A plain Keras fit of one arm, no callbacks, after a warm-up epoch: the per-step cost
     the batched trainer exists to amortize."""
     import keras
 
     from study.backend import native_stderr_silenced
+    from study.grid import optimizer_of
     from study.losses import LOSSES
-    from study.train.reference import build_arm_model, training_targets
+    from study.optimizers import OPTIMIZERS
+    from study.train.common import training_targets
+    from study.train.reference import build_arm_model
 
     model, loss = build_arm_model(arm, config, splits)
-    model.compile(optimizer=keras.optimizers.SGD(arm.lr), loss=loss)
-    y = training_targets(LOSSES[arm.loss], splits)
+    optimizer = optimizer_of(config, arm)
+    model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
+                  loss=loss)
+    x, y = splits.inputs("train"), training_targets(LOSSES[arm.loss], splits)
     keras.utils.set_random_seed(0)  # fit shuffles; op determinism wants a seed
     with native_stderr_silenced():  # tf.data's first shuffle logs a harmless "E0000" line
-        model.fit(splits.x_train, y, batch_size=config.batch_size, epochs=1, verbose=0)
+        model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)
     started = time.perf_counter()
-    model.fit(splits.x_train, y, batch_size=config.batch_size, epochs=epochs, verbose=0)
-    steps = epochs * -(-len(splits.x_train) // config.batch_size)
+    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, verbose=0)
+    steps = epochs * -(-len(x) // config.batch_size)
     return (time.perf_counter() - started) / steps * 1e3
 
 
-def batched_ms_per_step(arms, config, splits, steps: int = 1000) -> float:
+def batched_ms_per_step(arms, config, splits, steps: int = 500) -> float:
     """The batched trainer's training steps alone (traced, between evaluations), all K arms."""
     import tensorflow as tf
 
+    from study.grid import optimizer_of
     from study.train import batched
 
-    group = batched._Group(len(arms), config, splits)
+    group = batched._Group(len(arms), config, splits, arms[0].loss,
+                           optimizer_of(config, arms[0]))
     group.load(arms)
     group.run(tf.constant(0), tf.constant(1))  # trace
     started = time.perf_counter()
     group.run(tf.constant(1), tf.constant(1 + steps))
     return (time.perf_counter() - started) / steps * 1e3
+
+
+def compare(name: str, overrides: list[str], reference_arms: int) -> dict:
+    """One group of 64 mse arms (bad starts included) with both trainers."""
+    from study.train import batched, reference
+
+    config = load_config(DEFAULT, ["losses=[mse]", f"seeds={list(range(16))}",
+                                   "inits={glorot: [], scaled: [2], saturated_wrong: [4], "
+                                   "large_normal: []}", "optimizer.lr=2.0", *overrides])
+    splits = load_dataset(config.dataset, config.data_seed)
+    arms = expand_grid(config)
+    steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
+                     config.epochs).total_steps
+    batched_s = time_trainer(batched, arms, config, splits)
+    picked = np.random.default_rng(0).choice(len(arms), reference_arms, replace=False)
+    reference_s = time_trainer(reference, [arms[i] for i in sorted(picked)], config, splits)
+    per_batched = batched_s / (len(arms) * steps) * 1e3
+    per_reference = reference_s / (reference_arms * steps) * 1e3
+    fit_step = keras_fit_ms_per_step(arms[0], config, splits)
+    group_step = batched_ms_per_step(arms, config, splits, min(500, steps - 1)) / len(arms)
+    print(f"{name:9s} K={len(arms)}, {steps} steps: whole runs reference {per_reference:.3f}, "
+          f"batched {per_batched:.4f} ms per arm-step: {per_reference / per_batched:5.0f}x; "
+          f"steps alone Keras fit {fit_step:.3f}, batched {group_step:.4f}: "
+          f"{fit_step / group_step:5.0f}x")
+    return {"arms": len(arms), "steps_per_arm": steps,
+            "reference_ms_per_arm_step": per_reference, "batched_ms_per_arm_step": per_batched,
+            "speedup": per_reference / per_batched, "keras_fit_ms_per_step": fit_step,
+            "batched_training_ms_per_arm_step": group_step,
+            "training_step_speedup": fit_step / group_step}
 
 
 def peak_memory_mb(n_arms: int) -> float:
@@ -120,8 +147,8 @@ def study_figures(config_path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__)
-    parser.add_argument("--reference-arms", type=int, default=4,
-                        help="arms of the grid the (slow) reference trainer times (default 4)")
+    parser.add_argument("--reference-arms", type=int, default=3,
+                        help="arms of each grid the (slow) reference trainer times (default 3)")
     parser.add_argument("--studies", nargs="*", default=["default", "mnist1d"],
                         help="configs/<name>.yaml studies to run with MLflow (default: "
                              "default mnist1d; mnist1d takes about 2 minutes)")
@@ -129,71 +156,38 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from study.backend import start_tensorflow
-    from study.train import batched, reference
+    from study.train import batched
 
     start_tensorflow()
-    # The default study's size (540 arms) and model shape, at one learning rate so that no arm
-    # diverges (the reference trainer stops a diverged arm early; the batched one computes
-    # it frozen to the end): 15 seeds instead of 5 seeds x 3 rates, trained in chunks as a
-    # study trains them, its graphs traced once for all of them.
+    print("each case: one group of 64 arms of the default study's data, mse from 4 starts; "
+          "the reference trainer times a few of them")
+    cases = {name: compare(name, overrides, args.reference_arms) for name, overrides in CASES}
+
+    # The default study's grid as a study trains it (6 loss groups of 90, in chunks), at one
+    # learning rate so that no arm diverges: 15 seeds instead of 5 seeds x 3 rates.
     config = load_config(DEFAULT, ["optimizer.lr=2.0", f"seeds={list(range(15))}"])
     splits = load_dataset(config.dataset, config.data_seed)
     arms = expand_grid(config)
-    group = batched.chunk_size(config, splits, len(arms))
     steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
                      config.epochs).total_steps
-    sizes = layer_sizes(splits.n_features, config.model.hidden, splits.n_classes)
+    grid_s = time_trainer(batched, arms, config, splits)
+    grid = {"arms": len(arms), "seconds": grid_s,
+            "batched_ms_per_arm_step": grid_s / (len(arms) * steps) * 1e3,
+            "chunk": batched.chunk_size(config, splits, 90)}
+    print(f"default grid: {len(arms)} arms x {steps} steps in {grid_s:.1f} s, "
+          f"{grid['batched_ms_per_arm_step']:.4f} ms per arm-step (chunks of {grid['chunk']} "
+          f"arms in {batched.slots_for(grid['chunk'])} slots)")
 
-    print(f"grid: {len(arms)} arms of mlp-{'-'.join(map(str, sizes))}, batch "
-          f"{config.batch_size}, {steps} steps each, evaluated on the study's schedule; "
-          f"batched in groups of K = {group}")
-    batched_s = time_trainer(batched, arms, config, splits)
-    picked = np.random.default_rng(0).choice(len(arms), args.reference_arms, replace=False)
-    reference_arms = [arms[i] for i in sorted(picked)]
-    reference_s = time_trainer(reference, reference_arms, config, splits)
-    per_batched = batched_s / (len(arms) * steps)
-    per_reference = reference_s / (len(reference_arms) * steps)
-    flops = flops_per_arm_step(sizes, config.batch_size)
-    machine = matmul_gflops()
-    fit_step = keras_fit_ms_per_step(arms[0], config, splits)
-    group_step = batched_ms_per_step(arms[:group], config, splits, min(1000, steps - 1))
     studies = {name: study_figures(ROOT / "configs" / f"{name}.yaml") for name in args.studies}
-    memory_arms = 512
-    peak = peak_memory_mb(memory_arms)
-
-    results = {
-        "arms": len(arms), "group_size": group, "steps_per_arm": steps,
-        "batched_seconds": batched_s,
-        "batched_ms_per_arm_step": per_batched * 1e3,
-        "reference_ms_per_arm_step": per_reference * 1e3,
-        "reference_arms_timed": len(reference_arms),
-        "speedup": per_reference / per_batched,
-        "keras_fit_ms_per_step": fit_step,
-        "batched_training_ms_per_arm_step": group_step / group,
-        "training_step_speedup": fit_step / (group_step / group),
-        "mflop_per_arm_step": flops / 1e6,
-        "batched_gflops": flops / per_batched / 1e9,
-        "reference_gflops": flops / per_reference / 1e9,
-        "machine_matmul_gflops": machine,
-        "studies": studies,
-        f"peak_rss_mb_{memory_arms}_arms": peak,
-    }
-    print(f"reference trainer: {per_reference * 1e3:8.4f} ms per arm-step "
-          f"({len(reference_arms)} arms, one Keras fit each)")
-    print(f"batched trainer:   {per_batched * 1e3:8.4f} ms per arm-step ({len(arms)} arms "
-          f"in {batched_s:.1f} s)")
-    print(f"speedup:           {results['speedup']:8.1f}x   whole runs, evaluations and graph "
-          "tracing included (target: >= 100x at K >= 64)")
-    print(f"training steps:    plain Keras fit {fit_step:.3f} ms per step per arm; batched "
-          f"{group_step / group:.4f} ms per arm-step: {results['training_step_speedup']:.0f}x")
-    print(f"effective rate:    {results['batched_gflops']:8.2f} GFLOP/s batched, "
-          f"{results['reference_gflops']:.3f} reference; machine matmul {machine:.0f} GFLOP/s "
-          f"({flops / 1e6:.3f} MFLOP per arm-step)")
     for name, study in studies.items():
         print(f"{name + ' study:':19s}{study['arms']} arms in {study['wall_seconds']:.1f} s, "
-              f"{study['logging_share']:.1%} of it waiting for MLflow at the end (target: "
-              f"< 2 min, <= 10%); the writer thread worked {study['writer_busy_seconds']:.1f} s")
+              f"{study['logging_share']:.1%} of it waiting for MLflow at the end; the writer "
+              f"thread worked {study['writer_busy_seconds']:.1f} s")
+    memory_arms = 512
+    peak = peak_memory_mb(memory_arms)
     print(f"memory:            {memory_arms} arms peak at {peak:.0f} MB RSS")
+    results = {"cases": cases, "default_grid": grid, "studies": studies,
+               f"peak_rss_mb_{memory_arms}_arms": peak}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
