@@ -86,6 +86,17 @@ def batched_ms_per_step(arms, config, splits, steps: int = 500) -> float:
     return (time.perf_counter() - started) / steps * 1e3
 
 
+def _warm_up() -> None:
+    """Both trainers once on a tiny grid, so that the process's one-off costs (Keras' first
+    model, TensorFlow's first graphs: about 2 s) are not charged to the first case."""
+    from study.train import batched, reference
+
+    config = load_config(ROOT / "configs" / "smoke.yaml", ["losses=[mse]", "inits={glorot: []}"])
+    splits = load_dataset(config.dataset, config.data_seed)
+    for module in (batched, reference):
+        time_trainer(module, expand_grid(config), config, splits)
+
+
 def compare(name: str, overrides: list[str], reference_arms: int) -> dict:
     """One group of 64 mse arms (bad starts included) with both trainers."""
     from study.train import batched, reference
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     from study.train import batched
 
     start_tensorflow()
+    _warm_up()
     print("each case: one group of 64 arms of the default study's data, mse from 4 starts; "
           "the reference trainer times a few of them")
     cases = {name: compare(name, overrides, args.reference_arms) for name, overrides in CASES}
