@@ -47,7 +47,8 @@ _DELETE = object()
 
 BAD_CONFIGS = [
     ({"optimiser": {"lr": 0.1}}, "optimiser: unknown key; valid keys: name, dataset"),
-    ({"model.hiden": [30]}, "model.hiden: unknown key; valid keys: kind, builder, hidden, activation"),
+    ({"model.hiden": [30]},
+     "model.hiden: unknown key; valid keys: kind, builder, hidden, activation"),
     ({"losses": ["bce", "hinge"]}, "losses: unknown loss 'hinge'; valid: bce, cce, scce, mse, "
                                    "mse_softmax, quadratic"),
     ({"inits": {"glorot": [], "orthogonal": []}},
