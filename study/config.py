@@ -124,6 +124,8 @@ class StudyConfig(_Frozen):
     batch_size: PositiveInt
     epochs: PositiveInt
     target: Annotated[float, Field(gt=0, le=1)]
+    # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
+    escape: Annotated[float, Field(gt=0, le=1)] = 0.5
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"

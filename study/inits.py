@@ -83,6 +83,10 @@ class InitScheme:
     summary: str
     given: bool = False  # the config gives the weights: a mapping severity -> weights
     symbol: str = ""  # the severity's letter in reports: "scaled k=4"
+    # The family's own control: the severity whose start the family's others are compared
+    # with when the study runs it (scaled k=1 is the control itself; saturated_wrong m=0 is
+    # its zero output kernel and biases, which differs from the control).
+    reference: float | None = None
 
     def check_severities(self, severities: Sequence[float] | Mapping) -> None:
         if self.given != isinstance(severities, Mapping):
@@ -96,9 +100,11 @@ class InitScheme:
             if not len(severities):
                 raise ConfigError(f"init scheme {self.name!r} needs a list of severities "
                                   f"({self.severity_meaning})")
-            bad = [s for s in severities if not s > 0]
+            floor = 0.0 if self.reference == 0.0 else None
+            bad = [s for s in severities if not (s > 0 or s == floor)]
             if bad:
-                raise ConfigError(f"init scheme {self.name!r}: severities must be > 0 "
+                allowed = ">= 0" if floor == 0.0 else "> 0"
+                raise ConfigError(f"init scheme {self.name!r}: severities must be {allowed} "
                                   f"({self.severity_meaning}), got {bad}")
 
     def severities(self, configured: Sequence[float] | Mapping) -> tuple[float, ...]:
@@ -155,11 +161,12 @@ INITS: dict[str, InitScheme] = {
                    "the control: the model's own Keras initializers (Glorot-uniform kernels, "
                    "zero biases), seeded"),
         InitScheme("scaled", scaled, "k, the factor on the control's kernels; 1 is the control",
-                   "the control's kernels times k: large k saturates the sigmoids", symbol="k"),
+                   "the control's kernels times k: large k saturates the sigmoids", symbol="k",
+                   reference=1.0),
         InitScheme("saturated_wrong", saturated_wrong,
                    "m, the output pre-activation: +m on one wrong class, -m on the rest",
                    "hidden layers as the control; every input starts confidently on one "
-                   "wrong class", symbol="m"),
+                   "wrong class", symbol="m", reference=0.0),
         InitScheme("large_normal", large_normal, None,
                    "every weight and bias N(0, 1), Nielsen's large_weight_initializer"),
         InitScheme("fixed", fixed, "a label for each given start, e.g. its initial output",

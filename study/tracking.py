@@ -141,7 +141,8 @@ class StudyTracker:
             self.parent_run_id,
             params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
                     Param("dataset", config.dataset), Param("trainer", config.trainer),
-                    Param("target", f"{config.target:g}")],
+                    Param("target", f"{config.target:g}"),
+                    Param("escape", f"{config.escape:g}")],
             tags=[RunTag(f"version.{name}", v) for name, v in versions.items()])
         self.client.log_text(self.parent_run_id, config_yaml, "config.yaml")
         self.client.log_dict(self.parent_run_id, versions, "environment.json")

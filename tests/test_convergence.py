@@ -47,7 +47,7 @@ def make_study(arms: list[dict], target: float = 0.9) -> Study:
                       "val_brier": 0.5, "grad_norm": arm.get("grad0", 1.0) if step == 0 else 0.5}
             history += [{**keys, "step": step, "metric": m, "value": v}
                         for m, v in values.items()]
-    return Study("synthetic", "parent", "hash", target, pd.DataFrame(arm_rows),
+    return Study("synthetic", "parent", "hash", target, 0.5, pd.DataFrame(arm_rows),
                  pd.DataFrame(history))
 
 
@@ -109,7 +109,7 @@ def test_a_group_where_every_arm_is_censored():
     row = table.loc[("saturated_wrong m=4", "mse")]
     assert row["KM median steps"] == "not reached"
     assert row["median steps [95% CI]"].startswith("≥ 1,000")
-    assert row["slowdown vs glorot [95% CI]"] == "≥ 125.00 [125.00, 125.00]"
+    assert row["slowdown vs its control [95% CI]"] == "≥ 125.00 [125.00, 125.00]"
 
 
 def test_kaplan_meier_median_with_a_censored_arm():

@@ -23,7 +23,7 @@ def test_report_html_holds_the_answer_table_and_figures(report):
     html = paths[0].read_text()
     assert "The answer" in html
     assert "From saturated_wrong m=4, reaching val_accuracy 0.5 takes" in html
-    assert "median steps [95% CI]" in html and "slowdown vs glorot [95% CI]" in html
+    assert "median steps [95% CI]" in html and "slowdown vs its control [95% CI]" in html
     assert html.count('src="data:image/png;base64') == 6  # figures embedded
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warnings
 

@@ -12,10 +12,12 @@ from study.analysis.convergence import (
     start_name,
     summarize,
 )
+from study.analysis.growth import growth_sentences, growth_table
 from study.analysis.load import Study, experiments, load_study, neuron_table
 
 __all__ = [
-    "Study", "arm_metrics", "describe_view", "experiments", "headline", "kaplan_meier",
+    "Study", "arm_metrics", "describe_view", "experiments", "growth_sentences", "growth_table",
+    "headline", "kaplan_meier",
     "load_study", "neuron_table", "pairwise_tests", "performance_profile", "report_table",
     "select_lr", "start_name", "summarize",
 ]

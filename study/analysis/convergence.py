@@ -34,20 +34,37 @@ def arm_metrics(study: Study) -> pd.DataFrame:
     rows = []
     for run_id, history in study.history.groupby("run_id"):
         wide = history.pivot(index="step", columns="metric", values="value")
-        rows.append({"run_id": run_id, **_convergence(wide, study.target, budget)})
+        rows.append({"run_id": run_id, **_convergence(wide, study.target, budget),
+                     **crossing(wide["val_accuracy"].dropna(), study.escape, budget, "escape")})
     measures = pd.DataFrame(rows)
-    return study.arms[["run_id", "arm", "loss", "init", "severity", "seed", "lr",
-                       "diverged"]].merge(measures, on="run_id")
+    keys = ["run_id", "arm", "loss", "init", "severity", "seed", "lr", "diverged"]
+    keys += [c for c in ("optimizer", "loss_name") if c in study.arms]
+    return study.arms[keys].merge(measures, on="run_id")
+
+
+def crossing(accuracy: pd.Series, level: float, budget: int, name: str) -> dict:
+    """When val_accuracy first reaches ``level``, as an interval between two logged steps:
+    ``{name}_low`` < true step <= ``{name}_time`` (the schedule keeps them within 5%). Not
+    reached within the budget: right-censored, ``{name}_low`` the last step, time inf."""
+    steps = accuracy.index.to_numpy()
+    hits = np.flatnonzero(accuracy.to_numpy() >= level)
+    if not len(hits):
+        return {f"{name}_reached": False, f"{name}_low": float(steps[-1]) if len(steps)
+                else float(budget), f"{name}_time": np.inf}
+    first = hits[0]
+    return {f"{name}_reached": True, f"{name}_low": float(steps[first - 1]) if first else 0.0,
+            f"{name}_time": float(steps[first])}
 
 
 def _convergence(wide: pd.DataFrame, target: float, budget: int) -> dict:
-    accuracy = wide["val_accuracy"]
+    accuracy = wide["val_accuracy"].dropna()
     reached_at = accuracy.index[accuracy.to_numpy() >= target]
     reached = len(reached_at) > 0
-    steps = wide.index.to_numpy()
+    steps = accuracy.index.to_numpy()
     error = (1.0 - accuracy).fillna(1.0).to_numpy()
     if steps[-1] < budget:  # diverged: the worst error for the rest of the budget
         steps, error = np.append(steps, budget), np.append(error, 1.0)
+    full = wide.dropna(subset=["val_nll"])  # the steps with every measure
     return {
         "reached": reached,
         "steps_to_target": float(reached_at[0]) if reached else np.nan,
@@ -57,10 +74,10 @@ def _convergence(wide: pd.DataFrame, target: float, budget: int) -> dict:
         "auc_val_error": float(np.trapezoid(error, steps) / budget) if budget else np.nan,
         "final_val_accuracy": accuracy.iloc[-1],
         "best_val_accuracy": accuracy.max(),
-        "final_val_nll": wide["val_nll"].iloc[-1],
-        "best_val_nll": wide["val_nll"].min(),
-        "final_val_brier": wide["val_brier"].iloc[-1],
-        "grad_norm_0": wide["grad_norm"].iloc[0],
+        "final_val_nll": full["val_nll"].iloc[-1],
+        "best_val_nll": full["val_nll"].min(),
+        "final_val_brier": full["val_brier"].iloc[-1],
+        "grad_norm_0": full["grad_norm"].iloc[0],
     }
 
 
@@ -165,14 +182,19 @@ def _lrs(cell: pd.DataFrame) -> str:
 
 
 def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Steps-to-target from each start over steps-to-target from the control, per loss:
+    """Steps-to-target from each start over steps-to-target from its family's control
+    (``family_reference``), per loss:
     the ratio of medians, with a paired bootstrap CI over seeds (a seed shares its control
     weights and minibatch order across inits). ``slowdown_bound`` says how censoring bends it."""
-    control_rows = arms[arms["init"] == CONTROL].set_index(["loss", "seed"])
-    control, control_reached = control_rows["time"], control_rows["reached"]
     rows = []
     for (loss, init, severity), cell in arms.groupby(CELL):
-        if init == CONTROL or loss not in control.index.get_level_values("loss"):
+        reference = family_reference(arms, init)
+        if (init, severity) == reference:
+            continue
+        control_rows = arms[(arms["init"] == reference[0])
+                            & (arms["severity"] == reference[1])].set_index(["loss", "seed"])
+        control, control_reached = control_rows["time"], control_rows["reached"]
+        if loss not in control.index.get_level_values("loss"):
             continue
         paired = cell.set_index("seed")["time"].to_frame("bad").join(
             control.loc[loss].rename("control"), how="inner")
@@ -189,12 +211,24 @@ def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFram
             low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
         elif len(paired) >= 2:
             low = high = ratio
-        rows.append({"loss": loss, "init": init, "severity": severity, "slowdown": ratio,
+        rows.append({"loss": loss, "init": init, "severity": severity,
+                     "reference": start_name(*reference), "slowdown": ratio,
                      "slowdown_ci_low": low, "slowdown_ci_high": high,
                      "slowdown_bound": _bound(bool((~cell["reached"]).any()),
                                               bool((~control_reached.loc[loss]).any()))})
-    return pd.DataFrame(rows, columns=CELL + ["slowdown", "slowdown_ci_low", "slowdown_ci_high",
-                                              "slowdown_bound"])
+    return pd.DataFrame(rows, columns=CELL + ["reference", "slowdown", "slowdown_ci_low",
+                                              "slowdown_ci_high", "slowdown_bound"])
+
+
+def family_reference(arms: pd.DataFrame, init: str) -> tuple[str, float]:
+    """The start a family is compared with: its own control (scaled k=1, saturated_wrong
+    m=0) when the study ran it, else the control init (glorot)."""
+    from study.inits import INITS
+
+    own = INITS[init].reference if init in INITS else None
+    if own is not None and ((arms["init"] == init) & (arms["severity"] == own)).any():
+        return (init, own)
+    return (CONTROL, 0.0)
 
 
 def _bound(start_censored: bool, control_censored: bool) -> str:
@@ -281,7 +315,8 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
         fastest = start.sort_values(["median_steps", "median_auc_val_error"]).iloc[0]
         lines.append(
             f"From {start_name(init, severity)}, reaching val_accuracy {target:g} takes "
-            f"{'; '.join(parts)} the steps it takes from glorot. Fastest from this start: "
+            f"{'; '.join(parts)} the steps it takes from {start['reference'].iloc[0]}. "
+            "Fastest from this start: "
             f"{fastest['loss']} (median {fastest['median_steps']:,.0f} steps"
             f"{', censored' if fastest['reached'] < fastest['seeds'] else ''}).")
     return lines
@@ -307,7 +342,7 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
             + ci(row.median_steps, row.steps_ci_low, row.steps_ci_high, ",.0f"),
             "KM median steps": "not reached" if np.isinf(row.km_median_steps)
             else f"{row.km_median_steps:,.0f}",
-            "slowdown vs glorot [95% CI]": (_BOUND_SIGN.get(getattr(row, "slowdown_bound", ""),
+            "slowdown vs its control [95% CI]": (_BOUND_SIGN.get(getattr(row, "slowdown_bound", ""),
                                                             "") + " ").lstrip()
             + ci(slowdown, getattr(row, "slowdown_ci_low", np.nan),
                  getattr(row, "slowdown_ci_high", np.nan), ".2f"),

@@ -23,6 +23,7 @@ class Study:
     parent_run_id: str
     config_hash: str
     target: float  # the val_accuracy threshold for steps-to-target
+    escape: float  # the val_accuracy level that ends a stall (escape time)
     arms: pd.DataFrame  # ARM_COLUMNS plus the other params
     history: pd.DataFrame  # ARM_COLUMNS[:7] + step, metric, value
 
@@ -85,7 +86,8 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     arms = _arms_table(list(newest.values()))
     history = _histories(client, tracking_uri, arms)
     target = float(parent.data.params.get("target", "nan"))
-    return Study(experiment, parent.info.run_id, digest, target, arms, history)
+    escape = float(parent.data.params.get("escape", "0.5"))
+    return Study(experiment, parent.info.run_id, digest, target, escape, arms, history)
 
 
 def _arms_table(runs) -> pd.DataFrame:

@@ -146,6 +146,7 @@ class _Group:
         # code would cost seconds of every study's start-up.
         self.run = tf.function(self._run, autograph=False)
         self.evaluate_graph = tf.function(self._evaluate, autograph=False)
+        self.accuracy_graph = tf.function(self._evaluate_accuracy, autograph=False)
 
     def _rates(self, variable) -> Callable:
         import tensorflow as tf
@@ -228,13 +229,27 @@ class _Group:
         return tf.map_fn(self._arm_metrics, weights, parallel_iterations=2,
                          fn_output_signature=tf.TensorSpec([len(self.names)], tf.float64))
 
+    def _arm_accuracy(self, weights):
+        """One arm's val_accuracy: a forward pass over the validation split."""
+        outputs, _ = self.model.stateless_call(list(weights), [], self.x_val)
+        return accuracy_tf(outputs, self.labels_val)
+
+    def _evaluate_accuracy(self, weights):
+        import tensorflow as tf
+
+        return tf.map_fn(self._arm_accuracy, weights, parallel_iterations=2,
+                         fn_output_signature=tf.TensorSpec([], tf.float64))
+
     def snapshot(self) -> list:
         """The slots' current weights as tensors: later steps leave them unchanged (a
         variable that is updated while its value is still referenced is copied first)."""
         return [w.value() for w in self.weights]
 
-    def evaluate(self, weights: list) -> dict[str, np.ndarray]:
-        """Every logged metric of every slot at a snapshot, as arrays [K]."""
+    def evaluate(self, weights: list, full: bool = True) -> dict[str, np.ndarray]:
+        """Every logged metric (or val_accuracy alone) of every slot at a snapshot, as
+        arrays [K]."""
+        if not full:
+            return {"val_accuracy": self.accuracy_graph(weights).numpy()}
         values = self.evaluate_graph(weights).numpy()
         return {name: values[:, i] for i, name in enumerate(self.names)}
 
@@ -280,7 +295,7 @@ def train_group(group: _Group, arms: list[Arm],
 
     previous, done = 0, 0.0
     try:
-        for step in group.schedule.steps:
+        for step, full in group.schedule.all_steps:
             if step:
                 if not group.active.any():  # every arm has diverged
                     break
@@ -288,7 +303,8 @@ def train_group(group: _Group, arms: list[Arm],
                 progress = len(arms) * (step - previous) / group.schedule.total_steps
                 advance(progress)
                 done += progress
-            evaluations.append((step, evaluator.submit(group.evaluate, group.snapshot())))
+            evaluations.append((step, evaluator.submit(group.evaluate, group.snapshot(),
+                                                       full)))
             record_finished()  # a diverged arm is frozen as soon as its evaluation is in
             previous = step
         record_finished(wait=True)

@@ -11,10 +11,17 @@ METRICS = ("train_loss", "train_accuracy", "val_accuracy", "val_nll", "val_brier
 NEURON_METRICS = ("output", "weight", "bias", "grad_w", "grad_b")
 
 
+# val_accuracy alone is also taken between the full evaluations, at steps at most this far
+# apart relative to the step (every step early on), so that the first step at which an arm
+# reaches an accuracy level is known to within 5%: it lies between two logged steps.
+CROSSING_RESOLUTION = 0.05
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """Steps at which an arm is evaluated: 0, the log-spaced early steps 1, 2, 4, 8, ... (bad
-    starts differ most in the first updates) and every epoch end."""
+    """Steps at which an arm is evaluated: all its measures at 0, the log-spaced early steps
+    1, 2, 4, 8, ... (bad starts differ most in the first updates) and every epoch end;
+    val_accuracy alone at the denser ``accuracy_steps`` too."""
 
     steps_per_epoch: int
     epochs: int
@@ -28,6 +35,21 @@ class Schedule:
         early = {2**k for k in range(self.total_steps.bit_length()) if 2**k <= self.total_steps}
         epoch_ends = {e * self.steps_per_epoch for e in range(1, self.epochs + 1)}
         return tuple(sorted({0} | early | epoch_ends))
+
+    @property
+    def accuracy_steps(self) -> tuple[int, ...]:
+        """Steps where only val_accuracy is taken: each at most 5% past the previous one."""
+        dense, step = set(), 1
+        while step <= self.total_steps:
+            dense.add(step)
+            step = max(step + 1, math.floor(step * (1 + CROSSING_RESOLUTION)))
+        return tuple(sorted(dense - set(self.steps)))
+
+    @property
+    def all_steps(self) -> tuple[tuple[int, bool], ...]:
+        """(step, full evaluation?) in step order."""
+        full = set(self.steps)
+        return tuple((s, s in full) for s in sorted(full | set(self.accuracy_steps)))
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -82,10 +104,11 @@ class ArmResult:
         return self.diverged_at is not None
 
     def record(self, step: int, values: dict[str, float]) -> None:
-        """Add one evaluation; a non-finite train_loss marks the arm diverged at ``step``."""
+        """Add one evaluation (every measure, or val_accuracy alone); a non-finite train_loss
+        marks the arm diverged at ``step``."""
         for name, value in values.items():
             self.history.setdefault(name, []).append((step, float(value)))
-        if not math.isfinite(values["train_loss"]) and not self.diverged:
+        if not math.isfinite(values.get("train_loss", 0.0)) and not self.diverged:
             self.diverged_at = step
 
     def series(self, name: str) -> np.ndarray:
