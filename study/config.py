@@ -35,6 +35,7 @@ class _Frozen(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class ModelConfig(_Frozen):
@@ -75,13 +76,21 @@ class OptimizerConfig(BaseModel):
     # hyperparameter that the analysis tunes per (loss, optimizer) on the control init.
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "sgd"
-    lr: tuple[Annotated[float, Field(gt=0)], ...]
+    # one rate or a list of them for every loss, or a mapping loss -> rate(s), e.g. each
+    # loss at a rate chosen beforehand: {bce: 4, cce: 1, mse: 16}
+    lr: tuple[PositiveFloat, ...] | dict[str, tuple[PositiveFloat, ...]]
     label: str | None = None  # the arm key's name for it; default: name and options
 
     @field_validator("lr", mode="before")
     @classmethod
     def _scalar_to_list(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, int | float) else v for k, v in value.items()}
         return [value] if isinstance(value, int | float) else value
+
+    def rates(self, loss: str) -> tuple[float, ...]:
+        """The learning rates this optimizer runs a loss at."""
+        return self.lr[loss] if isinstance(self.lr, dict) else self.lr
 
     @field_validator("name")
     @classmethod
@@ -91,7 +100,8 @@ class OptimizerConfig(BaseModel):
     @model_validator(mode="after")
     def _options_are_elementwise(self) -> OptimizerConfig:
         OPTIMIZERS[self.name].check_options(self.options)
-        _unique("lr", self.lr)
+        for rates in self.lr.values() if isinstance(self.lr, dict) else [self.lr]:
+            _unique("lr", rates)
         return self
 
     @property
@@ -165,6 +175,15 @@ class StudyConfig(_Frozen):
         if len(set(keys)) != len(keys):
             raise ValueError(f"two optimizers are both {keys}: give each a distinct label")
         return value
+
+    @model_validator(mode="after")
+    def _a_rate_for_every_loss(self) -> StudyConfig:
+        for optimizer in self.optimizers:
+            if isinstance(optimizer.lr, dict) and set(optimizer.lr) != set(self.losses):
+                raise ValueError(f"optimizer {optimizer.key}: lr maps losses "
+                                 f"{sorted(optimizer.lr)}, the study's losses are "
+                                 f"{sorted(self.losses)}: give a rate for each")
+        return self
 
     @field_validator("seeds")
     @classmethod

@@ -49,5 +49,14 @@ def expand_grid(config: StudyConfig) -> list[Arm]:
         for severity, seed in itertools.product(INITS[init].severities(severities),
                                                 config.seeds)
         for optimizer in config.optimizers
-        for lr, loss in itertools.product(optimizer.lr, config.losses)
+        for lr, loss in _rates_and_losses(optimizer, config.losses)
     ]
+
+
+def _rates_and_losses(optimizer: OptimizerConfig, losses: tuple[str, ...]):
+    """(lr, loss) pairs, loss varying fastest: every rate with every loss, or each loss at
+    its own rates."""
+    if isinstance(optimizer.lr, dict):
+        rates = sorted({lr for loss in losses for lr in optimizer.rates(loss)})
+        return [(lr, loss) for lr in rates for loss in losses if lr in optimizer.rates(loss)]
+    return list(itertools.product(optimizer.lr, losses))

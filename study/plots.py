@@ -223,8 +223,11 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
 
 
 def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = None) -> Figure:
-    """The early phase: gradient norm against step, median over seeds, per start."""
+    """The early phase: the push each arm gets, lr x ||gradient of its own loss||, against
+    step, median over seeds, per start. (Raw norms would compare losses whose reductions and
+    learning rates differ: Keras sums cce over classes but averages mse.)"""
     history = study.metric("grad_norm").merge(arms[["run_id"]], on="run_id")
+    history = history.assign(value=history["value"] * history["lr"])
     if max_step is None:  # the first two epochs: up to twice the first epoch end
         steps = sorted(history["step"].unique())
         max_step = 2 * steps[_first_epoch_index(steps)]
@@ -235,10 +238,56 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
             med = curves.groupby("step")["value"].median()
             ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **loss_style(loss))
         ax.set_yscale("log")
-    axes[0].set_ylabel("||∇ own loss|| (median)")
+    axes[0].set_ylabel("lr × ||∇ own loss|| (median)")
     _legend(figure, axes)
-    figure.suptitle("Early phase: how hard each loss pushes from each start")
+    figure.suptitle("Early phase: how hard each loss pushes from each start (lr × gradient norm)")
     return figure
+
+
+def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
+    """Escape time against severity, one panel per init family, log scale: each arm a dot
+    (censored arms as arrows at the budget), each loss's median joined, and the e^m line
+    that squared error on a sigmoid output should follow from a saturated start."""
+    families = list(dict.fromkeys(table["init"]))
+    figure, axes = _panel_grid(len(families), ncols=2, sharey=True)
+    for ax, init in zip(axes, families, strict=True):
+        family = arms[arms["init"] == init]
+        for i, (loss, cell) in enumerate(family.groupby("loss")):
+            style = loss_style(loss)
+            shift = (i - family["loss"].nunique() / 2) * 0.04  # dodge overlapping dots
+            done = cell[cell["escape_reached"]]
+            ax.scatter(done["severity"] + shift, done["escape_time"].clip(lower=0.5), s=9,
+                       color=style["color"], alpha=0.5)
+            stalled = cell[~cell["escape_reached"]]
+            ax.scatter(stalled["severity"] + shift, stalled["escape_low"], s=30, marker="^",
+                       color=style["color"], alpha=0.8)
+            medians = cell.groupby("severity")["escape_time"].median()
+            ax.plot(medians.index, medians.clip(upper=cell["budget"].max()).to_numpy(),
+                    label=loss, lw=1.6, **style)
+        if init == "saturated_wrong":
+            m = np.sort(family["severity"].unique())
+            squared = family[family["loss"].isin(["mse", "quadratic"])]
+            if len(squared):
+                anchor = squared[squared["severity"] == m[0]]["escape_time"].median()
+                ax.plot(m, anchor * np.exp(m - m[0]), color="0.4", ls=":", lw=1.2,
+                        label="∝ e^m (theory, squared error)")
+        ax.set_yscale("log")
+        symbol = {"saturated_wrong": "m", "scaled": "k"}.get(init, "severity")
+        ax.set_xlabel(f"{init} {symbol}")
+        ax.set_title(init)
+        _style(ax)
+    axes[0].set_ylabel("escape time (steps to val_accuracy ≥ escape level)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles + [_censored_handle()], labels + ["never escaped (censored)"],
+                  loc="outside right center", frameon=False)
+    figure.suptitle("How the stall grows with the start's severity")
+    return figure
+
+
+def _censored_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="^", color="0.3", ls="none")
 
 
 def _first_epoch_index(steps: list[int]) -> int:
@@ -295,8 +344,12 @@ def performance_profile_plot(profile: pd.DataFrame) -> Figure:
 def report_figures(study: Study, arms: pd.DataFrame, summary: pd.DataFrame,
                    view: str = "") -> dict[str, Figure]:
     """Every figure of the convergence report, by file name, for one learning-rate view."""
+    from study.analysis import growth_table
+
     budget = int(arms["budget"].max())
+    table = growth_table(arms)
     return {
+        **({"growth": growth(arms, table)} if len(table) else {}),
         "learning_curves_accuracy": learning_curves(study, arms, "val_accuracy", view),
         "learning_curves_nll": learning_curves(study, arms, "val_nll", view),
         "steps_to_target": severity_curve(summary, budget),

@@ -11,6 +11,7 @@ from pathlib import Path
 from study.analysis import (
     arm_metrics,
     experiments,
+    growth_table,
     load_study,
     neuron_table,
     select_lr,
@@ -61,6 +62,7 @@ def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None
         arms = select_lr(arm_metrics(study), "own")
         summary = summarize(arms)
         summary.to_csv(folder / "summary.csv", index=False)
+        growth_table(arms).to_csv(folder / "growth.csv", index=False)
         figures = plots.report_figures(study, arms, summary)
     for name, figure in figures.items():
         figure.savefig(folder / "figures" / f"{name}.png", dpi=110)

@@ -34,8 +34,10 @@ def arm_metrics(study: Study) -> pd.DataFrame:
     rows = []
     for run_id, history in study.history.groupby("run_id"):
         wide = history.pivot(index="step", columns="metric", values="value")
-        rows.append({"run_id": run_id, **_convergence(wide, study.target, budget),
-                     **crossing(wide["val_accuracy"].dropna(), study.escape, budget, "escape")})
+        # val_accuracy at its own (denser) steps, a diverged arm's NaN kept
+        accuracy = history[history["metric"] == "val_accuracy"].set_index("step")["value"]
+        rows.append({"run_id": run_id, **_convergence(wide, accuracy, study.target, budget),
+                     **crossing(accuracy, study.escape, budget, "escape")})
     measures = pd.DataFrame(rows)
     keys = ["run_id", "arm", "loss", "init", "severity", "seed", "lr", "diverged"]
     keys += [c for c in ("optimizer", "loss_name") if c in study.arms]
@@ -56,8 +58,8 @@ def crossing(accuracy: pd.Series, level: float, budget: int, name: str) -> dict:
             f"{name}_time": float(steps[first])}
 
 
-def _convergence(wide: pd.DataFrame, target: float, budget: int) -> dict:
-    accuracy = wide["val_accuracy"].dropna()
+def _convergence(wide: pd.DataFrame, accuracy: pd.Series, target: float, budget: int) -> dict:
+    accuracy = accuracy.sort_index()
     reached_at = accuracy.index[accuracy.to_numpy() >= target]
     reached = len(reached_at) > 0
     steps = accuracy.index.to_numpy()
