@@ -295,7 +295,10 @@ def _one_optimizer_spelling(raw: dict, key: str) -> str:
 def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the dotted key, then what is wrong or valid."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
+    # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
+    key = ".".join(str(p) for p in first["loc"]
+                   if not re.match(r"(tuple|dict|list|constrained-|function-)", str(p)))
+    key = key or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key" + _valid_keys_hint(err, first["loc"])
