@@ -38,7 +38,7 @@ def test_the_schedule_resolves_crossings_to_5_percent():
 def _synthetic_escape_arms(slope: float, budget: int, rng) -> pd.DataFrame:
     """Escape times log-normal around 3 e^(slope m), seen on a 5% schedule of steps (as the
     trainers log val_accuracy), censored at the budget."""
-    grid = np.array(sorted({0, *range(41), *np.geomspace(40, budget, 80).astype(int)}))
+    grid = np.array(sorted({0, *range(41), *np.geomspace(40, budget, 120).astype(int)}))
     rows = []
     for m in [0, 2, 4, 6, 8, 10]:
         for seed in range(10):
@@ -55,15 +55,16 @@ def _synthetic_escape_arms(slope: float, budget: int, rng) -> pd.DataFrame:
 
 @pytest.mark.parametrize("slope", [0.0, 0.95])
 def test_the_growth_slope_is_recovered_from_censored_data(slope):
-    arms = _synthetic_escape_arms(slope, budget=1000, rng=np.random.default_rng(1))
-    if slope:  # e^(0.95 * 8) * 3 = 6,000 steps: m = 8 and 10 are censored at 1,000
-        assert (~arms["escape_reached"]).sum() >= 20
+    arms = _synthetic_escape_arms(slope, budget=10_000, rng=np.random.default_rng(1))
     table = growth_table(arms)
     row = table.iloc[0]
+    assert row["severities"] == "6-10"  # the stall regime: the upper half of m = 0..10
+    if slope:  # 3 e^(0.95 * 10) = 40,000 steps: m = 10 is censored at 10,000
+        assert row["n_censored"] >= 10
+    assert row["n_censored"] == (~arms[arms["severity"] >= 6]["escape_reached"]).sum()
     assert row["ci_low"] <= slope <= row["ci_high"]
-    assert row["ci_high"] - row["ci_low"] < 0.15
-    assert row["theory"] == 1.0 and row["n_arms"] == 60
-    assert row["n_censored"] == (~arms["escape_reached"]).sum()
+    assert row["ci_high"] - row["ci_low"] < 0.3
+    assert row["theory"] == 1.0 and row["n_arms"] == 30
 
 
 def test_an_all_censored_family_has_no_slope():
