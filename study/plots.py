@@ -284,6 +284,33 @@ def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
     return figure
 
 
+def lr_outcome(arms: pd.DataFrame) -> Figure:
+    """Median steps to target from the control against the learning rate, per loss, the
+    chosen rate circled: how sensitive a verdict is to the rate it was made at."""
+    from study.analysis.convergence import best_lrs, lr_scores
+
+    scores = lr_scores(arms).reset_index()
+    chosen = best_lrs(arms)
+    figure, axes = _figure()
+    ax = axes[0, 0]
+    for loss, rows in scores.groupby("loss"):
+        style = loss_style(loss)
+        ax.plot(rows["lr"], rows["median_steps"], marker=".", label=loss, **style)
+        best = rows[rows["lr"] == chosen[loss]]
+        ax.scatter(best["lr"], best["median_steps"], s=90, facecolors="none",
+                   edgecolors=style["color"], lw=1.5)
+    budget = arms["budget"].max()
+    ax.axhline(budget, color="0.6", lw=0.8, ls="--", label="budget (never reached)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("median steps to target from the control")
+    ax.set_title("Outcome against learning rate (chosen rate circled)")
+    _style(ax)
+    ax.legend(frameon=False, fontsize="small")
+    return figure
+
+
 def _censored_handle():
     from matplotlib.lines import Line2D
 

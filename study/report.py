@@ -18,6 +18,7 @@ from study.analysis import (
     summarize,
 )
 from study.analysis.load import Study
+from study.analysis.paired import paired_contrasts
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -59,11 +60,15 @@ def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None
         figures = {"neuron_outputs": plots.neuron_outputs(study),
                    "neuron_gradients": plots.neuron_gradients(study)}
     else:
-        arms = select_lr(arm_metrics(study), "own")
+        every_lr = arm_metrics(study)
+        arms = select_lr(every_lr, "own")
         summary = summarize(arms)
         summary.to_csv(folder / "summary.csv", index=False)
         growth_table(arms).to_csv(folder / "growth.csv", index=False)
+        paired_contrasts(arms).to_csv(folder / "contrasts.csv", index=False)
         figures = plots.report_figures(study, arms, summary)
+        if every_lr["lr"].nunique() > every_lr["loss"].nunique():  # a grid of rates
+            figures["lr_outcome"] = plots.lr_outcome(every_lr)
     for name, figure in figures.items():
         figure.savefig(folder / "figures" / f"{name}.png", dpi=110)
 

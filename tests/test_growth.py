@@ -84,3 +84,36 @@ def test_a_family_is_compared_with_its_own_control():
     summary = summarize(arm_metrics(make_study(arms))).set_index(["init", "severity"])
     row = summary.loc[("saturated_wrong", 4.0)]
     assert row["slowdown"] == 4.0 and row["reference"] == "saturated_wrong m=0"
+
+
+def test_the_exact_sign_flip_p_value_and_its_floor():
+    from study.analysis.paired import sign_flip_p
+
+    assert sign_flip_p(np.ones(5)) == pytest.approx(2 / 32)  # the floor with 5 pairs
+    assert sign_flip_p(np.ones(15)) == pytest.approx(2 / 2**15)
+    # by hand: values 1, 2, -0.5; |mean| of the 8 sign patterns >= 2.5/3 only for
+    # (+,+,-), (+,+,+), (-,-,+), (-,-,-): p = 4/8
+    assert sign_flip_p(np.array([1.0, 2.0, -0.5])) == pytest.approx(0.5)
+
+
+def test_paired_contrasts_find_a_real_slowdown_with_15_seeds():
+    """mse takes 1.3x cce's steps on every seed (plus noise): with 15 pairs the exact test
+    can and does reach significance after Holm; with 5 it cannot (floor 0.0625)."""
+    from study.analysis.paired import paired_contrasts
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(15):
+        base = 200 * np.exp(rng.normal(0, 0.2))
+        for loss, factor in [("cce", 1.0), ("mse", 1.3), ("bce", 1.0)]:
+            t = base * factor * np.exp(rng.normal(0, 0.05))
+            rows.append({"loss": loss, "init": "scaled", "severity": 4.0, "seed": seed,
+                         "time": t, "reached": True, "budget": 1000})
+    arms = pd.DataFrame(rows)
+    table = paired_contrasts(arms).set_index("loss")
+    assert table.loc["mse", "ratio"] == pytest.approx(1.3, rel=0.05)
+    assert table.loc["mse", "ci_low"] > 1.2 and table.loc["mse", "significant"]
+    assert table.loc["mse", "p_min"] == pytest.approx(2 / 2**15)
+    assert not table.loc["bce", "significant"]
+    five = paired_contrasts(arms[arms["seed"] < 5]).set_index("loss")
+    assert five.loc["mse", "p_value"] >= 0.0625 and not five.loc["mse", "significant"]

@@ -87,12 +87,34 @@ def _convergence(wide: pd.DataFrame, accuracy: pd.Series, target: float, budget:
 
 
 def best_lrs(arms: pd.DataFrame) -> pd.Series:
-    """Each loss's best learning rate on the control init, by median final val_nll (a
+    """Each loss's best learning rate on the control init, by the outcome: the median steps
+    to the target (a censored arm at the budget), ties broken by median final val_nll (a
     diverged arm's NaN counts as worst)."""
+    scores = lr_scores(arms)
+    best = scores.sort_values(["median_steps", "median_final_val_nll"]).groupby(
+        level="loss").head(1)
+    return best.reset_index(level="lr")["lr"].rename("lr")
+
+
+def lr_scores(arms: pd.DataFrame) -> pd.DataFrame:
+    """Per (loss, lr) on the control init: median steps to target and median final val_nll,
+    the outcome against the learning rate that the report shows."""
     control = _control_rows(arms)
-    nll = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
-    medians = nll.groupby(["loss", "lr"])["final_val_nll"].median()
-    return medians.groupby("loss").idxmin().map(lambda pair: pair[1]).rename("lr")
+    control = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
+    return control.groupby(["loss", "lr"]).agg(median_steps=("time", "median"),
+                                               median_final_val_nll=("final_val_nll",
+                                                                     "median"))
+
+
+def lr_edge_warnings(arms: pd.DataFrame) -> list[str]:
+    """A loss whose best rate is the smallest or largest of the grid may do better outside
+    it: say so."""
+    lrs = sorted(arms["lr"].unique())
+    if len(lrs) < 3:
+        return []
+    return [f"{loss}'s best learning rate, {lr:g}, is at the "
+            f"{'lower' if lr == lrs[0] else 'upper'} edge of the grid: a rate outside it may "
+            "be better" for loss, lr in best_lrs(arms).items() if lr in (lrs[0], lrs[-1])]
 
 
 def shared_lr(arms: pd.DataFrame) -> float:
