@@ -134,6 +134,10 @@ class StudyConfig(_Frozen):
     batch_size: PositiveInt
     epochs: PositiveInt
     target: Annotated[float, Field(gt=0, le=1)]
+    # absolute: target is a val_accuracy; relative: the fraction of the way from chance
+    # (1/C) to the control's plateau (the median final val_accuracy of the control arms),
+    # for datasets where no fixed accuracy is both reachable and above the noise floor
+    target_mode: Literal["absolute", "relative"] = "absolute"
     # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
     escape: Annotated[float, Field(gt=0, le=1)] = 0.5
     # batched: every arm of the study in one stacked TensorFlow computation (fast);

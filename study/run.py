@@ -70,7 +70,8 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     todo: list[Arm] = [arm for arm in arms if arm.key not in done]
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    with tracker.study(config, config_yaml, digest, len(arms)) as parent_run_id:
+    with tracker.study(config, config_yaml, digest, len(arms),
+                       splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
         bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,

@@ -124,7 +124,7 @@ class StudyTracker:
 
     @contextlib.contextmanager
     def study(self, config: StudyConfig, config_yaml: str, config_hash: str,
-              n_arms: int) -> Iterator[str]:
+              n_arms: int, n_classes: int) -> Iterator[str]:
         """The parent run, open while the study trains; FAILED or KILLED if it is cut short."""
         from mlflow.entities import Param, RunTag
 
@@ -142,7 +142,9 @@ class StudyTracker:
             params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
                     Param("dataset", config.dataset), Param("trainer", config.trainer),
                     Param("target", f"{config.target:g}"),
-                    Param("escape", f"{config.escape:g}")],
+                    Param("escape", f"{config.escape:g}"),
+                    Param("target_mode", config.target_mode),
+                    Param("n_classes", str(n_classes))],
             tags=[RunTag(f"version.{name}", v) for name, v in versions.items()])
         self.client.log_text(self.parent_run_id, config_yaml, "config.yaml")
         self.client.log_dict(self.parent_run_id, versions, "environment.json")

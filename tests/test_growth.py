@@ -117,3 +117,16 @@ def test_paired_contrasts_find_a_real_slowdown_with_15_seeds():
     assert not table.loc["bce", "significant"]
     five = paired_contrasts(arms[arms["seed"] < 5]).set_index("loss")
     assert five.loc["mse", "p_value"] >= 0.0625 and not five.loc["mse", "significant"]
+
+
+def test_a_relative_target_sits_between_chance_and_the_control_plateau():
+    from study.analysis.load import relative_target
+
+    rows = [{"run_id": f"r{i}", "init": init, "metric": "val_accuracy", "step": step,
+             "value": value}
+            for i, (init, final) in enumerate([("glorot", 0.4), ("glorot", 0.5),
+                                               ("glorot", 0.6), ("scaled", 0.9)])
+            for step, value in [(0, 0.1), (100, final)]]
+    # plateau: the median final control accuracy, 0.5; chance 1/10: halfway is 0.3
+    assert relative_target(0.5, pd.DataFrame(rows), 10) == pytest.approx(0.3)
+    assert relative_target(1.0, pd.DataFrame(rows), 10) == pytest.approx(0.5)

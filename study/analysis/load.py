@@ -86,8 +86,22 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     arms = _arms_table(list(newest.values()))
     history = _histories(client, tracking_uri, arms)
     target = float(parent.data.params.get("target", "nan"))
+    if parent.data.params.get("target_mode") == "relative":
+        target = relative_target(target, history, int(parent.data.params["n_classes"]))
     escape = float(parent.data.params.get("escape", "0.5"))
     return Study(experiment, parent.info.run_id, digest, target, escape, arms, history)
+
+
+def relative_target(fraction: float, history: pd.DataFrame, n_classes: int) -> float:
+    """The val_accuracy ``fraction`` of the way from chance to the control's plateau: the
+    median final val_accuracy of the control (glorot) arms, every loss pooled."""
+    accuracy = history[history["metric"] == "val_accuracy"]
+    control = accuracy[accuracy["init"] == "glorot"]
+    if control.empty:
+        raise ValueError("target_mode relative needs control (glorot) arms in the study")
+    plateau = control.sort_values("step").groupby("run_id")["value"].last().median()
+    chance = 1.0 / n_classes
+    return float(chance + fraction * (plateau - chance))
 
 
 def _arms_table(runs) -> pd.DataFrame:
