@@ -57,7 +57,7 @@ def test_every_loss_and_init_matches_the_reference_trainer(tf, digits):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_loss_and_optimizer_matches_the_reference_trainer(tf, digits, model):
-    config = _config("batch_size=32", ALL_LOSSES, ALL_OPTIMIZERS, "inits={saturated_wrong: [4]}",
+    config = _config("batch_size=64", ALL_LOSSES, ALL_OPTIMIZERS, "inits={saturated_wrong: [4]}",
                      *([CNN] if model == "cnn" else []))
     assert len(expand_grid(config)) == 6 * 6
     _assert_same_curves(_train(reference, config, digits), _train(batched, config, digits),
