@@ -7,6 +7,8 @@ fraction of a second and prints one line (exit 2), and no MLflow run is created.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from study.errors import ConfigError
@@ -42,10 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="train every arm again, even those FINISHED in the store")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--yes", action="store_true",
+                     help="start a study estimated at more than 30 min or 5 GB of store "
+                          "without asking")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `study show ... | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
@@ -75,14 +88,59 @@ def _show(config, arms) -> None:
               f"  {arm.key}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: finished arms kept, the parent run KILLED."""
+
+
+def _interruptible() -> None:
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated, once: the study then keeps
+    the arms it finished, marks its parent run KILLED and says so. A second Ctrl-C or
+    SIGTERM during that clean-up ends the process at once, without a traceback."""
+    def now(signum, frame):
+        os._exit(128 + signum)
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, now)
+        signal.signal(signal.SIGTERM, now)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    signal.signal(signal.SIGTERM, first)
+
+
+def _confirm(args):
+    def confirm(estimate) -> None:
+        print(f"study: {estimate.describe()}", flush=True)
+        if not estimate.needs_confirmation or args.yes:
+            return
+        if not sys.stdin.isatty():
+            raise ConfigError(f"this study is big ({estimate.describe()}): rerun with --yes "
+                              "to start it, or shrink it (fewer seeds, rates or epochs)")
+        if input("Start it? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise ConfigError("not started")
+
+    return confirm
+
+
 def _run(config, args) -> int:
     from study.run import run_study
+    from study.tracking import browse_link
 
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    _interruptible()
     try:
-        result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force)
+        result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force,
+                           confirm=_confirm(args))
     except ConfigError as err:  # found once the data is loaded, still before any run exists
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        kept = getattr(err, "arms_kept", 0)
+        print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
     trained, skipped = len(result.results), len(result.skipped)
     print(f"study {config.name!r}: trained {trained} arms"
           + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer; waited "
@@ -92,8 +150,7 @@ def _run(config, args) -> int:
     print(f"MLflow store: {result.tracking_uri}")
     print(f"experiment {config.name!r} (id {result.experiment_id}), parent run "
           f"{result.parent_run_id}")
-    print(f"browse it: make ui, then open http://127.0.0.1:5000/#/experiments/"
-          f"{result.experiment_id}")
+    print(f"browse it: {browse_link(result.tracking_uri, result.experiment_id)}")
     return 0
 
 
@@ -109,6 +166,6 @@ def _report(args) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(f"wrote {path}")
+    for name, path in paths:
+        print(f"wrote {path}" + (f" (experiment {name!r})" if path.parent.name != name else ""))
     return 0

@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,8 +35,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Strict: YAML's true is not 1 and "1e-3" is not a number here (the loader reads 1e-3 as
+# one); finite: .inf is no learning rate.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # what NumPy and scikit-learn take
+PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
+Severity = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+# A study names an MLflow experiment and a folder of reports/: no separators, no leading dot
+# (so never "." or ".."), short enough for any file system.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
+NAME_MAX = 100
 
 
 class ModelConfig(_Frozen):
@@ -119,32 +129,32 @@ class OptimizerConfig(BaseModel):
 
 
 class StudyConfig(_Frozen):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[\w.\-]+$")]
+    name: str
     dataset: str = "digits"
-    data_seed: int = 0
+    data_seed: Seed = 0
     model: ModelConfig = ModelConfig()
     losses: tuple[str, ...]
     # scheme name -> severities; a scheme without a severity (glorot) takes [] or null;
     # ``fixed`` takes a mapping severity label -> the weights [kernel, bias, ...].
-    inits: dict[str, tuple[float, ...] | dict[float, tuple[Any, ...]]]
-    seeds: tuple[int, ...]
+    inits: dict[str, tuple[Severity, ...] | dict[Severity, tuple[Any, ...]]]
+    seeds: tuple[Seed, ...]
     # one or more optimizers, each with its learning rates; ``optimizer:`` (one mapping) is
     # shorthand for a list of one
     optimizers: tuple[OptimizerConfig, ...]
     batch_size: PositiveInt
     epochs: PositiveInt
-    target: Annotated[float, Field(gt=0, le=1)]
+    target: Fraction
     # absolute: target is a val_accuracy; relative: the fraction of the way from chance
     # (1/C) to the control's plateau (the median final val_accuracy of the control arms),
     # for datasets where no fixed accuracy is both reachable and above the noise floor
     target_mode: Literal["absolute", "relative"] = "absolute"
     # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
-    escape: Annotated[float, Field(gt=0, le=1)] = 0.5
+    escape: Fraction = 0.5
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"
     # The batched trainer trains arms in chunks that fit this much memory.
-    memory_budget_mb: Annotated[int, Field(ge=64)] = 2048
+    memory_budget_mb: Annotated[int, Strict(), Field(ge=64)] = 2048
 
     @model_validator(mode="before")
     @classmethod
@@ -154,6 +164,15 @@ class StudyConfig(_Frozen):
                 raise ValueError("give optimizer (one) or optimizers (a list), not both")
             value = dict(value)
             value["optimizers"] = [value.pop("optimizer")]
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _a_safe_folder_name(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value) or len(value) > NAME_MAX:
+            raise ValueError(f"{value[:40]!r}{'...' if len(value) > 40 else ''} cannot name "
+                             f"a study: use 1-{NAME_MAX} letters, digits, '_', '-' or '.', "
+                             "not starting with '.' (it names a folder of reports/)")
         return value
 
     @field_validator("dataset")
@@ -233,15 +252,44 @@ def _unique(key: str, values: tuple) -> tuple:
 # ---- loading ------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: 1e-3 is a number (YAML 1.1 wants 1.0e-3), and a key given
+    twice is an error, not silently the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})"
+                                  "; give it once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """Read ``path``, apply ``KEY=VALUE`` overrides (dotted keys, YAML values), validate."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give a study's YAML file, e.g. "
+                          "configs/default.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     for item in overrides:
@@ -264,7 +312,7 @@ def _apply_override(raw: dict, item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {item!r}")
     try:
-        value = yaml.safe_load(text)
+        value = read_yaml(text)
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
     *parents, leaf = _one_optimizer_spelling(raw, key).split(".")
@@ -308,6 +356,8 @@ def _first_error(err: ValidationError) -> str:
         message = "unknown key" + _valid_keys_hint(err, first["loc"])
     elif first["type"] == "literal_error":
         message = message.replace("Input should be", "must be one of:")
+    elif first["type"].endswith("_type") or first["type"].endswith("_parsing"):
+        message += f", got {first['input']!r}"  # e.g. true where a number belongs
     return f"{key}: {message}"
 
 

@@ -185,4 +185,12 @@ DATASETS: dict[str, Dataset] = {
 def load_dataset(name: str, data_seed: int) -> Splits:
     dataset = DATASETS[name]
     dataset.check_available()
-    return dataset.load(data_seed)
+    files = dataset.required_files()
+    if not files:
+        return dataset.load(data_seed)
+    try:
+        return dataset.load(data_seed)
+    except Exception as err:  # truncated, corrupt, pickled or wrongly shaped: name the file
+        reason = str(err).splitlines()[0][:100] if str(err) else type(err).__name__
+        raise ConfigError(f"dataset {name!r}: cannot read {', '.join(map(str, files))} "
+                          f"({reason}); replace it with the standard Keras file") from None

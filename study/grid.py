@@ -22,8 +22,8 @@ class Arm:
     @property
     def key(self) -> str:
         """Stable name of the arm, stored as the tag ``study.arm`` and used as the run name."""
-        return (f"{self.loss}|{self.init}:{self.severity:g}|seed={self.seed}|"
-                f"{self.optimizer}|lr={self.lr:g}")
+        return (f"{self.loss}|{self.init}:{exact(self.severity)}|seed={self.seed}|"
+                f"{self.optimizer}|lr={exact(self.lr)}")
 
     @property
     def start(self) -> tuple[str, float, int]:
@@ -35,6 +35,13 @@ class Arm:
         """Arms of one group share a model (its output activation), loss and optimizer, so
         they train as one vectorized computation; they differ in start, seed and lr."""
         return (self.loss, self.optimizer)
+
+
+def exact(x: float) -> str:
+    """The shortest text that reads back as the same float ('0.5', '2', '0.5000001', '1e-05'):
+    two rates or severities that differ get different arm keys and params."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def optimizer_of(config: StudyConfig, arm: Arm) -> OptimizerConfig:

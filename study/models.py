@@ -74,11 +74,11 @@ def import_builder(path: str) -> Callable:
 
 def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: str):
     """The study's model with the output activation a loss spec requires, checked."""
-    import keras
-
     from study.backend import start_tensorflow
 
-    start_tensorflow()
+    start_tensorflow()  # before Keras imports it, so that its start-up notices stay quiet
+    import keras
+
     if config.builder:
         what = f"model.builder {config.builder!r}"
         try:

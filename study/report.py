@@ -4,6 +4,7 @@ latest parent run. Everything is rebuilt from the store alone."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,32 @@ def notebook_for(study: Study) -> str:
     return "neuron.ipynb" if (study.history["metric"] == "output").any() else "report.ipynb"
 
 
+FOLDER_MAX = 100
+
+
+def folder_name(experiment: str) -> str:
+    """A folder name for an experiment that cannot leave ``--out``: the name itself when it
+    is one (letters, digits, '_', '-', '.', not starting with '.', short), else the name
+    with every other character as '_', cut, and a hash of the whole name (an experiment
+    renamed in the MLflow UI to '../x' or '.' still gets a folder of its own)."""
+    import hashlib
+
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", experiment) and \
+            len(experiment) <= FOLDER_MAX:
+        return experiment
+    safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", experiment).lstrip(".")[:60] or "study"
+    return f"{safe}-{hashlib.sha256(experiment.encode()).hexdigest()[:10]}"
+
+
+def report_folder(out_dir: Path, experiment: str) -> Path:
+    """``out_dir/<folder name>``, checked to sit directly inside ``out_dir`` before anything
+    is written there or removed."""
+    folder = (out_dir / folder_name(experiment)).resolve()
+    if folder.parent != out_dir.resolve():
+        raise ValueError(f"experiment {experiment!r} maps outside {out_dir}")
+    return folder
+
+
 def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
     """Write ``out_dir/<experiment>/`` (the notebook's HTML, summary.csv, figures/); returns
     the HTML path."""
@@ -35,12 +62,12 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
 
     study = load_study(tracking_uri, experiment)
     notebook = notebook_for(study)
-    final = out_dir / experiment
     out_dir.mkdir(parents=True, exist_ok=True)
+    final = report_folder(out_dir, experiment)
     # Built in a scratch folder and moved in place at the end: a failed notebook leaves the
     # previous report as it was, not half of a new one.
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-        folder = Path(scratch) / experiment
+        folder = Path(scratch) / final.name
         (folder / "figures").mkdir(parents=True)
         _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
                                                "experiment": experiment})
@@ -89,11 +116,13 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
     (folder / notebook.with_suffix(".html").name).write_text(body)
 
 
-def build_reports(tracking_uri: str, experiment: str | None, out_dir: Path) -> list[Path]:
+def build_reports(tracking_uri: str, experiment: str | None,
+                  out_dir: Path) -> list[tuple[str, Path]]:
+    """(experiment, HTML path) of every report written."""
     from study.tracking import absolute_uri
 
     tracking_uri = absolute_uri(tracking_uri)
     names = [experiment] if experiment else experiments(tracking_uri)
     if not names:
         raise ValueError(f"no studies in {tracking_uri}: run one first (make run-study)")
-    return [build_report(tracking_uri, name, out_dir) for name in names]
+    return [(name, build_report(tracking_uri, name, out_dir)) for name in names]

@@ -4,6 +4,7 @@ orchestration: it owns no maths and writes to MLflow only through ``StudyTracker
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
@@ -11,8 +12,9 @@ import yaml
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
 from study.grid import Arm, expand_grid
-from study.inits import Starts
+from study.inits import INITS, Starts
 from study.models import build_model, describe
+from study.plan import Estimate, check_fits_data, check_memory, estimate
 from study.tracking import ArmWriter, StudyTracker, arm_params
 from study.train.common import ArmResult
 
@@ -37,39 +39,57 @@ class StudyResult:
 def check_model_and_starts(config: StudyConfig, splits) -> str:
     """Build the model and draw every start once, so that a model builder that fails or
     given weights of the wrong shape stop as a ConfigError before any MLflow run exists.
-    Returns the model's name for the child runs' params."""
+    Returns the model's name for the child runs' params and its parameter count."""
     from study.losses import LOSSES
 
     outputs = {LOSSES[loss].output for loss in config.losses}
     models = [build_model(config.model, splits.input_shape, splits.n_classes, output)
               for output in sorted(outputs)]
     starts = Starts(models[0], config.inits.get("fixed"))
-    for init, severity, seed in sorted({arm.start for arm in expand_grid(config)}):
-        starts(init, severity, seed)
-    return describe(models[0], config.model)
+    for init, severities in config.inits.items():  # a draw of each scheme and severity;
+        for severity in INITS[init].severities(severities):  # seeds change values only
+            starts(init, severity, config.seeds[0])
+    return describe(models[0], config.model), models[0].count_params()
 
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
-              force: bool = False) -> StudyResult:
+              force: bool = False,
+              confirm: Callable[[Estimate], None] = lambda estimate: None) -> StudyResult:
     """Train every arm of ``config`` and log it to MLflow.
 
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
-    resumes an interrupted study) unless ``force``.
+    resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
+    any MLflow run exists, and may stop it by raising.
     """
+    tracker = StudyTracker(tracking_uri)  # an unusable store fails first, in seconds
+    DATASETS[config.dataset].check_available()  # before any run is created
+    splits = load_dataset(config.dataset, config.data_seed)
+    check_fits_data(config, splits)
+    check_memory(config, splits)
+    model, params = check_model_and_starts(config, splits)
+    digest = config_hash(config)
+    arms = expand_grid(config)
+    # A store that does not exist yet is not created just to learn it holds nothing.
+    done = set() if force or not tracker.store_exists() else tracker.finished_arms(
+        config.name, digest)
+    todo: list[Arm] = [arm for arm in arms if arm.key not in done]
+    confirm(estimate(config, splits, len(todo), params))  # may stop a study too big to start
+
+    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    try:
+        return _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml,
+                              model, progress)
+    except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
+        err.arms_kept = tracker.arms_written
+        raise
+
+
+def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
+                   progress) -> StudyResult:
     from tqdm.auto import tqdm
 
     from study.train import trainer
 
-    DATASETS[config.dataset].check_available()  # before any run is created
-    splits = load_dataset(config.dataset, config.data_seed)
-    model = check_model_and_starts(config, splits)
-    digest = config_hash(config)
-    tracker = StudyTracker(tracking_uri)
-    arms = expand_grid(config)
-    done = set() if force else tracker.finished_arms(config.name, digest)
-    todo: list[Arm] = [arm for arm in arms if arm.key not in done]
-
-    config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     with tracker.study(config, config_yaml, digest, len(arms),
                        splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,

@@ -9,6 +9,7 @@ in the store is complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import platform
@@ -22,7 +23,8 @@ from urllib.parse import urlparse
 
 from study.config import StudyConfig
 from study.cores import WriterCore
-from study.grid import Arm, optimizer_of
+from study.errors import ConfigError
+from study.grid import Arm, exact, optimizer_of
 from study.train.common import ArmResult
 
 PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "scikit-learn", "mnist1d", "pandas")
@@ -43,6 +45,13 @@ def absolute_uri(uri: str) -> str:
     """A relative SQLite path made absolute, so notebooks running elsewhere find the store."""
     path = sqlite_path(uri)
     return f"sqlite:///{path.resolve()}" if path is not None else uri
+
+
+def browse_link(uri: str, experiment_id: str) -> str:
+    """Where to look: a tracking server's own page, or `make ui` over a local store."""
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"make ui, then open http://127.0.0.1:5000/#/experiments/{experiment_id}"
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -77,22 +86,83 @@ def git_commit() -> str:
 
 def arm_params(arm: Arm, config: StudyConfig, model: str) -> dict[str, str]:
     optimizer = optimizer_of(config, arm)
-    return {"loss": arm.loss, "init": arm.init, "severity": f"{arm.severity:g}",
+    return {"loss": arm.loss, "init": arm.init, "severity": exact(arm.severity),
             "seed": str(arm.seed), "optimizer": arm.optimizer,
-            "optimizer_name": optimizer.name, "lr": f"{arm.lr:g}", "dataset": config.dataset,
+            "optimizer_name": optimizer.name, "lr": exact(arm.lr), "dataset": config.dataset,
             "model": model, "batch_size": str(config.batch_size), "epochs": str(config.epochs),
             "trainer": config.trainer,
             **{f"optimizer.{key}": str(value) for key, value in optimizer.options.items()}}
 
 
-class StudyTracker:
-    def __init__(self, tracking_uri: str | None = None):
+SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
+# The start-up check of a tracking server: one try, a few seconds, not MLflow's default of
+# retries with backoff (four minutes before a dead server is reported).
+REACH_RETRIES, REACH_TIMEOUT_S = "0", "5"
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, with one line, on a store that cannot be used: an unknown scheme, a SQLite
+    file in a folder that does not exist, a server that does not answer within seconds."""
+    scheme = urlparse(uri).scheme
+    if scheme not in SCHEMES:
+        raise ConfigError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; use "
+                          "sqlite:///path/mlflow.db, http://host:port (an mlflow server), "
+                          "https://..., file:///path or a database URL (postgresql://...)")
+    path = sqlite_path(uri)
+    if path is not None and not path.resolve().parent.is_dir():
+        raise ConfigError(f"tracking URI {uri!r}: folder {path.resolve().parent} does not "
+                          "exist")
+    if scheme in ("http", "https"):
         from mlflow.tracking import MlflowClient
 
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES=REACH_RETRIES,
+                          MLFLOW_HTTP_REQUEST_TIMEOUT=REACH_TIMEOUT_S):
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            except Exception as err:  # connection refused, timeout, 5xx, not MLflow
+                reason = _reason(err)
+                raise ConfigError(f"cannot reach the MLflow tracking server at {uri} "
+                                  f"({reason}); start it (make server) or check "
+                                  "MLFLOW_TRACKING_URI") from None
+
+
+def _reason(err: Exception) -> str:
+    """The cause in a few words, from MLflow's long connection errors."""
+    import re
+
+    text = str(err)
+    found = re.search(r"\[Errno -?\d+\] ([^'\"\)]+)", text)
+    if found:
+        return found.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return f"no answer within {REACH_TIMEOUT_S} s"
+    return (text.splitlines()[0][:120] if text else type(err).__name__)
+
+
+class StudyTracker:
+    def __init__(self, tracking_uri: str | None = None):
         self.uri = absolute_uri(tracking_uri or default_tracking_uri())
-        self.client = MlflowClient(tracking_uri=self.uri)
+        check_store(self.uri)
+        # MLflow prints a "View run ... at" line per run to stdout for a server store: 2 per
+        # arm; the study prints its own link once.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self.arms_written = 0  # child runs written whole by this tracker
         self.config_hash: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -109,6 +179,22 @@ class StudyTracker:
 
             with contextlib.closing(sqlite3.connect(sqlite_path(self.uri))) as db:
                 db.execute("PRAGMA journal_mode=WAL")
+
+    @functools.cached_property
+    def client(self):
+        # Made on first use: a SQLite store's file and tables are created with the client,
+        # and a study that fails its checks must leave no file behind.
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        # "Creating initial MLflow database tables..." is MLflow's news, not the user's.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        return MlflowClient(tracking_uri=self.uri)
+
+    def store_exists(self) -> bool:
+        path = sqlite_path(self.uri)
+        return path is None or path.exists()
 
     def finished_arms(self, experiment: str, config_hash: str) -> set[str]:
         """Keys of the arms already FINISHED in this experiment under this config hash."""
@@ -190,6 +276,7 @@ class StudyTracker:
         except BaseException:
             self.client.delete_run(run_id)
             raise
+        self.arms_written += 1
         return run_id
 
 

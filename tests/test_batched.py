@@ -113,13 +113,15 @@ def test_an_arms_values_do_not_depend_on_its_group(tf, digits, model):
 
 
 def test_chunks_under_a_memory_budget_give_the_same_curves(tf, digits):
-    config = _config("epochs=1", "seeds=[0, 1]")
+    config = _config("epochs=1", "losses=[mse]", f"seeds={list(range(16))}")  # one group of 32
     per_arm = batched.bytes_per_arm(config, digits)
-    assert batched.chunk_size(config, digits, 16) == 16
+    assert batched.chunk_size(config, digits, 32) == 32
     small = config.model_copy(update={"memory_budget_mb": 1})  # below 64: only via code
-    assert batched.chunk_size(small, digits, 16) == 1
+    assert batched.chunk_size(small, digits, 32) == 16  # one set of slots at a time
+    assert batched.chunk_size(small, digits, 40) == 14  # 40 arms as 14 + 14 + 12
     assert per_arm > 4 * 107 * 10  # at least the minibatch order
-    _assert_identical(_train(batched, config, digits), _train(batched, small, digits))
+    together = _train(batched, config, digits, expand_grid(config))
+    _assert_identical(together, _train(batched, small, digits, expand_grid(config)))
 
 
 def test_an_evaluation_sees_its_snapshot_while_training_goes_on(tf, digits):

@@ -13,7 +13,7 @@ from study.report import build_reports
 @pytest.fixture(scope="module")
 def report(smoke_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    paths = build_reports(smoke_store, "smoke", out)
+    paths = [path for _, path in build_reports(smoke_store, "smoke", out)]
     return smoke_store, out, paths
 
 

@@ -99,9 +99,10 @@ def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
     last chunk's spare slots cost as much as arms (200 arms train as 100 + 100, not 180 + 20
     in 180 slots)."""
     budget = config.memory_budget_mb * 2**20 - evaluation_bytes(config, splits)
-    cap = max(1, min(n_arms, GROUP_CAP, budget // bytes_per_arm(config, splits)))
-    chunks = -(-n_arms // cap)
-    return -(-n_arms // chunks)
+    fits = budget // bytes_per_arm(config, splits) // SLOT_MULTIPLE * SLOT_MULTIPLE
+    cap = max(1, min(n_arms, GROUP_CAP, max(SLOT_MULTIPLE, fits)))  # the slots are padded
+    chunks = -(-n_arms // cap)                    # to 16 anyway (plan.check_memory refuses
+    return -(-n_arms // chunks)                   # a study whose 16 slots do not fit)
 
 
 class _Group:

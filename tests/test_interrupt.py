@@ -1,0 +1,64 @@
+"""Ctrl-C and SIGTERM stop a study with one line, keep its finished arms and mark its parent
+KILLED; a closed pipe ends quietly. Real processes, real signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import CONFIGS, ROOT
+from tests.test_resume import _finished_children
+
+STUDY = [str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1, 2, 3]", "--set", "epochs=30",
+         "--quiet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_keeps_finished_arms_and_marks_the_parent_killed(tmp_path, sent, code):
+    db = tmp_path / "mlflow.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", f"sqlite:///{db}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _finished_children(db) < 1:  # the first group is stored, the others train
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(sent)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ")
+    kept = int(lines[0].split()[1])
+    assert kept >= 1 and lines[0].endswith("arms kept, rerun to finish")
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    runs = client.search_runs([experiment], run_view_type=1, max_results=100)
+    parents = [r for r in runs if r.data.tags.get("study.role") == "parent"]
+    children = [r for r in runs if "study.arm" in r.data.tags]
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len(children) == kept and {c.info.status for c in children} == {"FINISHED"}
+
+
+def test_a_closed_pipe_ends_quietly():
+    shown = subprocess.run(f"{sys.executable} -m study show {CONFIGS / 'default.yaml'} | head -1",
+                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.stdout.startswith("study 'default'") and shown.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_server_store_prints_its_own_link_and_no_run_lines(mlflow_server):
+    done = subprocess.run([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
+                           "--set", "name=served", "--tracking-uri", mlflow_server, "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "View run" not in done.stdout + done.stderr
+    assert f"browse it: {mlflow_server}/#/experiments/" in done.stdout
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("served").experiment_id])
+    assert len([r for r in runs if "study.arm" in r.data.tags]) == 8
