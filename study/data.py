@@ -156,6 +156,10 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _image_splits(x, y, x_test, y_test, data_seed: int) -> Splits:
     """Pixels to [0, 1]; a sixth of the training images (10,000 of 60,000) held out for val."""
+    for images, labels in ((x, y), (x_test, y_test)):
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+            raise ValueError(f"images of shape {images.shape} and labels of shape "
+                             f"{labels.shape}, not [N, 28, 28] and [N]")
     x_train, x_val, y_train, y_val = _holdout(x, y, len(x) // 6, data_seed)
     return replace(_splits(x_train / 255.0, y_train, x_val / 255.0, y_val, x_test / 255.0,
                            y_test, int(max(y.max(), y_test.max())) + 1), image_shape=(28, 28))

@@ -214,8 +214,13 @@ class StudyTracker:
         """The parent run, open while the study trains; FAILED or KILLED if it is cut short."""
         from mlflow.entities import Param, RunTag
 
-        self.experiment_id = self._experiment(config.name)
-        self._write_ahead_log()
+        try:
+            self.experiment_id = self._experiment(config.name)
+            self._write_ahead_log()
+        except Exception as err:  # a read-only file or folder, a server that refuses
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise ConfigError(f"MLflow store {self.uri} cannot be written ({reason})") \
+                from None
         self.config_hash = config_hash
         run = self.client.create_run(
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
