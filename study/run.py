@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
 from study.plan import Estimate, check_fits_data, check_memory, estimate
-from study.tracking import ArmWriter, StudyTracker, arm_params
+from study.tracking import ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
 
 
@@ -72,16 +73,20 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     # A store that does not exist yet is not created just to learn it holds nothing.
     done = set() if force or not tracker.store_exists() else tracker.finished_arms(
         config.name, digest)
-    todo: list[Arm] = [arm for arm in arms if arm.key not in done]
-    confirm(estimate(config, splits, len(todo), params))  # may stop a study too big to start
+    confirm(estimate(config, splits, len(arms) - len(done), params))  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    try:
-        return _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml,
-                              model, progress)
-    except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
-        err.arms_kept = tracker.arms_written
-        raise
+    db = sqlite_path(tracker.uri)
+    with study_lock(db, config.name, tracker.uri):
+        tracker.sweep(config.name, locked=db is not None)  # what a dead process left
+        done = set() if force else tracker.finished_arms(config.name, digest)
+        todo: list[Arm] = [arm for arm in arms if arm.key not in done]
+        try:
+            return _train_and_log(config, tracker, splits, todo, arms, done, digest,
+                                  config_yaml, model, progress)
+        except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
+            err.arms_kept = tracker.arms_written
+            raise
 
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,

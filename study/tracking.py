@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
+from study.claims import owner_is_gone, schema_lock, this_process
 from study.config import StudyConfig
 from study.cores import WriterCore
 from study.errors import ConfigError
@@ -190,7 +191,33 @@ class StudyTracker:
 
         # "Creating initial MLflow database tables..." is MLflow's news, not the user's.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        return MlflowClient(tracking_uri=self.uri)
+        with schema_lock(sqlite_path(self.uri)):  # a new store's tables, one process at once
+            client = MlflowClient(tracking_uri=self.uri)
+            client.search_experiments(max_results=1)
+        return client
+
+    def sweep(self, experiment: str, locked: bool) -> int:
+        """Runs of this study left RUNNING by a process that is gone: parents end KILLED,
+        half-written children are deleted. With the study's lock held (a SQLite store),
+        every RUNNING run of the study is such a run; on a server, those whose owner ran on
+        this machine and has ended. Returns how many runs it cleaned up."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return 0
+        running = self.client.search_runs([found.experiment_id],
+                                          "attributes.status = 'RUNNING'", max_results=50000)
+        parents = {r.info.run_id: r for r in running if r.data.tags.get("study.role")
+                   == "parent"}
+        dead = {run_id for run_id, run in parents.items()
+                if locked or owner_is_gone(run.data.tags)}
+        for run_id in dead:
+            self.client.set_terminated(run_id, "KILLED")
+        halves = [r for r in running if "study.arm" in r.data.tags
+                  and (r.data.tags.get("mlflow.parentRunId") not in parents
+                       or r.data.tags.get("mlflow.parentRunId") in dead)]
+        for run in halves:
+            self.client.delete_run(run.info.run_id)
+        return len(dead) + len(halves)
 
     def store_exists(self) -> bool:
         path = sqlite_path(self.uri)
@@ -225,7 +252,7 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"study.role": "parent", "study.config_hash": config_hash,
-                  "mlflow.source.git.commit": git_commit()})
+                  "mlflow.source.git.commit": git_commit(), **this_process()})
         self.parent_run_id = run.info.run_id
         versions = package_versions()
         self.client.log_batch(

@@ -1,5 +1,6 @@
-"""kill -9 at any moment, then a rerun: every arm's stored values equal an uninterrupted
-run's, bit for bit (the rerun trains the missing arms in other groups and slots)."""
+"""kill -9 at any moment, then a rerun: one FINISHED child per arm, no run left RUNNING, and
+every arm's stored values equal an uninterrupted run's, bit for bit (the rerun trains the
+missing arms in other groups and slots). Two runs of one study at once store each arm once."""
 
 from __future__ import annotations
 
@@ -27,16 +28,25 @@ def _run(uri: str) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _finished_children(db) -> int:
+def _count(db, where: str) -> int:
     if not db.exists():
         return 0
     with contextlib.closing(sqlite3.connect(db, timeout=30)) as connection:
         try:
             return connection.execute(
                 "SELECT count(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                "WHERE tags.key = 'study.arm' AND runs.status = 'FINISHED'").fetchone()[0]
+                f"WHERE {where}").fetchone()[0]
         except sqlite3.OperationalError:  # the schema is still being created
             return 0
+
+
+def _finished_children(db) -> int:
+    return _count(db, "tags.key = 'study.arm' AND runs.status = 'FINISHED' "
+                      "AND runs.lifecycle_stage = 'active'")
+
+
+def _parents(db) -> int:
+    return _count(db, "tags.key = 'study.role'")
 
 
 def _values(uri: str) -> dict:
@@ -64,25 +74,62 @@ def uninterrupted(tmp_path_factory):
     return values
 
 
+def _statuses(uri: str) -> tuple[list[str], list[str]]:
+    """Statuses of the parents and of the live (not deleted) children."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    runs = client.search_runs([experiment], max_results=1000)
+    return ([r.info.status for r in runs if r.data.tags.get("study.role") == "parent"],
+            [r.info.status for r in runs if "study.arm" in r.data.tags])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stored", [1, 20])
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, uninterrupted, stored):
-    """Killed once ``stored`` arms are in the store (inside the first group's writes, and
-    inside the second group's), then rerun to the end."""
+@pytest.mark.parametrize("moment", ["start-up", "parent", "first arm", "middle", "last"])
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, uninterrupted, moment):
+    """Killed during start-up (no store yet), once the parent run exists, inside the first
+    group's writes, in the middle, and in the last group's writes; then rerun to the end."""
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     process = _run(uri)
+    ready = {"start-up": lambda: True, "parent": lambda: _parents(db) >= 1,
+             "first arm": lambda: _finished_children(db) >= 1,
+             "middle": lambda: _finished_children(db) >= 20,
+             "last": lambda: _finished_children(db) >= 40}[moment]
     deadline = time.monotonic() + 240
-    while _finished_children(db) < stored and process.poll() is None:
+    if moment == "start-up":
+        time.sleep(1.0)
+    while not ready() and process.poll() is None:
         assert time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    kept = _finished_children(db)
-    assert stored <= kept < 48  # it died mid-study
+    assert _finished_children(db) < 48  # it died mid-study
     assert _run(uri).wait(timeout=300) == 0
+    parents, children = _statuses(uri)
+    assert "RUNNING" not in parents and parents.count("FINISHED") == 1
+    assert children == ["FINISHED"] * 48  # one FINISHED child per arm, nothing half-written
     resumed = _values(uri)
     assert resumed.keys() == uninterrupted.keys()
     for key, histories in uninterrupted.items():
         assert resumed[key] == histories, key
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
+    """Two `study run` of one study on one new store at once: one trains, the other stops
+    with one line; and another study runs beside them on the same store."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    first, second = _run(uri), _run(uri)
+    other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
+                              "--set", "name=beside", "--quiet", "--tracking-uri", uri],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    assert other.wait(timeout=300) == 0
+    assert codes == [0, 2]
+    loser = first if first.returncode == 2 else second
+    assert "is being run into" in loser.stderr.read().decode()
+    assert _values(uri) == uninterrupted  # each arm once, with its values
+    _, children = _statuses(uri)
+    assert len(children) == 48
