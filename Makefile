@@ -9,7 +9,7 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
 .DEFAULT_GOAL := help
 EXPERIMENT ?=
-.PHONY: help install run-study show smoke report bench ui test lint clean
+.PHONY: help install run-study show smoke report bench ui server test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,7 +39,13 @@ bench: $(INSTALLED) ## batched vs reference trainer, logging share, memory (repo
 	$(PYTHON) -m study.bench
 
 ui: $(INSTALLED) ## browse the MLflow store in a browser (http://127.0.0.1:5000, PORT=...)
-	$(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+	@# one worker and no job runner: 2 processes, not 16 (make server is for many users)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
+		--backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
+
+server: $(INSTALLED) ## a tracking server for workers and users on 127.0.0.1:PORT over the store
+	$(VENV)/bin/mlflow server --backend-store-uri $(TRACKING_URI) \
+		--artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT) --workers 4
 
 lint: $(INSTALLED) ## ruff
 	$(VENV)/bin/ruff check study tests
