@@ -148,8 +148,9 @@ def _run(config, args) -> int:
           + (f", skipped {skipped} already finished (use --force to retrain)" if skipped else "")
           + (f"; {len(result.diverged)} diverged" if result.diverged else ""))
     print(f"MLflow store: {result.tracking_uri}")
-    print(f"experiment {config.name!r} (id {result.experiment_id}), parent run "
-          f"{result.parent_run_id}")
+    print(f"experiment {config.name!r} (id {result.experiment_id})"
+          + (f", parent run {result.parent_run_id}" if result.parent_run_id else
+             ": nothing to train, so no new run"))
     print(f"browse it: {browse_link(result.tracking_uri, result.experiment_id)}")
     return 0
 

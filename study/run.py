@@ -81,6 +81,9 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
         tracker.sweep(config.name, locked=db is not None)  # what a dead process left
         done = set() if force else tracker.finished_arms(config.name, digest)
         todo: list[Arm] = [arm for arm in arms if arm.key not in done]
+        if not todo:  # every arm is in the store: nothing to train, no empty parent run
+            return StudyResult(tracker.uri, tracker.experiment_of(config.name), "",
+                               skipped=[arm.key for arm in arms])
         try:
             return _train_and_log(config, tracker, splits, todo, arms, done, digest,
                                   config_yaml, model, progress)

@@ -219,6 +219,9 @@ class StudyTracker:
             self.client.delete_run(run.info.run_id)
         return len(dead) + len(halves)
 
+    def experiment_of(self, name: str) -> str:
+        return self.client.get_experiment_by_name(name).experiment_id
+
     def store_exists(self) -> bool:
         path = sqlite_path(self.uri)
         return path is None or path.exists()
@@ -293,18 +296,18 @@ class StudyTracker:
                 "study.diverged": str(result.diverged).lower()}
         if result.diverged:
             tags["study.diverged_at_step"] = str(result.diverged_at)
-        run_id = self.client.create_run(self.experiment_id, run_name=arm.key,
-                                        tags=tags).info.run_id
+        run_id = self.client.create_run(self.experiment_id, run_name=arm.key, tags=tags,
+                                        start_time=result.started_ms).info.run_id
         try:
             now = int(time.time() * 1000)
-            metrics = [Metric(name, value, now, step)
+            metrics = [Metric(name, value, result.step_ms.get(step, now), step)
                        for name, points in result.history.items() for step, value in points]
             params = [Param(k, v) for k, v in params.items()]
             first = 1000 - len(params)  # at most 1000 entities (100 params) a batch
             self.client.log_batch(run_id, metrics=metrics[:first], params=params)
             for start in range(first, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, "FINISHED", end_time=result.finished_ms)
         except BaseException:
             self.client.delete_run(run_id)
             raise

@@ -76,10 +76,33 @@ def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
                     for init in ["glorot:0", "saturated_wrong:4"]}
 
 
-def test_rerun_skips_finished_arms(smoke_store, capsys):
+def _parents(client, experiment_name):
+    experiment = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([experiment.experiment_id], "tags.`study.role` = 'parent'")
+
+
+def test_rerun_skips_finished_arms_and_adds_no_empty_parent(smoke_store, capsys):
+    parents = len(_parents(_client(smoke_store), "smoke"))
     assert main(["run", SMOKE, "--tracking-uri", smoke_store, "--quiet"]) == 0
-    assert "trained 0 arms, skipped 8 already finished" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained 0 arms, skipped 8 already finished" in out
+    assert "nothing to train, so no new run" in out
     assert len(_children(_client(smoke_store), "smoke")) == 8
+    assert len(_parents(_client(smoke_store), "smoke")) == parents
+
+
+def test_runs_carry_their_training_times(smoke_store):
+    """A child's start and end are its group's training span, not the moment it was
+    written; each value carries the time its step was reached."""
+    client = _client(smoke_store)
+    parent = _parents(client, "smoke")[-1]  # the first invocation
+    for run in _children(client, "smoke"):
+        start, end = run.info.start_time, run.info.end_time
+        assert parent.info.start_time <= start < end <= parent.info.end_time
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        times = [m.timestamp for m in sorted(history, key=lambda m: m.step)]
+        assert times == sorted(times) and times[0] < times[-1]  # steps are reached in order
+        assert start <= times[0] and times[-1] <= end
 
 
 def test_same_config_same_curves_in_another_store(smoke_store, tmp_path):

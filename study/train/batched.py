@@ -45,6 +45,7 @@ from study.train.common import (
     batch_order,
     is_single_neuron,
     neuron_metrics,
+    now_ms,
     steps_per_epoch,
     training_targets,
 )
@@ -257,13 +258,14 @@ class _Group:
     # ---- bookkeeping ----
 
     def record(self, step: int, metrics: dict[str, np.ndarray],
-               results: list[ArmResult]) -> None:
+               results: list[ArmResult], at_ms: int | None = None) -> None:
         """Add one evaluation to the loaded arms' results (slot order); freeze any arm that
         has just diverged. Frozen arms and spare slots are not recorded."""
         for k, result in enumerate(results):
             if not self.active[k]:
                 continue
-            result.record(step, {name: float(values[k]) for name, values in metrics.items()})
+            result.record(step, {name: float(values[k]) for name, values in metrics.items()},
+                          at_ms)
             if result.diverged_at == step:
                 self.freeze(k)
 
@@ -285,14 +287,14 @@ def train_group(group: _Group, arms: list[Arm],
     import tensorflow as tf
 
     group.load(arms)
-    results = [ArmResult() for _ in arms]
-    evaluations = deque()  # (step, future metrics), in step order
+    results = [ArmResult(started_ms=now_ms()) for _ in arms]
+    evaluations = deque()  # (step, when the weights were taken, future metrics), step order
     evaluator = ThreadPoolExecutor(1, thread_name_prefix="evaluate")
 
     def record_finished(wait: bool = False) -> None:
-        while evaluations and (wait or evaluations[0][1].done()):
-            step, metrics = evaluations.popleft()
-            group.record(step, metrics.result(), results)
+        while evaluations and (wait or evaluations[0][2].done()):
+            step, at_ms, metrics = evaluations.popleft()
+            group.record(step, metrics.result(), results, at_ms)
 
     previous, done = 0, 0.0
     try:
@@ -304,13 +306,15 @@ def train_group(group: _Group, arms: list[Arm],
                 progress = len(arms) * (step - previous) / group.schedule.total_steps
                 advance(progress)
                 done += progress
-            evaluations.append((step, evaluator.submit(group.evaluate, group.snapshot(),
-                                                       full)))
+            evaluations.append((step, now_ms(), evaluator.submit(group.evaluate,
+                                                                 group.snapshot(), full)))
             record_finished()  # a diverged arm is frozen as soon as its evaluation is in
             previous = step
         record_finished(wait=True)
     finally:
         evaluator.shutdown(cancel_futures=True)
+    for result in results:  # the group's span: its arms trained together
+        result.finished_ms = now_ms()
     advance(len(arms) - done)  # the steps an early stop skipped
     return results
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,20 +93,32 @@ def neuron_metrics(outputs, kernel, bias, grad_kernel, grad_bias) -> dict:
             "grad_w": grad_kernel[..., 0, 0], "grad_b": grad_bias[..., 0]}
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 @dataclass
 class ArmResult:
     """An arm's logged history: metric name -> list of (step, value)."""
 
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     diverged_at: int | None = None  # the first evaluated step with a non-finite loss
+    # Wall-clock times in ms since the epoch: when the arm (or its group) started and
+    # finished training, and when each evaluated step was reached, so that MLflow shows
+    # the training's span and each value's real time, not the time it was written.
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    step_ms: dict[int, int] = field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
         return self.diverged_at is not None
 
-    def record(self, step: int, values: dict[str, float]) -> None:
-        """Add one evaluation (every measure, or val_accuracy alone); a non-finite train_loss
-        marks the arm diverged at ``step``."""
+    def record(self, step: int, values: dict[str, float], at_ms: int | None = None) -> None:
+        """Add one evaluation (every measure, or val_accuracy alone) of the weights as they
+        were at ``at_ms`` (now if not given); a non-finite train_loss marks the arm diverged
+        at ``step``."""
+        self.step_ms[step] = at_ms if at_ms is not None else now_ms()
         for name, value in values.items():
             self.history.setdefault(name, []).append((step, float(value)))
         if not math.isfinite(values.get("train_loss", 0.0)) and not self.diverged:

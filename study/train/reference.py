@@ -24,6 +24,7 @@ from study.train.common import (
     batch_order,
     is_single_neuron,
     neuron_metrics,
+    now_ms,
     steps_per_epoch,
     training_targets,
 )
@@ -111,7 +112,7 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     order = batch_order(arm.seed, n_train, batch, config.epochs)
 
     evaluate = _Evaluator(model, loss_fn, splits, y_train)
-    result = ArmResult()
+    result = ArmResult(started_ms=now_ms())
     result.record(0, evaluate())
     # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
     # one iterator across epochs, so epoch e trains on exactly order[e].
@@ -119,6 +120,7 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
         batches = _minibatches(splits.inputs("train"), y_train, order)
         model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
                   shuffle=False, verbose=0, callbacks=[_make_callback(evaluate, schedule, result)])
+    result.finished_ms = now_ms()
     return result
 
 
