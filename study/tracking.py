@@ -50,9 +50,11 @@ def absolute_uri(uri: str) -> str:
 
 def browse_link(uri: str, experiment_id: str) -> str:
     """Where to look: a tracking server's own page, or `make ui` over a local store."""
+    # MLflow 3 opens an experiment on its GenAI overview; this page is the runs table.
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if urlparse(uri).scheme in ("http", "https"):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"make ui, then open http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        return f"{uri.rstrip('/')}/{page}"
+    return f"make ui, then open http://127.0.0.1:5000/{page}"
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
