@@ -193,12 +193,23 @@ def summarize(arms: pd.DataFrame) -> pd.DataFrame:
             "median_final_val_accuracy": final[0],
             "final_val_accuracy_ci_low": final[1], "final_val_accuracy_ci_high": final[2],
             "median_grad_norm_0": float(cell["grad_norm_0"].median()),
+            **_escape(cell),
         })
     summary = pd.DataFrame(rows)
     slow = slowdowns(arms)
     if len(slow):
         summary = summary.merge(slow, on=CELL, how="left")
     return summary
+
+
+def _escape(cell: pd.DataFrame) -> dict:
+    """Median steps to the escape level (a censored arm at the budget), and whether that
+    median is only a lower bound."""
+    if "escape_time" not in cell:
+        return {}
+    times = cell["escape_time"].where(cell["escape_reached"], cell["budget"])
+    return {"median_escape_steps": float(times.median()),
+            "escape_bound": median_is_bound(cell["escape_reached"])}
 
 
 def _lrs(cell: pd.DataFrame) -> str:
@@ -238,10 +249,13 @@ def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFram
         rows.append({"loss": loss, "init": init, "severity": severity,
                      "reference": start_name(*reference), "slowdown": ratio,
                      "slowdown_ci_low": low, "slowdown_ci_high": high,
-                     "slowdown_bound": _bound(bool((~cell["reached"]).any()),
-                                              bool((~control_reached.loc[loss]).any()))})
+                     "slowdown_bound": _bound(median_is_bound(cell["reached"]),
+                                              median_is_bound(control_reached.loc[loss])),
+                     "censored_arms": int((~cell["reached"]).sum()
+                                          + (~control_reached.loc[loss]).sum())})
     return pd.DataFrame(rows, columns=CELL + ["reference", "slowdown", "slowdown_ci_low",
-                                              "slowdown_ci_high", "slowdown_bound"])
+                                              "slowdown_ci_high", "slowdown_bound",
+                                              "censored_arms"])
 
 
 def family_reference(arms: pd.DataFrame, init: str) -> tuple[str, float]:
@@ -253,6 +267,12 @@ def family_reference(arms: pd.DataFrame, init: str) -> tuple[str, float]:
     if own is not None and ((arms["init"] == init) & (arms["severity"] == own)).any():
         return (init, own)
     return (CONTROL, 0.0)
+
+
+def median_is_bound(reached: pd.Series) -> bool:
+    """A median over seeds is only a lower bound on the true one when at least half of the
+    seeds' times are censored; with fewer, it is the median of observed times."""
+    return bool((~reached.astype(bool)).sum() * 2 >= len(reached))
 
 
 def _bound(start_censored: bool, control_censored: bool) -> str:
@@ -333,7 +353,9 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
                 parts.append(f"{row.loss} unknown (censored from both starts)")
                 continue
             bound = _BOUND_SIGN[row.slowdown_bound]
-            ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f})"
+            budget_set = getattr(row, "censored_arms", 0) > 0  # an end may be the budget's
+            ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f}"
+                  f"{', an end set by the budget' if budget_set else ''})"
                   if np.isfinite(row.slowdown_ci_low) else "")
             parts.append(f"{row.loss} {bound}{row.slowdown:.1f}x{ci}")
         fastest = start.sort_values(["median_steps", "median_auc_val_error"]).iloc[0]
@@ -362,8 +384,10 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
             "start": start_name(row.init, row.severity), "loss": row.loss, "lr": row.lr,
             "reached target": f"{row.reached}/{row.seeds}"
                               + (f" ({row.diverged} diverged)" if row.diverged else ""),
-            "median steps [95% CI]": ("≥ " if row.reached < row.seeds else "")
+            "median steps [95% CI]": ("≥ " if 2 * row.reached <= row.seeds else "")
             + ci(row.median_steps, row.steps_ci_low, row.steps_ci_high, ",.0f"),
+            "median steps to escape": ("≥ " if getattr(row, "escape_bound", False) else "")
+            + f"{getattr(row, 'median_escape_steps', np.nan):,.0f}",
             "KM median steps": "not reached" if np.isinf(row.km_median_steps)
             else f"{row.km_median_steps:,.0f}",
             "slowdown vs its control [95% CI]": (_BOUND_SIGN.get(getattr(row, "slowdown_bound", ""),
