@@ -9,7 +9,6 @@ import pytest
 from study.analysis import (
     arm_metrics,
     headline,
-    pairwise_tests,
     performance_profile,
     report_table,
     select_lr,
@@ -132,25 +131,6 @@ def test_slowdown_is_the_ratio_of_medians_paired_by_seed():
     assert row.slowdown_bound == ""
     text = headline(summarize(arm_metrics(study)), 0.9)
     assert text[0].startswith("From scaled k=4, reaching val_accuracy 0.9 takes mse 2.0x (95% CI")
-
-
-def test_pairwise_mann_whitney_with_holm_by_hand():
-    times = {"bce": [10, 11, 12, 13, 14], "cce": [20, 21, 22, 23, 24],
-             "mse": [30, 31, 32, 33, 34]}
-    study = make_study([{"loss": loss, "init": "glorot", "seed": s, "reach": t}
-                        for loss, ts in times.items() for s, t in enumerate(ts)])
-    tests = pairwise_tests(arm_metrics(study))
-    # complete separation of 5 vs 5: exact two-sided p = 2 / C(10, 5) = 2/252
-    np.testing.assert_allclose(tests["p_value"], 2 / 252)
-    # Holm over 3 equal p-values: each becomes 3p = 0.024 < 0.05
-    np.testing.assert_allclose(tests["p_holm"], 3 * 2 / 252)
-    assert tests["significant"].all()
-
-
-def test_identical_samples_are_not_different():
-    study = make_study([{"loss": loss, "init": "glorot", "seed": s, "reach": 64}
-                        for loss in ("cce", "scce") for s in range(3)])
-    assert pairwise_tests(arm_metrics(study))["p_value"].iloc[0] == 1.0
 
 
 def test_performance_profile_by_hand():

@@ -5,7 +5,6 @@ from study.analysis.convergence import (
     describe_view,
     headline,
     kaplan_meier,
-    pairwise_tests,
     performance_profile,
     report_table,
     select_lr,
@@ -18,6 +17,6 @@ from study.analysis.load import Study, experiments, load_study, neuron_table
 __all__ = [
     "Study", "arm_metrics", "describe_view", "experiments", "growth_sentences", "growth_table",
     "headline", "kaplan_meier",
-    "load_study", "neuron_table", "pairwise_tests", "performance_profile", "report_table",
+    "load_study", "neuron_table", "performance_profile", "report_table",
     "select_lr", "start_name", "summarize",
 ]

@@ -3,15 +3,14 @@
 Per arm: steps-to-target (censored when the budget ends first), the area under the
 validation error curve, final and best yardsticks, the gradient norm at step 0.
 Per cell (loss, init, severity): medians with bootstrap CIs over seeds, Kaplan-Meier
-time-to-target, the slowdown against the control init, pairwise loss tests with Holm
-correction, and performance profiles. A diverged arm never reaches the target: it counts as
+time-to-target, the slowdown against the family's control, and performance profiles (the
+loss-against-loss tests are in ``paired``). A diverged arm never reaches the target: it counts as
 censored at the full budget (DeepOBS counts misses as the full budget too), and its error
 after divergence counts as 1.
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
 
 import numpy as np
@@ -281,32 +280,6 @@ def _bound(start_censored: bool, control_censored: bool) -> str:
     bound ("<="), and with both it says nothing ("?")."""
     return {(False, False): "", (True, False): ">=", (False, True): "<=",
             (True, True): "?"}[(start_censored, control_censored)]
-
-
-def pairwise_tests(arms: pd.DataFrame) -> pd.DataFrame:
-    """Mann-Whitney U between every two losses' steps-to-target (censored at the budget)
-    within each (init, severity), Holm-corrected over all the tests of the study."""
-    from statsmodels.stats.multitest import multipletests
-
-    rows = []
-    for (init, severity), start in arms.groupby(["init", "severity"]):
-        times = {loss: cell["time"].to_numpy() for loss, cell in start.groupby("loss")}
-        for a, b in itertools.combinations(sorted(times), 2):
-            if np.array_equal(np.sort(times[a]), np.sort(times[b])):
-                p = 1.0  # identical samples: no evidence of a difference (scipy returns NaN
-            else:    # for some all-tied inputs)
-                p = float(stats.mannwhitneyu(times[a], times[b],
-                                             alternative="two-sided").pvalue)
-            rows.append({"init": init, "severity": severity, "loss_a": a, "loss_b": b,
-                         "median_a": float(np.median(times[a])),
-                         "median_b": float(np.median(times[b])), "p_value": p})
-    tests = pd.DataFrame(rows, columns=["init", "severity", "loss_a", "loss_b", "median_a",
-                                        "median_b", "p_value"])
-    if len(tests):
-        reject, holm, _, _ = multipletests(tests["p_value"], alpha=1 - CONFIDENCE,
-                                           method="holm")
-        tests["p_holm"], tests["significant"] = holm, reject
-    return tests
 
 
 def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
