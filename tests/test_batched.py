@@ -48,7 +48,7 @@ def _assert_identical(expected, actual):
 
 
 def test_every_loss_and_init_matches_the_reference_trainer(tf, digits):
-    config = _config(ALL_LOSSES, ALL_INITS)
+    config = _config("batch_size=32", ALL_LOSSES, ALL_INITS)
     assert len(expand_grid(config)) == 6 * 4
     _assert_same_curves(_train(reference, config, digits), _train(batched, config, digits),
                         1e-5)
