@@ -146,6 +146,8 @@ def _run(config, args) -> int:
           + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer; waited "
              f"{result.logging_seconds:.1f} s for MLflow)" if trained else "")
           + (f", skipped {skipped} already finished (use --force to retrain)" if skipped else "")
+          + (f"; their {result.superseded} earlier runs are in MLflow's trash (mlflow runs "
+             "restore brings one back)" if result.superseded else "")
           + (f"; {len(result.diverged)} diverged" if result.diverged else ""))
     print(f"MLflow store: {result.tracking_uri}")
     print(f"experiment {config.name!r} (id {result.experiment_id})"

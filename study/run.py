@@ -28,6 +28,7 @@ class StudyResult:
     run_ids: dict[str, str] = field(default_factory=dict)  # arm key -> child run id
     results: dict[str, ArmResult] = field(default_factory=dict)  # arm key -> history
     skipped: list[str] = field(default_factory=list)  # arm keys already FINISHED in the store
+    superseded: int = 0  # earlier runs of these arms moved to the trash by --force
     wall_seconds: float = 0.0  # training and logging, data loading excluded
     logging_seconds: float = 0.0  # of which training waited for MLflow writes
     writer_busy_seconds: float = 0.0  # MLflow writes in all, mostly overlapping training
@@ -79,17 +80,20 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     db = sqlite_path(tracker.uri)
     with study_lock(db, config.name, tracker.uri):
         tracker.sweep(config.name, locked=db is not None)  # what a dead process left
-        done = set() if force else tracker.finished_arms(config.name, digest)
+        superseded = tracker.supersede(config.name, digest) if force else 0
+        done = tracker.finished_arms(config.name, digest)
         todo: list[Arm] = [arm for arm in arms if arm.key not in done]
         if not todo:  # every arm is in the store: nothing to train, no empty parent run
             return StudyResult(tracker.uri, tracker.experiment_of(config.name), "",
                                skipped=[arm.key for arm in arms])
         try:
-            return _train_and_log(config, tracker, splits, todo, arms, done, digest,
-                                  config_yaml, model, progress)
+            result = _train_and_log(config, tracker, splits, todo, arms, done, digest,
+                                    config_yaml, model, progress)
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
+        result.superseded = superseded
+        return result
 
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,

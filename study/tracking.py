@@ -75,7 +75,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str:
+def git_state() -> tuple[str, bool]:
+    """The harness's commit and whether its work tree has uncommitted changes (the store's
+    own files are ignored by .gitignore, so writing a study does not make it dirty)."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -83,8 +85,57 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+        return "unknown", False
+    return commit, bool(dirty)
+
+
+def context_tags() -> dict[str, str]:
+    """Who ran the study, from what, at which commit: MLflow's own context providers (user,
+    source name and type, and git when the entry point sits in a repository), plus the
+    harness's commit and whether it had uncommitted changes."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    commit, dirty = git_state()
+    tags = {"mlflow.source.git.commit": commit, **resolve_tags({})}
+    tags["study.git_dirty"] = str(dirty).lower()
+    return tags
+
+
+def relocate_artifacts(uri: str) -> int:
+    """Point a moved or copied SQLite store at the artifact folder beside it.
+
+    The harness keeps a SQLite store's artifacts in ``mlartifacts/`` next to its file, but
+    MLflow records them as absolute paths, so a store copied with that folder elsewhere would
+    silently list no artifacts. MLflow has no call to change an experiment's artifact
+    location, so the two columns that hold it are rewritten here. Returns how many
+    experiments were moved."""
+    import sqlite3
+
+    db = sqlite_path(uri)
+    here = db.resolve().parent / "mlartifacts" if db is not None else None
+    if here is None or not db.exists() or not here.is_dir():
+        return 0
+    moved = 0
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        tables = {row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        for experiment_id, location in connection.execute(
+                "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            old, sep, name = (location or "").rpartition("/mlartifacts/")
+            if not sep or not old.startswith("file://") or old + "/mlartifacts" == \
+                    here.as_uri():
+                continue
+            old_root, new_root = old + "/mlartifacts", here.as_uri()
+            connection.execute("UPDATE experiments SET artifact_location = ? "
+                               "WHERE experiment_id = ?", (f"{new_root}/{name}", experiment_id))
+            connection.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                (new_root, len(old_root) + 1, experiment_id, len(old_root), old_root))
+            moved += 1
+    return moved
 
 
 def arm_params(arm: Arm, config: StudyConfig, model: str) -> dict[str, str]:
@@ -196,6 +247,7 @@ class StudyTracker:
         with schema_lock(sqlite_path(self.uri)):  # a new store's tables, one process at once
             client = MlflowClient(tracking_uri=self.uri)
             client.search_experiments(max_results=1)
+        relocate_artifacts(self.uri)
         return client
 
     def sweep(self, experiment: str, locked: bool) -> int:
@@ -220,6 +272,22 @@ class StudyTracker:
         for run in halves:
             self.client.delete_run(run.info.run_id)
         return len(dead) + len(halves)
+
+    def supersede(self, experiment: str, config_hash: str) -> int:
+        """``--force``: this study's arms stored under this config go to MLflow's trash
+        (deleted, restorable with ``mlflow runs restore``), so the retrained runs replace them
+        instead of sitting beside them, and an interrupted ``--force`` rerun resumes from the
+        arms it retrained. Returns how many runs it moved."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return 0
+        old = self.client.search_runs(
+            [found.experiment_id], f"tags.`study.config_hash` = '{config_hash}'",
+            max_results=50000)
+        children = [run for run in old if "study.arm" in run.data.tags]
+        for run in children:
+            self.client.delete_run(run.info.run_id)
+        return len(children)
 
     def experiment_of(self, name: str) -> str:
         return self.client.get_experiment_by_name(name).experiment_id
@@ -257,7 +325,7 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags={"study.role": "parent", "study.config_hash": config_hash,
-                  "mlflow.source.git.commit": git_commit(), **this_process()})
+                  **context_tags(), **this_process()})
         self.parent_run_id = run.info.run_id
         versions = package_versions()
         self.client.log_batch(

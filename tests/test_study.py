@@ -222,3 +222,57 @@ def test_tracking_uri_defaults(tmp_path, monkeypatch):
     assert default_tracking_uri() == "sqlite:///elsewhere.db"
     assert absolute_uri("sqlite:///elsewhere.db") == f"sqlite:///{tmp_path / 'elsewhere.db'}"
     assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_force_replaces_the_stored_arms_instead_of_adding_beside_them(tmp_path, capsys):
+    from mlflow.entities import ViewType
+
+    uri = tracking_uri(tmp_path)
+    args = ["run", SMOKE, "--set", "losses=[mse]", "--tracking-uri", uri, "--quiet"]
+    assert main(args) == 0
+    first = {r.data.tags["study.arm"]: _histories(_client(uri), r)
+             for r in _children(_client(uri), "smoke")}
+    capsys.readouterr()
+    assert main([*args, "--force"]) == 0
+    assert "their 2 earlier runs are in MLflow's trash" in capsys.readouterr().out
+    client = _client(uri)
+    active = _children(client, "smoke")
+    assert len(active) == 2 and all(r.info.status == "FINISHED" for r in active)
+    assert {r.data.tags["study.arm"]: _histories(client, r) for r in active} == first
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    trash = client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)
+    assert len(trash) == 2 and {r.info.run_id for r in trash}.isdisjoint(
+        r.info.run_id for r in active)
+
+
+def test_parent_tags_come_from_mlflow_context_and_git(smoke_store):
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    tags = _parents(_client(smoke_store), "smoke")[-1].data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["study.git_dirty"] in {"true", "false"}
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+
+
+def test_a_copied_store_finds_its_artifacts(smoke_store, tmp_path):
+    """MLflow records artifact folders as absolute paths; a store moved with its
+    mlartifacts/ folder is pointed at the folder beside it when it is opened."""
+    import shutil
+
+    from study.tracking import StudyTracker, sqlite_path
+
+    source = sqlite_path(smoke_store).parent
+    copy = tmp_path / "moved"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("*.lock"))
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    client = StudyTracker(uri).client
+    parent = _parents(client, "smoke")[-1]
+    assert parent.info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
+    assert {"config.yaml", "environment.json"} <= {
+        f.path for f in client.list_artifacts(parent.info.run_id)}
+    assert _parents(_client(smoke_store), "smoke")[-1].info.artifact_uri.startswith(
+        (source / "mlartifacts").as_uri())  # the original is left as it was
