@@ -13,19 +13,21 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.analysis import Study, kaplan_meier, performance_profile, start_name
-from study.analysis.convergence import median_ci
+from study.analysis.convergence import median_ci, start_order
 
-# One colour per loss across every figure; scce repeats cce's maths, so it shares cce's
-# colour with a dashed line (where it hides cce, the two agree, as they must).
+# One colour per loss across every figure, from Okabe and Ito's palette, which readers with
+# any common colour-vision deficiency can tell apart: the key contrast, cce against mse, is
+# blue against vermillion. scce repeats cce's maths, so its line is dashed over cce's (where
+# it hides cce, the two agree, as they must).
 LOSS_STYLE = {
-    "bce": {"color": "#1f77b4", "linestyle": "-"},
-    "cce": {"color": "#2ca02c", "linestyle": "-"},
-    "scce": {"color": "#2ca02c", "linestyle": (0, (4, 3))},
-    "mse": {"color": "#d62728", "linestyle": "-"},
-    "mse_softmax": {"color": "#ff7f0e", "linestyle": "-"},
-    "quadratic": {"color": "#9467bd", "linestyle": "-"},
+    "bce": {"color": "#56B4E9", "linestyle": "-"},  # sky blue
+    "cce": {"color": "#0072B2", "linestyle": "-"},  # blue
+    "scce": {"color": "#009E73", "linestyle": (0, (4, 3))},  # bluish green
+    "mse": {"color": "#D55E00", "linestyle": "-"},  # vermillion
+    "mse_softmax": {"color": "#E69F00", "linestyle": "-"},  # orange
+    "quadratic": {"color": "#CC79A7", "linestyle": "-"},  # reddish purple
 }
-OTHER_COLOURS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939"]
+OTHER_COLOURS = ["#000000", "#F0E442", "#777777", "#882255", "#44AA99", "#332288"]
 OPTIMIZER_LINE = {"sgd": "-", "adam": (0, (5, 2)), "rmsprop": (0, (1, 1)),
                   "adamw": (0, (5, 2, 1, 2)), "adagrad": (0, (8, 2, 1, 2, 1, 2))}
 
@@ -115,40 +117,69 @@ def neuron_gradients(study: Study) -> Figure:
 # ---- convergence report ---------------------------------------------------------------------
 
 
-def _starts(frame: pd.DataFrame) -> list[tuple[str, float]]:
-    """(init, severity) pairs, the control first, then by scheme and severity."""
-    pairs = frame[["init", "severity"]].drop_duplicates().itertuples(index=False)
-    return sorted(map(tuple, pairs), key=lambda p: (p[0] != "glorot", p[0], p[1]))
+def _columns(n: int, widest: int) -> int:
+    """Columns for n panels and a legend: as many as fit, preferring a grid whose one spare
+    cell (or none) holds the legend, so no panel is left empty."""
+    if n < widest:
+        return n
+    return min(range(widest, max(widest - 2, 1), -1), key=lambda c: (-(-(n + 1) // c) * c - n - 1,
+                                                                   -c))
 
 
 def _panel_grid(n: int, ncols: int = 4, **kwargs) -> tuple[Figure, list]:
-    ncols = min(n, ncols)
+    """n panels in rows of at most ``ncols``; a spare cell is kept for the legend
+    (``_legend`` puts it there), and any other cell is removed."""
+    ncols = _columns(n, ncols)
     nrows = -(-n // ncols)
     figure, axes = _figure(ncols, nrows, width=4.2, height=3.4, **kwargs)
     flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
+    for ax in flat[n + 1:]:
+        ax.remove()
+    figure.spare = flat[n] if len(flat) > n else None
+    if figure.spare is not None:
+        figure.spare.set_axis_off()
     return figure, flat[:n]
 
 
 def _start_panels(frame: pd.DataFrame, xlabel: str = "step"):
     """One panel per start (init, severity) on a shared symlog step axis, so that step 0 and
     the first updates stay visible; returns the figure, the axes and each panel's rows."""
-    starts = _starts(frame)
+    starts = start_order(frame)
     figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
     panels = []
     for ax, (init, severity) in zip(axes, starts, strict=True):
         panels.append((ax, frame[(frame["init"] == init) & (frame["severity"] == severity)]))
         ax.set_title(start_name(init, severity))
-        ax.set_xscale("symlog", linthresh=1)
+        _step_axis(ax)
         ax.set_xlabel(xlabel)
         _style(ax)
     return figure, axes, panels
 
 
-def _legend(figure: Figure, axes: list) -> None:
+def _legend(figure: Figure, axes: list, extra: tuple = ()) -> None:
+    """One legend for a grid of panels: in its spare cell, else outside on the right."""
     handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right center", frameon=False)
+    for handle, label in extra:
+        handles, labels = handles + [handle], labels + [label]
+    spare = getattr(figure, "spare", None)
+    if spare is not None:
+        spare.legend(handles, labels, loc="center", frameon=False)
+    else:
+        figure.legend(handles, labels, loc="outside right center", frameon=False)
+
+
+def _step_axis(ax) -> None:
+    """A symlog step axis labelled in plain numbers (0, 1, 10, 100, 1,000), not 10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("symlog", linthresh=1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+
+
+def loss_label(loss: str, arms: pd.DataFrame) -> str:
+    """A loss's legend entry, with the learning rate it ran at when that is one rate."""
+    rates = arms.loc[arms["loss"] == loss, "lr"].unique()
+    return f"{loss} (lr {rates[0]:g})" if len(rates) == 1 else loss
 
 
 def _median_band(curves: pd.DataFrame) -> pd.DataFrame:
@@ -166,14 +197,17 @@ def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accurac
     for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             band = _median_band(curves)
-            ax.plot(band["step"], band["median"], label=loss, lw=1.8, **loss_style(loss))
+            ax.plot(band["step"], band["median"], label=loss_label(loss, arms), lw=1.8,
+                    **loss_style(loss))
             ax.fill_between(band["step"], band["low"], band["high"], alpha=0.15,
                             color=loss_style(loss)["color"], lw=0)
         if metric == "val_accuracy" and np.isfinite(study.target):
-            ax.axhline(study.target, color="black", lw=0.8, ls=":")
-    for ax in axes[:: min(len(axes), 4)]:
-        ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
-    _legend(figure, axes)
+            target = ax.axhline(study.target, color="black", lw=0.8, ls=":")
+    for ax in axes:
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(_METRIC_LABEL.get(metric, metric))
+    with_target = metric == "val_accuracy" and np.isfinite(study.target)
+    _legend(figure, axes, [(target, f"target {study.target:g}")] if with_target else ())
     figure.suptitle(f"{_METRIC_LABEL.get(metric, metric)} by start: median over seeds, "
                     f"95% CI band{f' ({view})' if view else ''}")
     return figure
@@ -187,7 +221,7 @@ _METRIC_LABEL = {"val_accuracy": "validation accuracy", "val_nll": "validation N
 def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
     """Median steps-to-target per start and loss with CI bars; censored cells (some seed
     never reached the target) drawn hollow, at or above the budget line."""
-    starts = _starts(summary)
+    starts = start_order(summary)
     position = {start: i for i, start in enumerate(starts)}
     figure, axes = _figure(width=max(6.5, 1.3 * len(starts)), height=4.5)
     ax = axes[0, 0]
@@ -209,7 +243,8 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
             ax.plot(x, cell.median_steps, marker="^" if censored else LOSS_MARKER.get(loss, "o"),
                     ms=8,
                     mfc="white" if censored else style["color"], mec=style["color"],
-                    linestyle="none", label=loss if cell.Index == cells.index[0] else None)
+                    linestyle="none",
+                    label=f"{loss} (lr {cell.lr})" if cell.Index == cells.index[0] else None)
     ax.axhline(budget, color="black", lw=0.8, ls=":")
     ax.text(len(starts) - 0.5, budget, " budget", va="bottom", ha="right", fontsize=8)
     ax.set_yscale("log")
@@ -236,7 +271,8 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
     for ax, start in panels:
         for loss, curves in start.groupby("loss"):
             med = curves.groupby("step")["value"].median()
-            ax.plot(med.index, med.to_numpy(), marker=".", label=loss, **loss_style(loss))
+            ax.plot(med.index, med.to_numpy(), marker=".", label=loss_label(loss, arms),
+                    **loss_style(loss))
         ax.set_yscale("log")
     axes[0].set_ylabel("lr × ||∇ own loss|| (median)")
     _legend(figure, axes)
@@ -263,7 +299,7 @@ def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
                        color=style["color"], alpha=0.8)
             medians = cell.groupby("severity")["escape_time"].median()
             ax.plot(medians.index, medians.clip(upper=cell["budget"].max()).to_numpy(),
-                    label=loss, lw=1.6, **style)
+                    label=loss_label(loss, arms), lw=1.6, **style)
         if init == "saturated_wrong":
             m = np.sort(family["severity"].unique())
             squared = family[family["loss"].isin(["mse", "quadratic"])]
@@ -277,9 +313,7 @@ def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
         ax.set_title(init)
         _style(ax)
     axes[0].set_ylabel("escape time (steps to val_accuracy ≥ escape level)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles + [_censored_handle()], labels + ["never escaped (censored)"],
-                  loc="outside right center", frameon=False)
+    _legend(figure, axes, [(_censored_handle(), "never escaped (censored)")])
     figure.suptitle("How the stall grows with the start's severity")
     return figure
 
@@ -336,7 +370,7 @@ def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
             ci = 1 - km.confidence_interval_
             steps = np.append(reached.index.to_numpy(), budget)
             ax.step(steps, np.append(reached.to_numpy(), reached.iloc[-1]), where="post",
-                    label=loss, lw=1.8, **loss_style(loss))
+                    label=loss_label(loss, arms), lw=1.8, **loss_style(loss))
             ax.fill_between(ci.index, ci.iloc[:, 0], ci.iloc[:, 1], step="post", alpha=0.12,
                             color=loss_style(loss)["color"], lw=0)
         ax.set_ylim(-0.03, 1.03)

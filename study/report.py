@@ -9,17 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from study.analysis import (
-    arm_metrics,
-    experiments,
-    growth_table,
-    load_study,
-    neuron_table,
-    select_lr,
-    summarize,
-)
+from study.analysis import experiments, load_study
 from study.analysis.load import Study
-from study.analysis.paired import paired_contrasts
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -71,7 +62,6 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
         (folder / "figures").mkdir(parents=True)
         _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
                                                "experiment": experiment})
-        _write_tables_and_figures(study, notebook, folder)
         if final.exists():
             shutil.rmtree(final)
         shutil.move(folder, final)
@@ -79,40 +69,46 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
     return final / notebook.replace(".ipynb", ".html")
 
 
-def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None:
-    from study import plots
+def _ipc_kernel_manager():
+    """Jupyter's kernel manager on IPC sockets: the kernel is local, and over TCP ipykernel
+    warns on every report that its traffic is unencrypted."""
+    from jupyter_client.manager import AsyncKernelManager
 
-    if notebook == "neuron.ipynb":
-        neuron_table(study).to_csv(folder / "summary.csv")
-        figures = {"neuron_outputs": plots.neuron_outputs(study),
-                   "neuron_gradients": plots.neuron_gradients(study)}
-    else:
-        every_lr = arm_metrics(study)
-        arms = select_lr(every_lr, "own")
-        summary = summarize(arms)
-        summary.to_csv(folder / "summary.csv", index=False)
-        growth_table(arms).to_csv(folder / "growth.csv", index=False)
-        paired_contrasts(arms).to_csv(folder / "contrasts.csv", index=False)
-        figures = plots.report_figures(study, arms, summary)
-        if every_lr["lr"].nunique() > every_lr["loss"].nunique():  # a grid of rates
-            figures["lr_outcome"] = plots.lr_outcome(every_lr)
-    for name, figure in figures.items():
-        figure.savefig(folder / "figures" / f"{name}.png", dpi=110)
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", **kwargs)
+
+    return IPCKernelManager
 
 
 def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
+    """Run the notebook into ``folder``: its HTML (code hidden), and each figure it drew,
+    from the cells tagged ``figure:<name>``, as figures/<name>.png: taken from the
+    notebook's own output, so no figure is drawn twice."""
+    import base64
+
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
     with tempfile.TemporaryDirectory() as tmp:
         executed = Path(tmp) / notebook.name
-        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+        papermill.execute_notebook(str(notebook), str(executed),
+                                   parameters={**parameters, "out_dir": str(folder.resolve())},
                                    cwd=str(NOTEBOOKS), progress_bar=False,
-                                   kernel_name="python3")
-        exporter = HTMLExporter(template_name="lab", exclude_input=True,
-                                exclude_input_prompt=True, exclude_output_prompt=True)
-        body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+                                   kernel_name="python3",
+                                   kernel_manager_class=_ipc_kernel_manager())
+        node = nbformat.read(executed, as_version=4)
+    for cell in node.cells:
+        names = [t.removeprefix("figure:") for t in cell.get("metadata", {}).get("tags", [])
+                 if t.startswith("figure:")]
+        pngs = [o["data"]["image/png"] for o in cell.get("outputs", [])
+                if "image/png" in o.get("data", {})]
+        if names and pngs:
+            (folder / "figures" / f"{names[0]}.png").write_bytes(base64.b64decode(pngs[0]))
+    exporter = HTMLExporter(template_name="lab", exclude_input=True,
+                            exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(node)
     (folder / notebook.with_suffix(".html").name).write_text(body)
 
 

@@ -182,3 +182,28 @@ def test_a_slowdown_censored_on_both_sides_is_unknown():
     assert row.slowdown_bound == "?"
     assert "cce unknown (censored from both starts)" in headline(
         summarize(arm_metrics(study)), 0.9)[0]
+
+
+def test_tied_losses_are_all_fastest_and_the_table_says_so():
+    """bce and cce tie at a median of 100 from scaled k=2 (mse is slower, its median a
+    bound): both are named fastest, in the registry's order, and both cells are bold."""
+    from study.analysis import answer_table
+
+    reach = {"bce": [100, 100, 300], "cce": [50, 100, 100], "mse": [200, None, None]}
+    study = make_study([{"loss": loss, "init": init, "seed": s, "reach": t,
+                         "severity": 0.0 if init == "glorot" else 2.0}
+                        for loss, times in reach.items() for init in ("glorot", "scaled")
+                        for s, t in enumerate(times)])
+    summary = summarize(arm_metrics(study))
+    lines = headline(summary, 0.9)
+    assert lines[0].index("bce") < lines[0].index("cce") < lines[0].index("mse")  # fixed order
+    assert lines[0].endswith("Fastest from this start: bce, cce, tied (median 100 steps).")
+    table = answer_table(summary)
+    assert table.data.to_dict("index") == {
+        "glorot": {"bce": "100", "cce": "100", "mse": "≥ 1,000"},
+        "scaled k=2": {"bce": "100", "cce": "100", "mse": "≥ 1,000"}}
+    import re
+
+    rule = re.search(r"([^{}]*)\{\s*font-weight: bold", table.to_html()).group(1)
+    bold = set(re.findall(r"_row(\d)_col(\d)", rule))
+    assert bold == {("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")}  # bce and cce, each row

@@ -26,6 +26,21 @@ def test_report_html_holds_the_answer_table_and_figures(report):
     assert "median steps [95% CI]" in html and "slowdown vs its control [95% CI]" in html
     assert html.count('src="data:image/png;base64') == 6  # figures embedded
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warnings
+    # the start x loss table opens the answer, before any figure
+    answer = html[html.index('id="The-answer"'):html.index('id="How-the-stall-grows')]
+    assert "<table" in answer and ">saturated_wrong m=4</th>" in answer
+    assert all(f">{loss}</th>" in answer for loss in ["bce", "cce", "scce", "mse"])
+    assert 'href="#Appendix"' in html and 'id="Appendix"' in html  # contents, appendix
+
+
+def test_saved_figures_are_the_ones_the_report_shows(report):
+    """Each figure is drawn once, by the notebook; the PNG files are its own outputs."""
+    import base64
+
+    _, out, paths = report
+    html = paths[0].read_text()
+    for png in (out / "smoke" / "figures").iterdir():
+        assert base64.b64encode(png.read_bytes()).decode() in html, png.name
 
 
 def test_summary_covers_every_loss_and_start(report):

@@ -1,6 +1,7 @@
 """Analysis: read studies from MLflow (``load``) and measure convergence (``convergence``)."""
 
 from study.analysis.convergence import (
+    answer_table,
     arm_metrics,
     describe_view,
     headline,
@@ -15,8 +16,8 @@ from study.analysis.growth import growth_sentences, growth_table
 from study.analysis.load import Study, experiments, load_study, neuron_table
 
 __all__ = [
-    "Study", "arm_metrics", "describe_view", "experiments", "growth_sentences", "growth_table",
-    "headline", "kaplan_meier",
+    "Study", "answer_table", "arm_metrics", "describe_view", "experiments", "growth_sentences",
+    "growth_table", "headline", "kaplan_meier",
     "load_study", "neuron_table", "performance_profile", "report_table",
     "select_lr", "start_name", "summarize",
 ]

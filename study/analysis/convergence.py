@@ -187,6 +187,7 @@ def summarize(arms: pd.DataFrame) -> pd.DataFrame:
             "seeds": len(cell), "reached": int(cell["reached"].sum()),
             "diverged": int(cell["diverged"].sum()),
             "median_steps": median, "steps_ci_low": low, "steps_ci_high": high,
+            "steps_bound": median_is_bound(cell["reached"]),
             "km_median_steps": km_median,
             "median_auc_val_error": float(cell["auc_val_error"].median()),
             "median_final_val_accuracy": final[0],
@@ -312,16 +313,60 @@ def start_name(init: str, severity: float) -> str:
     return f"{init} {symbol}={severity:g}" if symbol else init
 
 
+def loss_order(losses) -> list[str]:
+    """Losses in the registry's order (bce, cce, scce, mse, ...), each loss's optimizers
+    together, other names after: the same order in every table and sentence."""
+    from study.analysis.load import UNDER
+    from study.losses import LOSSES
+
+    known = list(LOSSES)
+
+    def key(name: str):
+        loss, _, optimizer = name.partition(UNDER)
+        return (known.index(loss) if loss in known else len(known), loss, optimizer)
+
+    return sorted(dict.fromkeys(losses), key=key)
+
+
+def start_order(summary: pd.DataFrame) -> list[tuple[str, float]]:
+    """(init, severity) pairs: the control first, then by scheme and severity."""
+    pairs = dict.fromkeys(zip(summary["init"], summary["severity"], strict=True))
+    return sorted(pairs, key=lambda p: (p[0] != CONTROL, p[0], p[1]))
+
+
+def fastest(start: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one start whose median steps to the target is the smallest, every tied
+    loss included, none when no loss's median reached it."""
+    reached = start[~start["steps_bound"].astype(bool)]
+    if reached.empty:
+        return reached
+    return reached[reached["median_steps"] == reached["median_steps"].min()]
+
+
+def _fastest_words(start: pd.DataFrame) -> str:
+    best = fastest(start)
+    if best.empty:
+        return "No loss reaches the target from this start within the budget for most seeds."
+    names = loss_order(best["loss"])
+    steps = f"median {best['median_steps'].iloc[0]:,.0f} steps"
+    if len(names) == 1:
+        return f"Fastest from this start: {names[0]} ({steps})."
+    return f"Fastest from this start: {', '.join(names)}, tied ({steps})."
+
+
 def headline(summary: pd.DataFrame, target: float) -> list[str]:
     """One sentence per bad start, from the numbers: each loss's slowdown against the control
-    with its CI, slowest first, and which loss reaches the target first from that start."""
+    with its CI, in the fixed loss order, and which loss (or tied losses) reach the target
+    first from that start."""
     lines = []
     if "slowdown" not in summary or summary["slowdown"].isna().all():
         return ["No control (glorot) arms in this study, so no slowdowns to report."]
-    for (init, severity), start in summary.dropna(subset=["slowdown"]).groupby(
-            ["init", "severity"]):
+    rows = summary.dropna(subset=["slowdown"])
+    for init, severity in start_order(rows):
+        start = rows[(rows["init"] == init) & (rows["severity"] == severity)]
         parts = []
-        for row in start.sort_values("slowdown", ascending=False).itertuples():
+        for loss in loss_order(start["loss"]):
+            row = next(start[start["loss"] == loss].itertuples())
             if row.slowdown_bound == "?":
                 parts.append(f"{row.loss} unknown (censored from both starts)")
                 continue
@@ -331,14 +376,30 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
                   f"{', an end set by the budget' if budget_set else ''})"
                   if np.isfinite(row.slowdown_ci_low) else "")
             parts.append(f"{row.loss} {bound}{row.slowdown:.1f}x{ci}")
-        fastest = start.sort_values(["median_steps", "median_auc_val_error"]).iloc[0]
         lines.append(
             f"From {start_name(init, severity)}, reaching val_accuracy {target:g} takes "
             f"{'; '.join(parts)} the steps it takes from {start['reference'].iloc[0]}. "
-            "Fastest from this start: "
-            f"{fastest['loss']} (median {fastest['median_steps']:,.0f} steps"
-            f"{', censored' if fastest['reached'] < fastest['seeds'] else ''}).")
+            + _fastest_words(start))
     return lines
+
+
+def answer_table(summary: pd.DataFrame):
+    """The answer at a glance: start x loss, median steps to the target over seeds ('≥' where
+    at least half the seeds never reached it, so the median is a lower bound), the fastest
+    loss of each start in bold, every tied loss included. A pandas Styler."""
+    losses = loss_order(summary["loss"])
+    starts = start_order(summary)
+    cells = pd.DataFrame("", index=[start_name(*s) for s in starts], columns=losses)
+    bold = pd.DataFrame(False, index=cells.index, columns=losses)
+    for (init, severity), name in zip(starts, cells.index, strict=True):
+        start = summary[(summary["init"] == init) & (summary["severity"] == severity)]
+        for row in start.itertuples():
+            bound = "≥ " if row.steps_bound else ""
+            cells.loc[name, row.loss] = f"{bound}{row.median_steps:,.0f}"
+        bold.loc[name, list(fastest(start)["loss"])] = True
+    cells.index.name = "start"
+    return cells.style.apply(
+        lambda _: np.where(bold, "font-weight: bold; background-color: #e6f0f8", ""), axis=None)
 
 
 def report_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -357,7 +418,7 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
             "start": start_name(row.init, row.severity), "loss": row.loss, "lr": row.lr,
             "reached target": f"{row.reached}/{row.seeds}"
                               + (f" ({row.diverged} diverged)" if row.diverged else ""),
-            "median steps [95% CI]": ("≥ " if 2 * row.reached <= row.seeds else "")
+            "median steps [95% CI]": ("≥ " if row.steps_bound else "")
             + ci(row.median_steps, row.steps_ci_low, row.steps_ci_high, ",.0f"),
             "median steps to escape": ("≥ " if getattr(row, "escape_bound", False) else "")
             + f"{getattr(row, 'median_escape_steps', np.nan):,.0f}",
