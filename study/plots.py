@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.analysis import Study, kaplan_meier, performance_profile, start_name
-from study.analysis.convergence import median_ci, start_order
+from study.analysis.convergence import loss_order, median_ci, start_order
 
 # One colour per loss across every figure, from Okabe and Ito's palette, which readers with
 # any common colour-vision deficiency can tell apart: the key contrast, cce against mse, is
@@ -118,12 +118,15 @@ def neuron_gradients(study: Study) -> Figure:
 
 
 def _columns(n: int, widest: int) -> int:
-    """Columns for n panels and a legend: as many as fit, preferring a grid whose one spare
-    cell (or none) holds the legend, so no panel is left empty."""
-    if n < widest:
+    """Columns for n panels and their legend: no empty cell where possible (the legend
+    takes one spare cell, or sits outside when the panels fill the grid), then the widest."""
+    if n <= widest:
         return n
-    return min(range(widest, max(widest - 2, 1), -1), key=lambda c: (-(-(n + 1) // c) * c - n - 1,
-                                                                   -c))
+
+    def empty(columns: int) -> int:
+        return max(-(-n // columns) * columns - n - 1, 0)
+
+    return min(range(widest, 1, -1), key=lambda c: (empty(c), -c))
 
 
 def _panel_grid(n: int, ncols: int = 4, **kwargs) -> tuple[Figure, list]:
@@ -147,11 +150,14 @@ def _start_panels(frame: pd.DataFrame, xlabel: str = "step"):
     starts = start_order(frame)
     figure, axes = _panel_grid(len(starts), sharex=True, sharey=True)
     panels = []
-    for ax, (init, severity) in zip(axes, starts, strict=True):
+    ncols = axes[0].get_subplotspec().get_gridspec().ncols
+    for i, (ax, (init, severity)) in enumerate(zip(axes, starts, strict=True)):
         panels.append((ax, frame[(frame["init"] == init) & (frame["severity"] == severity)]))
         ax.set_title(start_name(init, severity))
         _step_axis(ax)
-        ax.set_xlabel(xlabel)
+        if i + ncols >= len(starts):  # no panel below: the axis is labelled here
+            ax.set_xlabel(xlabel)
+            ax.xaxis.set_tick_params(labelbottom=True)
         _style(ax)
     return figure, axes, panels
 
@@ -159,6 +165,10 @@ def _start_panels(frame: pd.DataFrame, xlabel: str = "step"):
 def _legend(figure: Figure, axes: list, extra: tuple = ()) -> None:
     """One legend for a grid of panels: in its spare cell, else outside on the right."""
     handles, labels = axes[0].get_legend_handles_labels()
+    order = loss_order(label.split(" (lr ")[0] for label in labels)
+    pairs = sorted(zip(handles, labels, strict=True),
+                   key=lambda p: order.index(p[1].split(" (lr ")[0]))
+    handles, labels = [h for h, _ in pairs], [label for _, label in pairs]
     for handle, label in extra:
         handles, labels = handles + [handle], labels + [label]
     spare = getattr(figure, "spare", None)
@@ -308,11 +318,13 @@ def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
                 ax.plot(m, anchor * np.exp(m - m[0]), color="0.4", ls=":", lw=1.2,
                         label="∝ e^m (theory, squared error)")
         ax.set_yscale("log")
+        # the theory's line leaves the panel rather than squash the measured times
+        ax.set_ylim(top=3 * family["budget"].max())
         symbol = {"saturated_wrong": "m", "scaled": "k"}.get(init, "severity")
         ax.set_xlabel(f"{init} {symbol}")
         ax.set_title(init)
         _style(ax)
-    axes[0].set_ylabel("escape time (steps to val_accuracy ≥ escape level)")
+    axes[0].set_ylabel("escape time (steps to the escape level)")
     _legend(figure, axes, [(_censored_handle(), "never escaped (censored)")])
     figure.suptitle("How the stall grows with the start's severity")
     return figure
