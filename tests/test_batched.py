@@ -72,8 +72,11 @@ def _relu(lrs):
 def test_a_diverging_arm_is_isolated(tf, digits):
     with_bad = _train(batched, _relu("[0.5, 1.0e+30]"), digits)
     diverged = {key for key, result in with_bad.items() if result.diverged}
-    assert diverged == {f"cce|{start}|seed={s}|sgd|lr=1e+30"
-                        for start in ["glorot:0", "scaled:3"] for s in (0, 1)}
+    # cce's logits overflow at once; whether mse's sigmoid outputs do too at this rate
+    # depends on the CPU's rounding (it does on this AMD EPYC, not on earlier machines)
+    assert {f"cce|{start}|seed={s}|sgd|lr=1e+30" for start in ["glorot:0", "scaled:3"]
+            for s in (0, 1)} <= diverged
+    assert all(key.endswith("lr=1e+30") for key in diverged)
     for key in diverged:  # evaluated at step 1, then stopped
         assert with_bad[key].steps() == [0, 1] and with_bad[key].diverged_at == 1
     # The same arms with a harmless arm in each diverging arm's place, and with no such arms
