@@ -71,15 +71,20 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
         (folder / "figures").mkdir(parents=True)
         _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
                                                "experiment": experiment})
-        _write_tables_and_figures(study, notebook, folder)
+        found = _write_tables_and_figures(study, notebook, folder)
         if final.exists():
             shutil.rmtree(final)
         shutil.move(folder, final)
     StudyTracker(tracking_uri).log_report(study.parent_run_id, sorted(final.rglob("*.*")))
-    return final / notebook.replace(".ipynb", ".html")
+    html = final / notebook.replace(".ipynb", ".html")
+    if found is not None:
+        _annotate_store(tracking_uri, study, *found, html)
+    return html
 
 
-def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None:
+def _write_tables_and_figures(study: Study, notebook: str, folder: Path):
+    """Writes the tables and figures; returns the convergence report's (arms at every lr,
+    summary) for the store's annotations, None for the neuron report."""
     from study import plots
 
     if notebook == "neuron.ipynb":
@@ -98,6 +103,32 @@ def _write_tables_and_figures(study: Study, notebook: str, folder: Path) -> None
             figures["lr_outcome"] = plots.lr_outcome(every_lr)
     for name, figure in figures.items():
         figure.savefig(folder / "figures" / f"{name}.png", dpi=110)
+    return None if notebook == "neuron.ipynb" else (every_lr, summary)
+
+
+def _annotate_store(tracking_uri: str, study: Study, every_lr, summary, html: Path) -> None:
+    """What the report found goes back into MLflow: with a grid of rates, each arm's
+    ``study.best_lr`` tag (each loss's pick) and the saved views filtered by it; the parent
+    run's description holds the answer and a ready-to-paste filter per start."""
+    from mlflow.tracking import MlflowClient
+
+    from study import browse
+    from study.analysis import headline
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(study.parent_run_id).info.experiment_id
+    keys = [k for k in ("loss", "optimizer") if k in every_lr]
+    starts = sorted({(init, float(severity)) for init, severity
+                     in every_lr[["init", "severity"]].itertuples(index=False)})
+    if (every_lr.groupby(keys)["lr"].nunique() > 1).any():  # a grid: the pick is known now
+        chosen = set(select_lr(every_lr, "own")["run_id"])
+        for run_id in every_lr["run_id"]:
+            client.set_tag(run_id, "study.best_lr", str(run_id in chosen).lower())
+        browse.publish_views(client, experiment_id, starts, True, study.config_hash,
+                             set_link=False)  # the link keeps the start the study chose
+    note = browse.study_note(headline(summary, study.target), starts, study.config_hash,
+                             f"`make report`, {html.name}")
+    client.set_tag(study.parent_run_id, "mlflow.note.content", note)
 
 
 def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
