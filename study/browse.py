@@ -135,6 +135,8 @@ def view_state(search_filter: str) -> dict:
         "selectedColumns": ["params.`loss`", "tags.`start`", "params.`optimizer`",
                             "params.`lr`", "params.`seed`", "metrics.`val_accuracy`",
                             "metrics.`val_nll`"],
+        # room for the run names and starts (MLflow's default is 190 and 100 px)
+        "columnWidths": {"attributes.`Run Name`": 320, "tags.`start`": 170},
         "runsHiddenMode": "SHOW_ALL",  # chart every run of the filter, not the first 10
         "compareRunCharts": [_line_chart(metric, section) for metric in METRICS],
         # reordered: MLflow appends the study's other metrics after these two charts
