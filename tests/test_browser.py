@@ -133,7 +133,7 @@ def test_link_opens_each_loss_from_the_bad_start_charted(browser, printed_link, 
 
         close = page.get_by_role("button", name="Close")  # MLflow's assistant panel
         if close.count():
-            close.first.click()
+            close.first.evaluate("button => button.click()")
         page.wait_for_timeout(1000)  # the charts re-lay out in the freed width
         page.screenshot(path=screenshots / "mlflow-runs-by-loss.png")
 
