@@ -202,7 +202,8 @@ def _ui(args) -> int:
     for name, link in links:
         print(f"study {name!r}: {link}")
     if not links:
-        print(f"no study links in {uri} yet (run a study: make run-study); serving it anyway")
+        print(f"no study in {uri} has a saved view yet (make run-study writes one); "
+              "serving it anyway")
     print(f"serving {uri} on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"

@@ -173,7 +173,6 @@ class StudyTracker:
         self.config_hash: str | None = None
         self.best_lr: bool | None = None  # the child runs' study.best_lr tag, if known
         self.several_optimizers = False  # then run names say the optimizer
-        self.view_key: str | None = None  # the saved view that the printed link opens
 
     def _experiment(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -300,9 +299,8 @@ class StudyTracker:
         # One rate per loss: every arm is at its loss's chosen rate. A grid of rates: the
         # report picks each loss's best and tags the arms then.
         self.best_lr = True if browse.one_rate_per_loss(arms) else None
-        self.view_key = browse.publish_views(self.client, self.experiment_id,
-                                             browse.starts_of(arms), bool(self.best_lr),
-                                             config_hash)
+        browse.publish_views(self.client, self.experiment_id, browse.starts_of(arms),
+                             bool(self.best_lr), config_hash)
 
     def log_report(self, parent_run_id: str, paths: list[Path]) -> None:
         """The rendered report, its summary and figures, under ``report/`` on the parent."""

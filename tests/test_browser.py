@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -72,6 +73,8 @@ def printed_link(smoke_store):
         first = ui.stdout.readline()
         assert first.startswith("study 'smoke': "), first
         link = first.removeprefix("study 'smoke': ").strip()
+        # keep reading what the server prints, so a full pipe never stalls it
+        threading.Thread(target=ui.stdout.read, daemon=True).start()
         deadline = time.monotonic() + 90
         while True:
             try:
