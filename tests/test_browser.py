@@ -48,8 +48,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("screenshots")
+def screenshots():
+    """What the browser saw, kept for a look after the run (reports/ is not committed)."""
+    folder = ROOT / "reports" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots: {folder}")
     return folder
 
