@@ -51,7 +51,8 @@ lint: $(INSTALLED) ## ruff
 # The browser test drives a real Chromium; Debian's package, once (about 480 MB, 45 s).
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
-	apt-get update && apt-get install -y chromium
+	apt-get update && apt-get install -y chromium || \
+		{ echo "make test needs $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; }
 
 test: lint $(CHROMIUM) ## lint, then the test suite (a few minutes; installs chromium once)
 	$(PYTHON) -m pytest
