@@ -24,7 +24,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## create the virtual environment and install the project
 
 run-study: $(INSTALLED) ## train the study in CONFIG (default configs/default.yaml) into MLflow
-	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(PYTHON) -m study run $(CONFIG) $(ARGS)
+	MLFLOW_TRACKING_URI=$(TRACKING_URI) PORT=$(PORT) $(PYTHON) -m study run $(CONFIG) $(ARGS)
 
 show: $(INSTALLED) ## print the grid of arms of CONFIG without training
 	$(PYTHON) -m study show $(CONFIG) $(ARGS)
@@ -38,10 +38,8 @@ report: $(INSTALLED) ## render reports/<experiment>/ from the store (EXPERIMENT=
 bench: $(INSTALLED) ## batched vs reference trainer, logging share, memory (reports/bench.json)
 	$(PYTHON) -m study.bench
 
-ui: $(INSTALLED) ## browse the MLflow store in a browser (http://127.0.0.1:5000, PORT=...)
-	@# one worker and no job runner: 2 processes, not 16 (make server is for many users)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
-		--backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers 1
+ui: $(INSTALLED) ## print each study's link, then browse the store on http://127.0.0.1:PORT
+	$(PYTHON) -m study ui --tracking-uri $(TRACKING_URI) --port $(PORT)
 
 server: $(INSTALLED) ## a tracking server for workers and users on 127.0.0.1:PORT over the store
 	$(VENV)/bin/mlflow server --backend-store-uri $(TRACKING_URI) \
@@ -50,7 +48,13 @@ server: $(INSTALLED) ## a tracking server for workers and users on 127.0.0.1:POR
 lint: $(INSTALLED) ## ruff
 	$(VENV)/bin/ruff check study tests
 
-test: lint ## lint, then the test suite (a few minutes)
+# The browser test drives a real Chromium; Debian's package, once (about 480 MB, 45 s).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update && apt-get install -y chromium || \
+		{ echo "make test needs $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; }
+
+test: lint $(CHROMIUM) ## lint, then the test suite (a few minutes; installs chromium once)
 	$(PYTHON) -m pytest
 
 clean: ## remove the virtual environment and caches (keeps mlflow.db)

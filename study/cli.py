@@ -38,7 +38,19 @@ def _parser() -> argparse.ArgumentParser:
                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
                              "sqlite:///mlflow.db)")
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    ui = commands.add_parser(
+        "ui", help="print each study's link, then serve the MLflow store (mlflow ui)",
+        description="Print the link to each study's comparison in the MLflow UI, then run "
+        "`mlflow ui` over the store on 127.0.0.1:PORT until Ctrl-C.")
+    ui.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else "
+                         "sqlite:///mlflow.db)")
+    ui.add_argument("--port", type=_port, default=None,
+                    help="port to serve on (default: $PORT, else 5000)")
     run = commands.choices["run"]
+    run.add_argument("--port", type=_port, default=None,
+                     help="the port of `make ui` in the printed link (default: $PORT, else "
+                          "5000)")
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     run.add_argument("--force", action="store_true",
@@ -48,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="start a study estimated at more than 30 min or 5 GB of store "
                           "without asking")
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +80,8 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "ui":
+        return _ui(args)
     from study.config import load_config
     from study.data import DATASETS
     from study.grid import expand_grid
@@ -123,6 +143,7 @@ def _confirm(args):
 
 
 def _run(config, args) -> int:
+    from study.browse import stored_view_key
     from study.run import run_study
     from study.tracking import browse_link
 
@@ -153,8 +174,44 @@ def _run(config, args) -> int:
     print(f"experiment {config.name!r} (id {result.experiment_id})"
           + (f", parent run {result.parent_run_id}" if result.parent_run_id else
              ": nothing to train, so no new run"))
-    print(f"browse it: {browse_link(result.tracking_uri, result.experiment_id)}")
+    key = stored_view_key(result.tracking_uri, result.experiment_id)
+    print(f"browse it: {browse_link(result.tracking_uri, result.experiment_id, key, args.port)}")
     return 0
+
+
+def _ui(args) -> int:
+    """Print the links, then become `mlflow ui` (one worker and no job runner: 2 processes,
+    not 16; `make server` is for many users)."""
+    import shutil
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from study.browse import study_links, ui_port
+    from study.tracking import absolute_uri, default_tracking_uri, relocate_artifacts, sqlite_path
+
+    uri = absolute_uri(args.tracking_uri or default_tracking_uri())
+    if urlparse(uri).scheme in ("http", "https"):
+        print(f"error: {uri} is a tracking server already: open it in a browser "
+              "(python -m study run prints the study's link)", file=sys.stderr)
+        return 2
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        print(f"error: no MLflow store at {path}: run a study first (make run-study)",
+              file=sys.stderr)
+        return 2
+    relocate_artifacts(uri)  # a store moved with its mlartifacts/ folder shows its artifacts
+    port = ui_port(args.port)
+    links = study_links(uri, port)
+    for name, link in links:
+        print(f"study {name!r}: {link}")
+    if not links:
+        print(f"no study in {uri} has a saved view yet (make run-study writes one); "
+              "serving it anyway")
+    print(f"serving {uri} on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    os.execvp(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                      "--port", str(port), "--workers", "1"])
 
 
 def _report(args) -> int:

@@ -14,20 +14,12 @@ from matplotlib.figure import Figure
 
 from study.analysis import Study, kaplan_meier, performance_profile, start_name
 from study.analysis.convergence import loss_order, median_ci, start_order
+from study.palette import LOSS_COLOURS, OTHER_COLOURS
 
-# One colour per loss across every figure, from Okabe and Ito's palette, which readers with
-# any common colour-vision deficiency can tell apart: the key contrast, cce against mse, is
-# blue against vermillion. scce repeats cce's maths, so its line is dashed over cce's (where
-# it hides cce, the two agree, as they must).
-LOSS_STYLE = {
-    "bce": {"color": "#56B4E9", "linestyle": "-"},  # sky blue
-    "cce": {"color": "#0072B2", "linestyle": "-"},  # blue
-    "scce": {"color": "#009E73", "linestyle": (0, (4, 3))},  # bluish green
-    "mse": {"color": "#D55E00", "linestyle": "-"},  # vermillion
-    "mse_softmax": {"color": "#E69F00", "linestyle": "-"},  # orange
-    "quadratic": {"color": "#CC79A7", "linestyle": "-"},  # reddish purple
-}
-OTHER_COLOURS = ["#000000", "#F0E442", "#777777", "#882255", "#44AA99", "#332288"]
+# One colour per loss across every figure (study.palette); scce's line is dashed over cce's
+# (where it hides cce, the two agree, as they must).
+LOSS_STYLE = {loss: {"color": colour, "linestyle": (0, (4, 3)) if loss == "scce" else "-"}
+              for loss, colour in LOSS_COLOURS.items()}
 OPTIMIZER_LINE = {"sgd": "-", "adam": (0, (5, 2)), "rmsprop": (0, (1, 1)),
                   "adamw": (0, (5, 2, 1, 2)), "adagrad": (0, (8, 2, 1, 2, 1, 2))}
 

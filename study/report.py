@@ -66,7 +66,39 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path) -> Path:
             shutil.rmtree(final)
         shutil.move(folder, final)
     StudyTracker(tracking_uri).log_report(study.parent_run_id, sorted(final.rglob("*.*")))
-    return final / notebook.replace(".ipynb", ".html")
+    html = final / notebook.replace(".ipynb", ".html")
+    if notebook == "report.ipynb":
+        from study.analysis import arm_metrics, select_lr, summarize
+
+        every_lr = arm_metrics(study)
+        _annotate_store(tracking_uri, study, every_lr, summarize(select_lr(every_lr, "own")),
+                        html)
+    return html
+
+
+def _annotate_store(tracking_uri: str, study: Study, every_lr, summary, html: Path) -> None:
+    """What the report found goes back into MLflow: with a grid of rates, each arm's
+    ``study.best_lr`` tag (each loss's pick) and the saved views filtered by it; the parent
+    run's description holds the answer and a ready-to-paste filter per start."""
+    from mlflow.tracking import MlflowClient
+
+    from study import browse
+    from study.analysis import headline, select_lr
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(study.parent_run_id).info.experiment_id
+    keys = [k for k in ("loss", "optimizer") if k in every_lr]
+    starts = sorted({(init, float(severity)) for init, severity
+                     in every_lr[["init", "severity"]].itertuples(index=False)})
+    if (every_lr.groupby(keys)["lr"].nunique() > 1).any():  # a grid: the pick is known now
+        chosen = set(select_lr(every_lr, "own")["run_id"])
+        for run_id in every_lr["run_id"]:
+            client.set_tag(run_id, "study.best_lr", str(run_id in chosen).lower())
+        browse.publish_views(client, experiment_id, starts, True, study.config_hash,
+                             set_link=False)  # the link keeps the start the study chose
+    note = browse.study_note(headline(summary, study.target), starts, study.config_hash,
+                             f"`make report`, {html.name}")
+    client.set_tag(study.parent_run_id, "mlflow.note.content", note)
 
 
 def _ipc_kernel_manager():

@@ -48,13 +48,17 @@ def absolute_uri(uri: str) -> str:
     return f"sqlite:///{path.resolve()}" if path is not None else uri
 
 
-def browse_link(uri: str, experiment_id: str) -> str:
-    """Where to look: a tracking server's own page, or `make ui` over a local store."""
-    # MLflow 3 opens an experiment on its GenAI overview; this page is the runs table.
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def browse_link(uri: str, experiment_id: str, view_key: str | None = None,
+                port: int | None = None) -> str:
+    """Where to look: the study's comparison on a tracking server's own page, or on
+    `make ui` (at ``port``, else $PORT, else 5000) over a local store."""
+    from study.browse import ui_port, view_link
+
+    link = view_link(uri, experiment_id, view_key, port)
     if urlparse(uri).scheme in ("http", "https"):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"make ui, then open http://127.0.0.1:5000/{page}"
+        return link
+    port = ui_port(port)
+    return f"make ui{'' if port == 5000 else f' PORT={port}'}, then open {link}"
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -218,6 +222,8 @@ class StudyTracker:
         self.parent_run_id: str | None = None
         self.arms_written = 0  # child runs written whole by this tracker
         self.config_hash: str | None = None
+        self.best_lr: bool | None = None  # the child runs' study.best_lr tag, if known
+        self.several_optimizers = False  # then run names say the optimizer
 
     def _experiment(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -327,6 +333,7 @@ class StudyTracker:
             tags={"study.role": "parent", "study.config_hash": config_hash,
                   **context_tags(), **this_process()})
         self.parent_run_id = run.info.run_id
+        self._publish_views(config, config_hash)
         versions = package_versions()
         self.client.log_batch(
             self.parent_run_id,
@@ -349,6 +356,20 @@ class StudyTracker:
         finally:
             self.client.set_terminated(self.parent_run_id, status)
 
+    def _publish_views(self, config: StudyConfig, config_hash: str) -> None:
+        """The study's saved views in MLflow (one per start) and what the child runs need
+        for them: a readable name, the start tag, the best-lr tag when it is known now."""
+        from study import browse
+        from study.grid import expand_grid
+
+        arms = expand_grid(config)
+        self.several_optimizers = len(config.optimizers) > 1
+        # One rate per loss: every arm is at its loss's chosen rate. A grid of rates: the
+        # report picks each loss's best and tags the arms then.
+        self.best_lr = True if browse.one_rate_per_loss(arms) else None
+        browse.publish_views(self.client, self.experiment_id, browse.starts_of(arms),
+                             bool(self.best_lr), config_hash)
+
     def log_report(self, parent_run_id: str, paths: list[Path]) -> None:
         """The rendered report, its summary and figures, under ``report/`` on the parent."""
         for path in paths:
@@ -361,13 +382,17 @@ class StudyTracker:
         the run is deleted, so no half-written arm stays visible. Returns the run id."""
         from mlflow.entities import Metric, Param
 
+        from study.browse import arm_tags, run_name
+
         tags = {"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
                 "study.config_hash": self.config_hash,
-                "study.diverged": str(result.diverged).lower()}
+                "study.diverged": str(result.diverged).lower(),
+                **arm_tags(arm, self.best_lr)}
         if result.diverged:
             tags["study.diverged_at_step"] = str(result.diverged_at)
-        run_id = self.client.create_run(self.experiment_id, run_name=arm.key, tags=tags,
-                                        start_time=result.started_ms).info.run_id
+        run_id = self.client.create_run(
+            self.experiment_id, run_name=run_name(arm, self.several_optimizers), tags=tags,
+            start_time=result.started_ms).info.run_id
         try:
             now = int(time.time() * 1000)
             metrics = [Metric(name, value, result.step_ms.get(step, now), step)

@@ -68,6 +68,15 @@ def smoke_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smoke_report(smoke_store, tmp_path_factory):
+    """The smoke study's report rendered once (about 40 s): (store, out folder, HTML paths)."""
+    from study.report import build_reports
+
+    out = tmp_path_factory.mktemp("reports")
+    return smoke_store, out, [path for _, path in build_reports(smoke_store, "smoke", out)]
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port over its own SQLite store; its URL."""
     import socket

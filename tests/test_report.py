@@ -7,14 +7,11 @@ import pandas as pd
 import pytest
 
 from study.cli import main
-from study.report import build_reports
 
 
 @pytest.fixture(scope="module")
-def report(smoke_store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reports")
-    paths = [path for _, path in build_reports(smoke_store, "smoke", out)]
-    return smoke_store, out, paths
+def report(smoke_report):  # rendered once per session, shared with test_browser
+    return smoke_report
 
 
 def test_report_html_holds_the_answer_table_and_figures(report):

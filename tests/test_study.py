@@ -61,7 +61,10 @@ def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
         assert tags["mlflow.parentRunId"] == parent.info.run_id
         assert tags["study.diverged"] == "false"
         keys.add(tags["study.arm"])
-        assert tags["mlflow.runName"] == tags["study.arm"]
+        start = "glorot" if params["init"] == "glorot" else "saturated_wrong m=4"
+        assert tags["start"] == start
+        assert tags["mlflow.runName"] == f"{params['loss']} · {start} · s0 · lr 0.5"
+        assert tags["study.best_lr"] == "true"  # one rate per loss: each at its own
         assert params["dataset"] == "digits" and params["model"] == "mlp-64-30-10-sigmoid"
         assert params["batch_size"] == "10" and params["epochs"] == "1"
         assert params["lr"] == "0.5" and params["seed"] == "0" and params["optimizer"] == "sgd"

@@ -1,0 +1,238 @@
+"""Browse: the MLflow view that a printed link opens, and the run names and tags behind it.
+
+MLflow 3.17's runs page reads a saved view from an experiment tag
+``mlflow.sharedViewState.<key>`` when the URL carries ``?viewStateShareKey=<key>``: the
+search filter, the table's columns, and the chart cards. We write one saved view per start
+of the study (the first bad start is the link's), filtered to that start and to each loss at
+its own best learning rate, with line charts of ``val_accuracy`` and ``val_nll`` against
+step. Runs are coloured by loss with MLflow's own run tag ``mlflow.runColor``, in the
+report's colours. The JSON shape written here is what the front end of the MLflow range
+pinned in pyproject.toml reads; tests/test_browser.py opens it in Chromium and fails when a
+new MLflow stops honouring it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+
+from study.grid import Arm
+from study.palette import LOSS_COLOURS, OTHER_COLOURS
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
+VIEW_URL_PARAM = "viewStateShareKey"
+LINK_VIEW_TAG = "study.view"  # the experiment's saved view that printed links open
+METRICS = ("val_accuracy", "val_nll")
+DEFAULT_PORT = 5000
+
+
+def start_label(init: str, severity: float) -> str:
+    """'saturated_wrong m=8', 'scaled k=4', 'glorot': the report's name of a start (the same
+    text as ``study.analysis.start_name``, without importing the analysis stack)."""
+    from study.inits import INITS
+
+    symbol = INITS[init].symbol if init in INITS else "severity"
+    return f"{init} {symbol}={severity:g}" if symbol else init
+
+
+def run_name(arm: Arm, with_optimizer: bool = False) -> str:
+    """A child run's name as the table shows it: 'mse · saturated_wrong m=8 · s3 · lr 32'
+    (the optimizer after the loss when the study has several). The exact arm key stays in the
+    tag ``study.arm``."""
+    loss = f"{arm.loss} · {arm.optimizer}" if with_optimizer else arm.loss
+    return f"{loss} · {start_label(arm.init, arm.severity)} · s{arm.seed} · lr {arm.lr:g}"
+
+
+def loss_colour(loss: str) -> str:
+    """The report's colour of a loss (study.palette), so it looks the same in MLflow."""
+    if loss in LOSS_COLOURS:
+        return LOSS_COLOURS[loss]
+    return OTHER_COLOURS[sum(map(ord, loss)) % len(OTHER_COLOURS)]  # stable across runs
+
+
+def arm_tags(arm: Arm, best_lr: bool | None) -> dict[str, str]:
+    """The tags that the saved views filter and colour by. ``best_lr`` is None while it is
+    not known yet (a grid of rates: the report sets it)."""
+    tags = {"start": start_label(arm.init, arm.severity), "mlflow.runColor": loss_colour(arm.loss)}
+    if best_lr is not None:
+        tags["study.best_lr"] = str(best_lr).lower()
+    return tags
+
+
+def one_rate_per_loss(arms: Iterable[Arm]) -> bool:
+    """True when every (loss, optimizer) runs at one learning rate: then each arm is at its
+    loss's chosen rate already (picked before the study, as configs/default.yaml's are)."""
+    rates: dict[tuple[str, str], set[float]] = {}
+    for arm in arms:
+        rates.setdefault((arm.loss, arm.optimizer), set()).add(arm.lr)
+    return all(len(lrs) == 1 for lrs in rates.values())
+
+
+def starts_of(arms: Iterable[Arm]) -> list[tuple[str, float]]:
+    """The study's starts in grid order."""
+    return list(dict.fromkeys((arm.init, arm.severity) for arm in arms))
+
+
+def default_start(starts: list[tuple[str, float]]) -> tuple[str, float]:
+    """The start the link opens on: the first bad one (not the control, nor a family's own
+    reference such as saturated_wrong m=0), else the first."""
+    from study.inits import INITS
+
+    for init, severity in starts:
+        scheme = INITS.get(init)
+        if init != "glorot" and (scheme is None or severity != scheme.reference):
+            return init, severity
+    return starts[0]
+
+
+def view_key(start: str) -> str:
+    """A URL-safe saved-view key for a start: 'saturated_wrong m=8' -> 'saturated_wrong-m8'."""
+    return re.sub(r"[^A-Za-z0-9_]+", "-", start.replace("=", "")).strip("-") or "start"
+
+
+def comparison_filter(start: str, best_lr: bool = True, config_hash: str | None = None) -> str:
+    """The runs filter of one start's comparison, as typed in MLflow's search box."""
+    parts = [f"tags.start = '{start}'"]
+    if best_lr:
+        parts.append("tags.`study.best_lr` = 'true'")
+    if config_hash:
+        parts.append(f"tags.`study.config_hash` = '{config_hash}'")
+    return " and ".join(parts)
+
+
+def _line_chart(metric: str, section: str) -> dict:
+    # A RunsChartsLineCardConfig as MLflow serializes it: the values are its defaults except
+    # the metric, a log step axis (steps are logged log-spaced, as the report draws them)
+    # and no smoothing.
+    return {"uuid": f"study-{metric}", "type": "LINE", "runsCountToCompare": 100,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
+            "metricKey": metric, "selectedMetricKeys": [metric], "lineSmoothness": 0,
+            "xAxisScaleType": "log", "scaleType": "linear", "xAxisKey": "step",
+            "selectedXAxisMetricKey": "", "yAxisKey": "metric", "yAxisExpressions": [],
+            "ignoreOutliers": False, "useGlobalXaxisKey": False,
+            "useGlobalLineSmoothing": False,
+            "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None}}
+
+
+def view_state(search_filter: str) -> dict:
+    """The saved view's state: the search facets and the UI state fields MLflow's experiment
+    page takes from a shared view (pinned and expanded runs are not among them: MLflow drops
+    them, so the filter leaves the parent run out and its children show as rows)."""
+    section = "study-comparison"
+    return {
+        # search facets (EXPERIMENT_PAGE_QUERY_PARAM_KEYS)
+        "searchFilter": search_filter,
+        "orderByKey": "params.`loss`", "orderByAsc": True,
+        "startTime": "ALL", "lifecycleFilter": "Active", "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        # UI state (EXPERIMENT_PAGE_UI_STATE_FIELDS)
+        "selectedColumns": ["params.`loss`", "tags.`start`", "params.`optimizer`",
+                            "params.`lr`", "params.`seed`", "metrics.`val_accuracy`",
+                            "metrics.`val_nll`"],
+        # room for the run names and starts (MLflow's default is 190 and 100 px)
+        "columnWidths": {"attributes.`Run Name`": 320, "tags.`start`": 170},
+        "runsHiddenMode": "SHOW_ALL",  # chart every run of the filter, not the first 10
+        "compareRunCharts": [_line_chart(metric, section) for metric in METRICS],
+        # reordered: MLflow appends the study's other metrics after these two charts
+        "compareRunSections": [{"uuid": section, "name": "Model metrics", "display": True,
+                                "isReordered": True, "deleted": False,
+                                "isGenerated": False}],
+        "isAccordionReordered": False,
+        "groupBy": None, "groupsExpanded": {}, "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True, "viewMaximized": False, "runListHidden": False,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0,
+                                  "selectedXAxisMetricKey": ""},
+    }
+
+
+def saved_view(name: str, state: dict) -> str:
+    """The experiment tag's value: MLflow 3.17's saved-view envelope around the state."""
+    now = int(time.time() * 1000)
+    return json.dumps({"name": name, "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def publish_views(client, experiment_id: str, starts: list[tuple[str, float]],
+                  best_lr: bool, config_hash: str | None = None, set_link: bool = True) -> str:
+    """One saved view per start on the experiment; with ``set_link``, the key of the view
+    that links open goes in the experiment tag ``study.view`` (for `make ui`). Returns that
+    key: the first bad start's."""
+    for init, severity in starts:
+        start = start_label(init, severity)
+        state = view_state(comparison_filter(start, best_lr, config_hash))
+        client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view_key(start),
+                                  saved_view(f"losses from {start}", state))
+    key = view_key(start_label(*default_start(starts)))
+    if set_link:
+        client.set_experiment_tag(experiment_id, LINK_VIEW_TAG, key)
+    return key
+
+
+def study_note(answer: list[str], starts: list[tuple[str, float]], config_hash: str,
+               report: str) -> str:
+    """The parent run's description (Markdown): the report's answer, then a filter per start
+    to paste into the runs page's search box."""
+    lines = [f"**What the report found** ({report}):", ""]
+    lines += [f"- {sentence}" for sentence in answer]
+    lines += ["", "**Filters**: paste one into the runs page's search box (each loss at its "
+              "own best learning rate from one start; add "
+              f"``and tags.`study.config_hash` = '{config_hash}'`` to keep to this config). "
+              "The view menu's saved views \"losses from ...\" open the same with charts.", ""]
+    for init, severity in starts:
+        start = start_label(init, severity)
+        lines += [f"{start}:", "```", comparison_filter(start), "```"]
+    return "\n".join(lines)
+
+
+def ui_port(port: int | None = None) -> int:
+    """The port of `make ui`: given, else $PORT (the Makefile passes its PORT), else 5000."""
+    import os
+
+    if port is not None:
+        return port
+    value = os.environ.get("PORT", "")
+    return int(value) if value.isdigit() else DEFAULT_PORT
+
+
+def page(experiment_id: str, key: str | None = None) -> str:
+    """The runs page of an experiment (MLflow 3 otherwise opens its GenAI overview), with the
+    charts beside the table and, given a key, that saved view."""
+    query = "workflowType=machine_learning&compareRunsMode=CHART"
+    if key:
+        query += f"&{VIEW_URL_PARAM}={key}"
+    return f"#/experiments/{experiment_id}/runs?{query}"
+
+
+def server_url(tracking_uri: str, port: int | None = None) -> str:
+    """Where the UI is: a tracking server's own URL, else `make ui` on this machine."""
+    from urllib.parse import urlparse
+
+    if urlparse(tracking_uri).scheme in ("http", "https"):
+        return tracking_uri.rstrip("/")
+    return f"http://127.0.0.1:{ui_port(port)}"
+
+
+def view_link(tracking_uri: str, experiment_id: str, key: str | None = None,
+              port: int | None = None) -> str:
+    return f"{server_url(tracking_uri, port)}/{page(experiment_id, key)}"
+
+
+def stored_view_key(tracking_uri: str, experiment_id: str) -> str | None:
+    """The key of the saved view that the study's link opens, as its experiment stores it."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri).get_experiment(experiment_id)
+    return experiment.tags.get(LINK_VIEW_TAG)
+
+
+def study_links(tracking_uri: str, port: int | None = None) -> list[tuple[str, str]]:
+    """(experiment name, link) of every experiment in the store that holds a saved view of
+    a study, in name order."""
+    from mlflow.tracking import MlflowClient
+
+    experiments = MlflowClient(tracking_uri).search_experiments()
+    return sorted((e.name, view_link(tracking_uri, e.experiment_id, e.tags[LINK_VIEW_TAG],
+                                     port))
+                  for e in experiments if LINK_VIEW_TAG in e.tags)

@@ -1,0 +1,18 @@
+"""One colour per loss, shared by the report's figures and the MLflow runs' colours.
+
+Okabe and Ito's palette, which readers with any common colour-vision deficiency can tell
+apart: the key contrast, cce against mse, is blue against vermillion. scce repeats cce's
+maths; the report dashes its line over cce's, and gives it a colour of its own for MLflow,
+which draws no dashes.
+"""
+
+LOSS_COLOURS = {
+    "bce": "#56B4E9",  # sky blue
+    "cce": "#0072B2",  # blue
+    "scce": "#009E73",  # bluish green
+    "mse": "#D55E00",  # vermillion
+    "mse_softmax": "#E69F00",  # orange
+    "quadratic": "#CC79A7",  # reddish purple
+}
+# Any other loss (a registry entry of the user's own), in turn.
+OTHER_COLOURS = ["#000000", "#F0E442", "#777777", "#882255", "#44AA99", "#332288"]

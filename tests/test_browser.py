@@ -1,0 +1,170 @@
+"""What a user sees, in a real Chromium: the link `python -m study ui` prints opens the
+study's comparison in a real `mlflow ui` (not MLflow 3's GenAI overview), and the report's
+HTML renders. This is the test that fails when a new MLflow stops reading the saved-view
+shape study/browse.py writes; it needs /usr/bin/chromium (`make test` installs it) and is
+never skipped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium reaches out to Google at start-up, which a
+# closed network refuses; headless needs no sandbox or GPU in a container.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+LOSSES = ["bce", "cce", "scce", "mse"]  # configs/smoke.yaml's
+BAD_START = "saturated_wrong m=4"  # its first bad start: the link's
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), \
+        f"no {CHROMIUM}: `make test` installs it (apt-get install -y chromium)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots():
+    """What the browser saw, kept for a look after the run (reports/ is not committed)."""
+    folder = ROOT / "reports" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {folder}")
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def printed_link(smoke_store):
+    """`python -m study ui` on a free loopback port over the smoke study's store: the link
+    it prints for the study, once the server answers."""
+    port = _free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "study", "ui", "--tracking-uri", smoke_store, "--port",
+         str(port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        first = ui.stdout.readline()
+        assert first.startswith("study 'smoke': "), first
+        link = first.removeprefix("study 'smoke': ").strip()
+        # keep reading what the server prints, so a full pipe never stalls it
+        threading.Thread(target=ui.stdout.read, daemon=True).start()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, "no mlflow ui"
+                time.sleep(0.3)
+        yield port, link
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(url)
+    return page
+
+
+def _child_name(loss: str) -> str:
+    return f"{loss} · {BAD_START} · s0 · lr 0.5"
+
+
+def test_printed_link_has_the_port_and_the_saved_view(printed_link):
+    port, link = printed_link
+    assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/")
+    assert "/runs?workflowType=machine_learning" in link
+    assert "viewStateShareKey=saturated_wrong-m4" in link
+
+
+def test_link_opens_each_loss_from_the_bad_start_charted(browser, printed_link, screenshots):
+    _, link = printed_link
+    page = _open(browser, link)
+    try:
+        # the runs page in chart mode, filtered by the saved view: the four children, named
+        for loss in LOSSES:
+            page.get_by_text(_child_name(loss), exact=True).first.wait_for(timeout=WAIT_MS)
+        assert "/runs" in page.url  # not redirected to the GenAI overview
+        search = page.get_by_test_id("search-box").evaluate(
+            "box => box.value ?? box.querySelector('input').value")
+        assert f"tags.start = '{BAD_START}'" in search
+        assert "`study.best_lr` = 'true'" in search
+        assert page.get_by_text(re.compile(r"^4 matching runs$")).count() == 1
+
+        # the first chart is val_accuracy, then val_nll, each a line per loss in its colour
+        cards = page.get_by_test_id("experiment-view-compare-runs-card")
+        cards.first.wait_for(timeout=WAIT_MS)
+        titles = [cards.nth(i).locator("h4").first.inner_text() for i in range(2)]
+        assert titles == ["val_accuracy", "val_nll"]
+        accuracy = cards.nth(0)
+        accuracy.locator("path.js-line").first.wait_for(timeout=WAIT_MS)
+        legend = accuracy.inner_text()
+        charted = [loss for loss in LOSSES if f"{_child_name(loss)} (val_accuracy)" in legend]
+        assert charted == LOSSES
+        strokes = set(accuracy.locator("path.js-line").evaluate_all(
+            "lines => lines.map(line => line.style.stroke)"))
+        assert {"rgb(86, 180, 233)", "rgb(213, 94, 0)"} <= strokes  # bce sky blue, mse vermillion
+
+        close = page.get_by_role("button", name="Close")  # MLflow's assistant panel
+        if close.count():
+            close.first.evaluate("button => button.click()")
+        page.wait_for_timeout(1000)  # the charts re-lay out in the freed width
+        page.screenshot(path=screenshots / "mlflow-runs-by-loss.png")
+
+        # the table view of the same saved view shows the study's columns
+        # the view-mode radio is styled away under its label: click it as a script would
+        page.locator("input[value=TABLE]").evaluate("radio => radio.click()")
+        for column in ["loss", "start", "optimizer", "lr", "seed"]:
+            page.get_by_role("columnheader", name=column, exact=True).first.wait_for(
+                timeout=WAIT_MS)
+        page.screenshot(path=screenshots / "mlflow-runs-table.png")
+    finally:
+        page.close()
+
+
+def test_report_renders_title_answer_table_and_figures(browser, smoke_report, screenshots):
+    _, _, paths = smoke_report
+    page = _open(browser, paths[0].as_uri())
+    try:
+        page.wait_for_load_state("load")
+        assert "loss" in page.locator("h1").first.inner_text().lower()  # the title
+        # an answer table near the top: before the first figure
+        tables, figures = page.locator("table"), page.locator("img")
+        assert tables.count() >= 1
+        assert tables.first.bounding_box()["y"] < figures.first.bounding_box()["y"]
+        widths = figures.evaluate_all("images => images.map(image => image.naturalWidth)")
+        assert sum(width > 0 for width in widths) >= 4, widths  # figures that decoded
+        page.screenshot(path=screenshots / "report.png", full_page=False)
+    finally:
+        page.close()
