@@ -12,6 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
+from study.executors import executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
@@ -55,12 +56,15 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
               force: bool = False,
-              confirm: Callable[[Estimate], None] = lambda estimate: None) -> StudyResult:
+              confirm: Callable[[Estimate], None] = lambda estimate: None,
+              say: Callable[[str], None] = lambda line: None,
+              executor=None) -> StudyResult:
     """Train every arm of ``config`` and log it to MLflow.
 
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
     resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
-    any MLflow run exists, and may stop it by raising.
+    any MLflow run exists, and may stop it by raising. ``say`` hears where the arms train;
+    ``executor`` (default: the one the config names, ``study.executors``) trains them.
     """
     tracker = StudyTracker(tracking_uri)  # an unusable store fails first, in seconds
     DATASETS[config.dataset].check_available()  # before any run is created
@@ -84,19 +88,20 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
         if not todo:  # every arm is in the store: nothing to train, no empty parent run
             return StudyResult(tracker.uri, tracker.experiment_of(config.name), "",
                                skipped=[arm.key for arm in arms])
-        try:
-            return _train_and_log(config, tracker, splits, todo, arms, done, digest,
-                                  config_yaml, model, progress)
-        except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
-            err.arms_kept = tracker.arms_written
-            raise
+        # Connected before the parent run exists: a cluster that cannot be reached is bad
+        # input (one line, exit 2), and no cluster starts when there is nothing to train.
+        with executor or executor_for(config, say) as trains:
+            try:
+                return _train_and_log(config, tracker, splits, todo, arms, done, digest,
+                                      config_yaml, model, progress, trains)
+            except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
+                err.arms_kept = tracker.arms_written
+                raise
 
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
-                   progress) -> StudyResult:
+                   progress, executor) -> StudyResult:
     from tqdm.auto import tqdm
-
-    from study.train import trainer
 
     with tracker.study(config, config_yaml, digest, len(arms),
                        splits.n_classes) as parent_run_id:
@@ -111,7 +116,7 @@ def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yam
             def advance(arms: float) -> None:  # fractions of arms add up to a hair over
                 bar.update(min(arms, bar.total - bar.n))
 
-            for arm, arm_result in trainer(config).train_arms(todo, config, splits, advance):
+            for arm, arm_result in executor.train_arms(todo, config, splits, advance):
                 writer.write(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
         result.run_ids = writer.run_ids()
