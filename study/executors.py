@@ -99,6 +99,8 @@ class RayExecutor:
             raise ConfigError("executor ray needs Ray, which is not installed: "
                               "pip install -e '.[ray]'") from None
         if not ray.is_initialized():
+            if self.address not in (None, "auto"):
+                _check_reachable(self.address)
             try:
                 ray.init(address=self.address, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
@@ -143,6 +145,24 @@ class RayExecutor:
         finally:  # failed or interrupted: the other chunks' work would be thrown away
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+
+# ray.init retries an address where nothing answers for minutes; a TCP probe answers in
+# seconds.
+REACH_TIMEOUT_S = 5
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or f"no answer within {REACH_TIMEOUT_S} s"
+        raise ConfigError(f"ray_address: cannot reach a Ray cluster at {address} ({reason}); "
+                          "start one (ray start --head --port=6379) or check --address") \
+            from None
 
 
 def _failure(chunk: list[Arm], err: Exception, retries: int) -> str:

@@ -12,7 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
-from study.executors import executor_for
+from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
@@ -81,22 +81,23 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     db = sqlite_path(tracker.uri)
-    with study_lock(db, config.name, tracker.uri):
+    # Connected before the store is touched: a cluster that cannot be reached is bad input
+    # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
+    if executor is None:
+        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
+    with executor as trains, study_lock(db, config.name, tracker.uri):
         tracker.sweep(config.name, locked=db is not None)  # what a dead process left
         done = set() if force else tracker.finished_arms(config.name, digest)
         todo: list[Arm] = [arm for arm in arms if arm.key not in done]
         if not todo:  # every arm is in the store: nothing to train, no empty parent run
             return StudyResult(tracker.uri, tracker.experiment_of(config.name), "",
                                skipped=[arm.key for arm in arms])
-        # Connected before the parent run exists: a cluster that cannot be reached is bad
-        # input (one line, exit 2), and no cluster starts when there is nothing to train.
-        with executor or executor_for(config, say) as trains:
-            try:
-                return _train_and_log(config, tracker, splits, todo, arms, done, digest,
-                                      config_yaml, model, progress, trains)
-            except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
-                err.arms_kept = tracker.arms_written
-                raise
+        try:
+            return _train_and_log(config, tracker, splits, todo, arms, done, digest,
+                                  config_yaml, model, progress, trains)
+        except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
+            err.arms_kept = tracker.arms_written
+            raise
 
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
