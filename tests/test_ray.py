@@ -81,14 +81,15 @@ def test_ray_stores_the_values_of_the_in_process_run_bit_for_bit(tmp_path, in_pr
 
 def _dies_once(marker):
     """A chunk function whose first attempt anywhere dies mid-chunk, as a killed worker does
-    (no Python error, no goodbye), and whose later attempts train."""
+    (no Python error, no goodbye), and never returns; later attempts train."""
     def train_or_die(config, arms):
         try:
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL))  # the first attempt only
         except FileExistsError:
             return train_chunk(config, arms)
         threading.Timer(1.0, os._exit, [1]).start()  # in the middle of training
-        return train_chunk(config, arms)
+        train_chunk(config, arms)
+        os._exit(1)  # a fast chunk: still dead before its result is returned
     return train_or_die
 
 
@@ -106,7 +107,7 @@ def test_a_worker_that_dies_mid_chunk_is_retried(tmp_path, in_process):
     uri = tracking_uri(tmp_path)
     result = run_study(_config("ray"), uri, progress=False,
                        executor=RayExecutor(chunk_function=_dies_once(str(marker))))
-    assert marker.exists()  # a worker died
+    assert marker.exists()  # a worker died, so its chunk's arms came from a retry
     assert len(result.results) == N_ARMS
     parents, children = _statuses(uri)
     assert parents == ["FINISHED"] and children == ["FINISHED"] * N_ARMS  # one run per arm
