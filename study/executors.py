@@ -105,8 +105,7 @@ class RayExecutor:
                 ray.init(address=self.address, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
             except Exception as err:  # no cluster there, a refused token, a bad address
-                reason = str(err).strip().splitlines()[0][:160] if str(err) else \
-                    type(err).__name__
+                reason = _first_line(err) or type(err).__name__
                 where = f"at {self.address}" if self.address else "locally"
                 raise ConfigError(f"ray_address: cannot start or reach a Ray cluster {where} "
                                   f"({reason})") from None
@@ -165,13 +164,19 @@ def _check_reachable(address: str) -> None:
             from None
 
 
+def _first_line(err: BaseException, last: bool = False) -> str:
+    """One line of an error's text (Ray's carry tracebacks): the first, or the last."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0])[:160] if lines else ""
+
+
 def _failure(chunk: list[Arm], err: Exception, retries: int) -> str:
     import ray
 
     loss, optimizer = chunk[0].group
     if isinstance(err, ray.exceptions.RayTaskError):  # the training raised
         cause = err.cause if getattr(err, "cause", None) is not None else err
-        reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1][:160]}"
+        reason = f"{type(cause).__name__}: {_first_line(cause, last=True)}"
     else:  # the worker died on every attempt
         reason = f"{type(err).__name__}, after {retries} retries"
     return (f"a chunk of {len(chunk)} arms ({loss}, {optimizer}) failed on Ray ({reason}); "

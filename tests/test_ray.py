@@ -93,13 +93,16 @@ def _dies_once(marker):
     return train_or_die
 
 
-def _dies_on(init):
-    """A chunk function whose worker dies on every attempt at the chunk of one init."""
-    def train_or_die(config, arms):
+def _fails_on(init, how):
+    """A chunk function that fails on every attempt at the chunk of one init: its worker
+    dies, or the training raises (which Ray does not retry: it would raise again)."""
+    def train_or_fail(config, arms):
         if arms[0].init == init:
-            os._exit(1)
+            if how == "dies":
+                os._exit(1)
+            raise FloatingPointError("the training raised")
         return train_chunk(config, arms)
-    return train_or_die
+    return train_or_fail
 
 
 def test_a_worker_that_dies_mid_chunk_is_retried(tmp_path, in_process):
@@ -114,16 +117,19 @@ def test_a_worker_that_dies_mid_chunk_is_retried(tmp_path, in_process):
     assert _values(uri) == in_process
 
 
-def test_a_chunk_that_fails_for_good_fails_the_study_and_keeps_whole_chunks(tmp_path,
-                                                                            in_process):
+@pytest.mark.parametrize(("how", "reason"), [
+    ("dies", "(WorkerCrashedError, after 0 retries)"),
+    ("raises", "(FloatingPointError: the training raised)")])
+def test_a_chunk_that_fails_for_good_fails_the_study_and_keeps_whole_chunks(
+        tmp_path, in_process, how, reason):
     uri = tracking_uri(tmp_path)
     with pytest.raises(ChunkFailed) as failed:
         run_study(_config("ray"), uri, progress=False,
                   executor=RayExecutor(max_retries=0,
-                                       chunk_function=_dies_on("saturated_wrong")))
+                                       chunk_function=_fails_on("saturated_wrong", how)))
     message = str(failed.value)
-    assert "\n" not in message and "a chunk of 16 arms (mse, sgd) failed on Ray" in message
-    assert "after 0 retries" in message
+    assert "\n" not in message
+    assert f"a chunk of 16 arms (mse, sgd) failed on Ray {reason}" in message
     parents, children = _statuses(uri)
     assert parents == ["FAILED"]
     assert set(children) <= {"FINISHED"} and len(children) % 16 == 0  # whole chunks only
