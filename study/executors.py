@@ -101,14 +101,22 @@ class RayExecutor:
         if not ray.is_initialized():
             if self.address not in (None, "auto"):
                 _check_reachable(self.address)
+            from study.backend import native_stderr_silenced
+
+            # Ray's C++ core logs each retry of a connection to file descriptor 2 (a refused
+            # token: one line a second for half a minute); the error below says it in one.
             try:
-                ray.init(address=self.address, include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
+                with native_stderr_silenced():
+                    ray.init(address=self.address, include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
             except Exception as err:  # no cluster there, a refused token, a bad address
                 reason = _first_line(err) or type(err).__name__
-                where = f"at {self.address}" if self.address else "locally"
-                raise ConfigError(f"ray_address: cannot start or reach a Ray cluster {where} "
-                                  f"({reason})") from None
+                if self.address is None:
+                    raise ConfigError(f"executor: cannot start a local Ray cluster ({reason})") \
+                        from None
+                raise ConfigError(f"ray_address: cannot reach a Ray cluster at {self.address} "
+                                  f"({reason}); a cluster with token authentication wants "
+                                  "RAY_AUTH_MODE=token and its token here too") from None
             self.started = True
         cpus = int(ray.cluster_resources().get("CPU", 0))
         where = (f"the Ray cluster at {self.address}" if self.address
