@@ -13,7 +13,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from study.cli import main
-from study.config import load_config
+from study.config import config_hash, load_config
 from study.errors import ChunkFailed
 from study.executors import RayExecutor, chunks, train_chunk
 from study.grid import expand_grid
@@ -44,13 +44,28 @@ def _config(executor: str = "local"):
 
 
 @pytest.fixture(scope="module")
-def in_process(tmp_path_factory):
-    """The reference: the same study trained in this process, every stored value."""
+def in_process_store(tmp_path_factory):
+    """The reference: the same study trained in this process."""
     uri = tracking_uri(tmp_path_factory.mktemp("local"))
     run_study(_config(), uri, progress=False)
-    values = _values(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def in_process(in_process_store):
+    """Every value the in-process run stored."""
+    values = _values(in_process_store)
     assert len(values) == N_ARMS
     return values
+
+
+def test_a_study_trained_in_process_resumes_on_ray_with_nothing_to_train(in_process_store):
+    """Where a study trains is not part of its config hash: its finished arms count."""
+    assert config_hash(_config("ray")) == config_hash(_config("local"))
+    assert config_hash(_config("ray")) != config_hash(
+        load_config(CONFIGS / "smoke.yaml", [*OVERRIDES, "epochs=2"], {"executor": "ray"}))
+    result = run_study(_config("ray"), in_process_store, progress=False)
+    assert len(result.skipped) == N_ARMS and not result.results
 
 
 def test_ray_stores_the_values_of_the_in_process_run_bit_for_bit(tmp_path, in_process,
