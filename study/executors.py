@@ -11,7 +11,10 @@ that fails for good stops the study with ``ChunkFailed``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
+import threading
 from collections.abc import Callable, Iterator
 
 from study.config import StudyConfig
@@ -106,7 +109,7 @@ class RayExecutor:
             # Ray's C++ core logs each retry of a connection to file descriptor 2 (a refused
             # token: one line a second for half a minute); the error below says it in one.
             try:
-                with native_stderr_silenced():
+                with native_stderr_silenced(), _signal_handlers_kept():
                     ray.init(address=self.address, include_dashboard=False,
                              log_to_driver=False, configure_logging=False)
             except Exception as err:  # no cluster there, a refused token, a bad address
@@ -152,6 +155,22 @@ class RayExecutor:
         finally:  # failed or interrupted: the other chunks' work would be thrown away
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """ray.init makes SIGTERM exit the process at once; the study's own handler (``cli``:
+    keep the finished arms, mark the parent KILLED, exit 143) is put back. Leaving the
+    executor shuts the local cluster down, which Ray's handler would have done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 # ray.init retries an address where nothing answers for minutes; a TCP probe answers in

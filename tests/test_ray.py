@@ -202,3 +202,37 @@ def test_a_cluster_address_where_nothing_listens_fails_in_seconds(tmp_path, caps
     assert code == 2 and err.count("\n") == 1
     assert f"cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused)" in err
     assert not db.exists()
+
+
+@pytest.mark.slow  # a study process with a local cluster of its own
+def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_killed(tmp_path):
+    """ray.init installs its own SIGTERM handler; the study's is put back: one line, exit
+    143, the finished chunks' arms kept whole, the parent KILLED, and the local cluster
+    that the study started is shut down."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.test_resume import _finished_children
+
+    db = tmp_path / "mlflow.db"
+    study = [str(CONFIGS / "smoke.yaml"), *[f"--set={item}" for item in OVERRIDES],
+             f"--set=seeds={list(range(16))}", "--set=epochs=2", "--executor", "ray"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study", "run", *study, "--tracking-uri", f"sqlite:///{db}",
+         "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while _finished_children(db) < 16:  # a chunk is stored, the others train
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted: ") and lines[-1].endswith("rerun to finish")
+    kept = int(lines[-1].split()[1])
+    parents, children = _statuses(f"sqlite:///{db}")
+    assert parents == ["KILLED"]
+    assert kept % 16 == 0 and 16 <= kept < 64 and children == ["FINISHED"] * kept
