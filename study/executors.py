@@ -122,8 +122,9 @@ class RayExecutor:
                                   "RAY_AUTH_MODE=token and its token here too") from None
             self.started = True
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        where = (f"the Ray cluster at {self.address}" if self.address
-                 else "a local Ray cluster" if self.started else "this process's Ray cluster")
+        where = ("this process's Ray cluster" if not self.started
+                 else f"the Ray cluster at {self.address}" if self.address
+                 else "a local Ray cluster")
         self.say(f"ray: training on {where} with {cpus} CPUs")
         self.cpus = cpus
         return self
