@@ -18,7 +18,7 @@ help: ## list the targets
 $(INSTALLED): pyproject.toml
 	@echo "Setting up $(VENV) (first time only: TensorFlow makes this take a few minutes)..."
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
 	@touch $@
 
 install: $(INSTALLED) ## create the virtual environment and install the project

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from study.errors import ConfigError
+from study.errors import ChunkFailed, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="train every arm again, even those FINISHED in the store")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Validated with the config (the keys executor and ray_address), so that a bad value is
+    # one line like any other config error.
+    run.add_argument("--executor", default=None, metavar="{local,ray}",
+                     help="where the arms train: local (this process, the default) or ray "
+                          "(chunks of arms as Ray tasks); overrides the config's executor")
+    run.add_argument("--address", default=None, metavar="HOST:PORT",
+                     help="with --executor ray: a running Ray cluster's head (default: start "
+                          "a local cluster); overrides the config's ray_address")
     run.add_argument("--yes", action="store_true",
                      help="start a study estimated at more than 30 min or 5 GB of store "
                           "without asking")
@@ -87,7 +95,7 @@ def _main(argv: list[str] | None) -> int:
     from study.grid import expand_grid
 
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, _flags(args))
         arms = expand_grid(config)
         if args.command == "show":
             _show(config, arms)
@@ -97,6 +105,13 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return _run(config, args)
+
+
+def _flags(args) -> dict[str, str]:
+    """Config keys given as flags of ``run``."""
+    flags = {"executor": getattr(args, "executor", None),
+             "ray_address": getattr(args, "address", None)}
+    return {key: value for key, value in flags.items() if value is not None}
 
 
 def _show(config, arms) -> None:
@@ -151,10 +166,13 @@ def _run(config, args) -> int:
     _interruptible()
     try:
         result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force,
-                           confirm=_confirm(args))
+                           confirm=_confirm(args), say=lambda line: print(line, flush=True))
     except ConfigError as err:  # found once the data is loaded, still before any run exists
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ChunkFailed as err:  # the parent run ended FAILED; finished chunks are stored
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         kept = getattr(err, "arms_kept", 0)
         print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
@@ -164,7 +182,8 @@ def _run(config, args) -> int:
         signal.signal(signal.SIGTERM, handlers[1])
     trained, skipped = len(result.results), len(result.skipped)
     print(f"study {config.name!r}: trained {trained} arms"
-          + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer; waited "
+          + (f" in {result.wall_seconds:.0f} s ({config.trainer} trainer"
+             f"{' on Ray' if config.executor == 'ray' else ''}; waited "
              f"{result.logging_seconds:.1f} s for MLflow)" if trained else "")
           + (f", skipped {skipped} already finished (use --force to retrain)" if skipped else "")
           + (f"; their {result.superseded} earlier runs are in MLflow's trash (mlflow runs "

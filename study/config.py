@@ -46,6 +46,10 @@ Severity = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 # (so never "." or ".."), short enough for any file system.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 NAME_MAX = 100
+ADDRESS_PATTERN = r"auto|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}"
+# Keys that say where a study runs, not what it computes: left out of the config hash, so a
+# study started on one executor resumes on another.
+WHERE_KEYS = {"executor", "ray_address"}
 
 
 class ModelConfig(_Frozen):
@@ -155,6 +159,12 @@ class StudyConfig(_Frozen):
     trainer: Literal["batched", "reference"] = "batched"
     # The batched trainer trains arms in chunks that fit this much memory.
     memory_budget_mb: Annotated[int, Strict(), Field(ge=64)] = 2048
+    # Where the arms train: local (this process) or ray (chunks of arms as Ray tasks). Values
+    # are the same either way, so neither key is part of the config hash.
+    executor: Literal["local", "ray"] = "local"
+    # ray: a running cluster's head, host:port (or auto: the one on this machine); none
+    # starts a local cluster
+    ray_address: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +243,20 @@ class StudyConfig(_Frozen):
                 _unique(f"inits.{name}", severities)
         return value
 
+    @field_validator("ray_address")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(ADDRESS_PATTERN, value):
+            raise ValueError(f"{value[:60]!r} is not a Ray address: use host:port (the head's "
+                             "GCS port, e.g. 10.0.0.5:6379), ray://host:port or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_ray(self) -> StudyConfig:
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError("ray_address only applies to executor ray (--executor ray)")
+        return self
+
     @model_validator(mode="after")
     def _losses_fit_the_dataset(self) -> StudyConfig:
         if self.dataset == "neuron":  # one sigmoid output with target 0: no softmax, no labels
@@ -276,8 +300,10 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
-    """Read ``path``, apply ``KEY=VALUE`` overrides (dotted keys, YAML values), validate."""
+def load_config(path: str | Path, overrides: list[str] = (),
+                settings: dict[str, Any] | None = None) -> StudyConfig:
+    """Read ``path``, apply ``KEY=VALUE`` overrides (dotted keys, YAML values) and then
+    ``settings`` (top-level keys from command-line flags, taken as given), validate."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: give a study's YAML file, e.g. "
@@ -294,6 +320,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     for item in overrides:
         _apply_override(raw, item)
+    raw.update(settings or {})
     return validate(raw, source=str(path))
 
 
@@ -373,5 +400,5 @@ def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:
 
 def config_hash(config: StudyConfig) -> str:
     """A stable short hash of the validated config: same settings, same hash."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    text = json.dumps(config.model_dump(mode="json", exclude=WHERE_KEYS), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -14,3 +14,7 @@ def check_name(kind: str, name: str, valid: Iterable[str]) -> str:
     if name not in valid:
         raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
     return name
+
+
+class ChunkFailed(RuntimeError):
+    """A chunk of arms failed for good on a cluster: the CLI prints one line and exits 1."""

@@ -12,6 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
+from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
@@ -56,12 +57,15 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
               force: bool = False,
-              confirm: Callable[[Estimate], None] = lambda estimate: None) -> StudyResult:
+              confirm: Callable[[Estimate], None] = lambda estimate: None,
+              say: Callable[[str], None] = lambda line: None,
+              executor=None) -> StudyResult:
     """Train every arm of ``config`` and log it to MLflow.
 
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
     resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
-    any MLflow run exists, and may stop it by raising.
+    any MLflow run exists, and may stop it by raising. ``say`` hears where the arms train;
+    ``executor`` (default: the one the config names, ``study.executors``) trains them.
     """
     tracker = StudyTracker(tracking_uri)  # an unusable store fails first, in seconds
     DATASETS[config.dataset].check_available()  # before any run is created
@@ -78,7 +82,11 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     db = sqlite_path(tracker.uri)
-    with study_lock(db, config.name, tracker.uri):
+    # Connected before the store is touched: a cluster that cannot be reached is bad input
+    # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
+    if executor is None:
+        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
+    with executor as trains, study_lock(db, config.name, tracker.uri):
         tracker.sweep(config.name, locked=db is not None)  # what a dead process left
         superseded = tracker.supersede(config.name, digest) if force else 0
         done = tracker.finished_arms(config.name, digest)
@@ -88,7 +96,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
                                skipped=[arm.key for arm in arms])
         try:
             result = _train_and_log(config, tracker, splits, todo, arms, done, digest,
-                                    config_yaml, model, progress)
+                                    config_yaml, model, progress, trains)
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
@@ -97,10 +105,8 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
-                   progress) -> StudyResult:
+                   progress, executor) -> StudyResult:
     from tqdm.auto import tqdm
-
-    from study.train import trainer
 
     with tracker.study(config, config_yaml, digest, len(arms),
                        splits.n_classes) as parent_run_id:
@@ -115,7 +121,7 @@ def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yam
             def advance(arms: float) -> None:  # fractions of arms add up to a hair over
                 bar.update(min(arms, bar.total - bar.n))
 
-            for arm, arm_result in trainer(config).train_arms(todo, config, splits, advance):
+            for arm, arm_result in executor.train_arms(todo, config, splits, advance):
                 writer.write(arm, arm_result, arm_params(arm, config, model))
                 result.results[arm.key] = arm_result
         result.run_ids = writer.run_ids()

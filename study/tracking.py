@@ -339,6 +339,7 @@ class StudyTracker:
             self.parent_run_id,
             params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
                     Param("dataset", config.dataset), Param("trainer", config.trainer),
+                    Param("executor", config.executor),
                     Param("target", f"{config.target:g}"),
                     Param("escape", f"{config.escape:g}"),
                     Param("target_mode", config.target_mode),

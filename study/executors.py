@@ -1,0 +1,218 @@
+"""Executors: where a study's arms train. ``local`` runs the trainer in this process; ``ray``
+cuts the arms into chunks and trains each chunk as a Ray task on a cluster.
+
+Both yield (arm, ArmResult) pairs to ``run.py``, which writes them to MLflow from this
+process: workers never touch the store. An arm's values do not depend on the chunk, group or
+slot it trains in (``study.train.batched``), so both executors store the same values, bit
+for bit, on one machine type. A Ray chunk's arms reach the caller only when the whole chunk
+has returned; a worker that dies has its chunk retried by Ray (``max_retries``), and a chunk
+that fails for good stops the study with ``ChunkFailed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+from study.config import StudyConfig
+from study.data import Splits
+from study.errors import ChunkFailed, ConfigError
+from study.grid import Arm
+from study.train.common import ArmResult
+
+Pairs = Iterator[tuple[Arm, ArmResult]]
+Advance = Callable[[float], None]
+
+# Retries of a chunk whose worker died (killed, out of memory, node lost). A Python error in
+# training is not retried: it would fail again the same way.
+MAX_RETRIES = 3
+
+
+class LocalExecutor:
+    """Every arm in this process, through the config's trainer."""
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def train_arms(self, arms: list[Arm], config: StudyConfig, splits: Splits,
+                   advance: Advance) -> Pairs:
+        from study.train import trainer
+
+        yield from trainer(config).train_arms(arms, config, splits, advance)
+
+
+@functools.cache
+def _splits(dataset: str, data_seed: int) -> Splits:
+    """A worker's copy of the data, loaded once per worker process (deterministic)."""
+    from study.data import load_dataset
+
+    return load_dataset(dataset, data_seed)
+
+
+def train_chunk(config: StudyConfig, arms: list[Arm]) -> list[tuple[Arm, ArmResult]]:
+    """What a Ray task runs: one chunk of arms, trained whole by the config's trainer."""
+    from study.train import trainer
+
+    splits = _splits(config.dataset, config.data_seed)
+    return list(trainer(config).train_arms(arms, config, splits))
+
+
+def chunks(arms: list[Arm], config: StudyConfig, splits: Splits, workers: int) -> list[list[Arm]]:
+    """The arms cut into chunks of one group each: at most the batched trainer's own chunk
+    (the memory budget and its cap), and small enough that every worker gets about two, but
+    not below one set of slots (16 arms), which a smaller chunk would pay for anyway."""
+    from study.train import batched
+
+    groups: dict[tuple[str, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault(arm.group, []).append(arm)
+    share = max(batched.SLOT_MULTIPLE, -(-len(arms) // (2 * max(1, workers))))
+    cut = []
+    for members in groups.values():
+        cap = share
+        if config.trainer == "batched":
+            cap = min(cap, batched.chunk_size(config, splits, len(members)))
+        pieces = -(-len(members) // cap)
+        size = -(-len(members) // pieces)  # even pieces: spare slots cost as much as arms
+        cut += [members[first:first + size] for first in range(0, len(members), size)]
+    return cut
+
+
+class RayExecutor:
+    """Chunks of arms as Ray tasks. Entering connects to the cluster at ``address`` (or
+    starts a local one; or uses the one this process already joined) and says which."""
+
+    def __init__(self, address: str | None = None, *, max_retries: int = MAX_RETRIES,
+                 say: Callable[[str], None] = lambda line: None,
+                 chunk_function: Callable = train_chunk):
+        self.address, self.max_retries, self.say = address, max_retries, say
+        self.chunk_function = chunk_function  # tests swap in one whose worker dies
+        self.started = False  # this executor started Ray, so it shuts it down
+
+    def __enter__(self) -> RayExecutor:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("executor ray needs Ray, which is not installed: "
+                              "pip install -e '.[ray]'") from None
+        if not ray.is_initialized():
+            if self.address not in (None, "auto"):
+                _check_reachable(self.address)
+            from study.backend import native_stderr_silenced
+
+            # Ray's C++ core logs each retry of a connection to file descriptor 2 (a refused
+            # token: one line a second for half a minute); the error below says it in one.
+            try:
+                with native_stderr_silenced(), _signal_handlers_kept():
+                    ray.init(address=self.address, include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+            except Exception as err:  # no cluster there, a refused token, a bad address
+                reason = _first_line(err) or type(err).__name__
+                if self.address is None:
+                    raise ConfigError(f"executor: cannot start a local Ray cluster ({reason})") \
+                        from None
+                raise ConfigError(f"ray_address: cannot reach a Ray cluster at {self.address} "
+                                  f"({reason}); a cluster with token authentication wants "
+                                  "RAY_AUTH_MODE=token and its token here too") from None
+            self.started = True
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        where = ("this process's Ray cluster" if not self.started
+                 else f"the Ray cluster at {self.address}" if self.address
+                 else "a local Ray cluster")
+        self.say(f"ray: training on {where} with {cpus} CPUs")
+        self.cpus = cpus
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            import ray
+
+            ray.shutdown()
+
+    def train_arms(self, arms: list[Arm], config: StudyConfig, splits: Splits,
+                   advance: Advance) -> Pairs:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=self.max_retries)(self.chunk_function)
+        config_ref = ray.put(config)
+        pending = {task.remote(config_ref, chunk): chunk
+                   for chunk in chunks(arms, config, splits, self.cpus)}
+        try:
+            while pending:
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                chunk = pending.pop(done)
+                try:
+                    pairs = ray.get(done)
+                except ray.exceptions.RayError as err:
+                    raise ChunkFailed(_failure(chunk, err, self.max_retries)) from None
+                advance(len(chunk))
+                yield from pairs
+        finally:  # failed or interrupted: the other chunks' work would be thrown away
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept():
+    """ray.init makes SIGTERM exit the process at once; the study's own handler (``cli``:
+    keep the finished arms, mark the parent KILLED, exit 143) is put back. Leaving the
+    executor shuts the local cluster down, which Ray's handler would have done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+# ray.init retries an address where nothing answers for minutes; a TCP probe answers in
+# seconds.
+REACH_TIMEOUT_S = 5
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or f"no answer within {REACH_TIMEOUT_S} s"
+        raise ConfigError(f"ray_address: cannot reach a Ray cluster at {address} ({reason}); "
+                          "start one (ray start --head --port=6379) or check --address") \
+            from None
+
+
+def _first_line(err: BaseException, last: bool = False) -> str:
+    """One line of an error's text (Ray's carry tracebacks): the first, or the last."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0])[:160] if lines else ""
+
+
+def _failure(chunk: list[Arm], err: Exception, retries: int) -> str:
+    import ray
+
+    loss, optimizer = chunk[0].group
+    if isinstance(err, ray.exceptions.RayTaskError):  # the training raised
+        cause = err.cause if getattr(err, "cause", None) is not None else err
+        reason = f"{type(cause).__name__}: {_first_line(cause, last=True)}"
+    else:  # the worker died on every attempt
+        reason = f"{type(err).__name__}, after {retries} retries"
+    return (f"a chunk of {len(chunk)} arms ({loss}, {optimizer}) failed on Ray ({reason}); "
+            "the arms of the chunks that finished are stored, rerun to train the rest")
+
+
+def executor_for(config: StudyConfig, say: Callable[[str], None] = lambda line: None):
+    """The executor the config asks for, not yet entered."""
+    if config.executor == "ray":
+        return RayExecutor(config.ray_address, say=say)
+    return LocalExecutor()
