@@ -123,24 +123,27 @@ def _show(config, arms) -> None:
               f"  {arm.key}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: finished arms kept, the parent run KILLED."""
-
-
-def _interruptible() -> None:
-    """Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated, once: the study then keeps
+def _interruptible() -> list[int]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, once: the study then keeps
     the arms it finished, marks its parent run KILLED and says so. A second Ctrl-C or
-    SIGTERM during that clean-up ends the process at once, without a traceback."""
+    SIGTERM during that clean-up ends the process at once, without a traceback. Returns the
+    list the signal received is recorded in: the exit code follows it, not the exception,
+    which library code (Ray's waits) may catch and raise again as a plain
+    KeyboardInterrupt."""
+    received: list[int] = []
+
     def now(signum, frame):
         os._exit(128 + signum)
 
     def first(signum, frame):
+        received.append(signum)
         signal.signal(signal.SIGINT, now)
         signal.signal(signal.SIGTERM, now)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, first)
     signal.signal(signal.SIGTERM, first)
+    return received
 
 
 def _confirm(args):
@@ -163,7 +166,7 @@ def _run(config, args) -> int:
     from study.tracking import browse_link
 
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    _interruptible()
+    received = _interruptible()
     try:
         result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force,
                            confirm=_confirm(args), say=lambda line: print(line, flush=True))
@@ -176,7 +179,7 @@ def _run(config, args) -> int:
     except KeyboardInterrupt as err:
         kept = getattr(err, "arms_kept", 0)
         print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
-        return 143 if isinstance(err, Terminated) else 130
+        return 128 + (received[0] if received else signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
