@@ -133,3 +133,23 @@ def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
     assert _values(uri) == uninterrupted  # each arm once, with its values
     _, children = _statuses(uri)
     assert len(children) == 48
+
+
+@pytest.mark.slow
+def test_two_studies_write_to_one_real_tracking_server_at_once(mlflow_server, uninterrupted):
+    """Two processes, two studies, one `mlflow server`: each stores its arms once, and the
+    48-arm study's values equal the uninterrupted run's in a local SQLite store."""
+    study = _run(mlflow_server)
+    other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
+                              "--set", "name=alongside", "--quiet", "--tracking-uri",
+                              mlflow_server], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    assert study.wait(timeout=300) == 0, study.stderr.read().decode()
+    assert other.wait(timeout=300) == 0, other.stderr.read().decode()
+    assert _values(mlflow_server) == uninterrupted
+    parents, children = _statuses(mlflow_server)
+    assert parents == ["FINISHED"] and children == ["FINISHED"] * 48
+    client = MlflowClient(mlflow_server)
+    beside = client.search_runs([client.get_experiment_by_name("alongside").experiment_id],
+                                "attributes.status = 'FINISHED'")
+    assert len([r for r in beside if "study.arm" in r.data.tags]) == 8
