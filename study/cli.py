@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="train every arm again, even those FINISHED in the store")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--store-timeout", default=None, metavar="SECONDS",
+                     help="how long to keep retrying a tracking server that stops answering "
+                          "mid-study before stopping with exit 3 (default: 120); a rerun "
+                          "finishes the study")
     run.add_argument("--yes", action="store_true",
                      help="start a study estimated at more than 30 min or 5 GB of store "
                           "without asking")
@@ -69,6 +73,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         arms = expand_grid(config)
+        if args.command == "run":
+            args.store_timeout = _store_timeout(args.store_timeout)
         if args.command == "show":
             _show(config, arms)
             return 0
@@ -77,6 +83,23 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return _run(config, args)
+
+
+def _store_timeout(text: str | None) -> float:
+    import math
+
+    from study.tracking import STORE_TIMEOUT_S
+
+    if text is None:
+        return STORE_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(f"--store-timeout: {text!r} is not a number of seconds >= 0 "
+                          f"(default {STORE_TIMEOUT_S:g})")
+    return seconds
 
 
 def _show(config, arms) -> None:
@@ -122,7 +145,13 @@ def _confirm(args):
     return confirm
 
 
+# Exit codes: 0 done, 2 bad input (nothing written), 3 the tracking server went away
+# mid-study (what was stored is kept; rerun when it is back), 130/143 Ctrl-C/SIGTERM.
+STORE_GONE = 3
+
+
 def _run(config, args) -> int:
+    from study.errors import StoreUnreachable
     from study.run import run_study
     from study.tracking import browse_link
 
@@ -130,10 +159,13 @@ def _run(config, args) -> int:
     _interruptible()
     try:
         result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force,
-                           confirm=_confirm(args))
+                           store_timeout=args.store_timeout, confirm=_confirm(args))
     except ConfigError as err:  # found once the data is loaded, still before any run exists
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StoreUnreachable as err:
+        print(f"error: {_gone(err)}", file=sys.stderr)
+        return STORE_GONE
     except KeyboardInterrupt as err:
         kept = getattr(err, "arms_kept", 0)
         print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
@@ -153,6 +185,14 @@ def _run(config, args) -> int:
              ": nothing to train, so no new run"))
     print(f"browse it: {browse_link(result.tracking_uri, result.experiment_id)}")
     return 0
+
+
+def _gone(err) -> str:
+    """One line: which server, for how long, what is stored and what a rerun trains."""
+    if err.arms_stored is None:  # before the study knew what the store holds
+        return f"{err}; rerun when it is back"
+    return (f"{err}; {err.arms_stored} arms are stored, rerun when it is back to train the "
+            f"other {err.arms_total - err.arms_stored}")
 
 
 def _report(args) -> int:
