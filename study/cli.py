@@ -191,8 +191,9 @@ def _gone(err) -> str:
     """One line: which server, for how long, what is stored and what a rerun trains."""
     if err.arms_stored is None:  # before the study knew what the store holds
         return f"{err}; rerun when it is back"
-    return (f"{err}; {err.arms_stored} arms are stored, rerun when it is back to train the "
-            f"other {err.arms_total - err.arms_stored}")
+    stored = "1 arm is" if err.arms_stored == 1 else f"{err.arms_stored} arms are"
+    return (f"{err}; {stored} stored, rerun when it is back to train the other "
+            f"{err.arms_total - err.arms_stored}")
 
 
 def _report(args) -> int:
