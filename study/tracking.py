@@ -174,7 +174,7 @@ def unreachable(err: BaseException) -> bool:
     return False
 
 
-def _reason(err: Exception) -> str:
+def _reason(err: Exception, timeout: str = REACH_TIMEOUT_S) -> str:
     """The cause in a few words, from MLflow's long connection errors."""
     import re
 
@@ -183,7 +183,7 @@ def _reason(err: Exception) -> str:
     if found:
         return found.group(1).strip()
     if "timed out" in text.lower() or "timeout" in text.lower():
-        return f"no answer within {REACH_TIMEOUT_S} s"
+        return f"no answer within {timeout} s"
     return (text.splitlines()[0][:120] if text else type(err).__name__)
 
 
@@ -197,6 +197,8 @@ class StudyTracker:
         self.store_timeout = store_timeout
         self.outage_since: float | None = None  # monotonic time of the first failed try
         self.abandoned: list[str] = []  # child runs of failed tries not yet deleted
+        # Set when the study stops for another reason (Ctrl-C): an outage is not waited out.
+        self.impatient = False
         # MLflow prints a "View run ... at" line per run to stdout for a server store: 2 per
         # arm; the study prints its own link once.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -229,11 +231,11 @@ class StudyTracker:
                 if self.outage_since is None:
                     self.outage_since = now
                 deadline = self.outage_since + self.store_timeout
-                if now >= deadline:
-                    raise StoreUnreachable(self.uri, self.store_timeout, _reason(err)) \
-                        from None
+                if now >= deadline or self.impatient:
+                    reason = _reason(err, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?"))
+                    raise StoreUnreachable(self.uri, self.store_timeout, reason) from None
                 retry_at = min(now + next(delays, BACKOFF_S[-1]), deadline)
-                while (left := retry_at - time.monotonic()) > 0:
+                while (left := retry_at - time.monotonic()) > 0 and not self.impatient:
                     waiting(time.monotonic() - self.outage_since, self.store_timeout)
                     time.sleep(min(1.0, left))
                 continue
@@ -493,6 +495,8 @@ class ArmWriter:
 
     def __exit__(self, kind, error, traceback) -> None:
         started = time.perf_counter()
+        if kind is not None:  # Ctrl-C during an outage: stop at once, the rerun retrains
+            self.tracker.impatient = True
         self.pool.shutdown(wait=True)
         self.wait_seconds = time.perf_counter() - started
         if kind is None:
