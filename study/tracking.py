@@ -222,14 +222,15 @@ class StudyTracker:
         ``waiting`` hears every second how long the outage has lasted, and the budget."""
         delays = iter(BACKOFF_S)
         while True:
+            tried = time.monotonic()
             try:
                 value = attempt()
             except Exception as err:
                 if not (self.patient and unreachable(err)):
                     raise
                 now = time.monotonic()
-                if self.outage_since is None:
-                    self.outage_since = now
+                if self.outage_since is None:  # a hung server's first silence counts too
+                    self.outage_since = tried
                 deadline = self.outage_since + self.store_timeout
                 if now >= deadline or self.impatient:
                     reason = _reason(err, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?"))
