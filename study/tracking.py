@@ -3,7 +3,8 @@
 One parent run per invocation (the config, its hash, the git commit, package versions) and
 one nested child run per arm, written when the arm finishes: its params, tags and metrics in
 ``log_batch`` calls, then FINISHED. An arm that did not finish has no run, so every child run
-in the store is complete.
+in the store is complete. A tracking server that stops answering is retried with backoff for
+at most the study's store timeout (``StudyTracker.patiently``), then StoreUnreachable.
 """
 
 from __future__ import annotations
