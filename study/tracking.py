@@ -355,10 +355,11 @@ class StudyTracker:
         try:
             yield self.parent_run_id
         except BaseException as err:
-            # One try: a server that is gone leaves the parent RUNNING, and the next run's
-            # sweep marks it KILLED and deletes its unfinished children.
+            # One short try: a server that is gone leaves the parent RUNNING, and the next
+            # run's sweep marks it KILLED and deletes its unfinished children.
             status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), \
+                    _environment(MLFLOW_HTTP_REQUEST_TIMEOUT=REACH_TIMEOUT_S):
                 self._close_parent(status)
             raise
         self.patiently(lambda: self._close_parent("FINISHED"))
@@ -418,11 +419,12 @@ class StudyTracker:
             for start in range(first, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
             self.client.set_terminated(run_id, "FINISHED", end_time=result.finished_ms)
-        except BaseException:
-            try:
-                self.client.delete_run(run_id)
-            except Exception:
-                self.abandoned.append(run_id)
+        except BaseException as err:
+            self.abandoned.append(run_id)
+            if not (self.patient and unreachable(err)):  # a server that is gone: next try
+                with contextlib.suppress(Exception):
+                    self.client.delete_run(run_id)
+                    self.abandoned.pop()
             raise
         return run_id
 
