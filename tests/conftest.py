@@ -91,11 +91,12 @@ class MlflowServer:
         import urllib.request
 
         mlflow = Path(sys.executable).parent / "mlflow"
+        self.log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server's)
         self.process = subprocess.Popen(
             [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
              "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=self.log, stderr=self.log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             try:
