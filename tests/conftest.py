@@ -72,7 +72,7 @@ def smoke_store(tmp_path_factory):
 class MlflowServer:
     """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
     killed (SIGKILL to its process group, as a crash would) and started again on the same
-    port and store."""
+    port and store. Each start logs to ``folder/server-N.log``."""
 
     def __init__(self, folder: Path):
         import socket
@@ -83,6 +83,11 @@ class MlflowServer:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"server-{self.starts}.log"
 
     def start(self, timeout: float = 90) -> MlflowServer:
         import subprocess
@@ -90,22 +95,27 @@ class MlflowServer:
         import time
         import urllib.request
 
+        self.starts += 1
         mlflow = Path(sys.executable).parent / "mlflow"
-        self.log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (the server's)
-        self.process = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=self.log, stderr=self.log, start_new_session=True)
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.folder / "artifacts")],
+                stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return self
+                # Whoever answers must be this server: another process may hold the port.
+                if f"running on {self.url}" in self.log.read_text(errors="replace"):
+                    return self
             except OSError:
-                assert self.process.poll() is None and time.monotonic() < deadline, \
-                    "no mlflow server"
-                time.sleep(0.2)
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, \
+                f"no mlflow server on {self.url}: {self.log.read_text(errors='replace')[-2000:]}"
+            time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Signal the server's whole process group (its workers too) and wait for it."""

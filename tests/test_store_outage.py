@@ -84,7 +84,7 @@ def _kill_once_some_arms_are_stored(server: MlflowServer, study: subprocess.Pope
     """SIGKILL the server when the study has stored its first arms; when it died."""
     deadline = time.monotonic() + 240
     while _stored(server, experiment) < 1:
-        assert study.poll() is None, study.communicate()
+        assert study.poll() is None, (study.communicate(), server.log.read_text())
         assert time.monotonic() < deadline
         time.sleep(0.05)
     server.kill()
