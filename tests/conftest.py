@@ -90,10 +90,13 @@ class MlflowServer:
         return self.folder / f"server-{self.starts}.log"
 
     def start(self, timeout: float = 90) -> MlflowServer:
+        """Start the server and wait until it answers."""
+        return self.launch().ready(timeout)
+
+    def launch(self) -> MlflowServer:
+        """Start the server without waiting for it (``ready`` waits)."""
         import subprocess
         import sys
-        import time
-        import urllib.request
 
         self.starts += 1
         mlflow = Path(sys.executable).parent / "mlflow"
@@ -104,6 +107,12 @@ class MlflowServer:
                  "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
                  "--artifacts-destination", str(self.folder / "artifacts")],
                 stdout=log, stderr=log, start_new_session=True)
+        return self
+
+    def ready(self, timeout: float = 90) -> MlflowServer:
+        import time
+        import urllib.request
+
         deadline = time.monotonic() + timeout
         while True:
             try:

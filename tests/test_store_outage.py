@@ -56,20 +56,22 @@ def _values(uri: str, experiment: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> dict:
+def server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("outage")).launch()  # ready when used
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, server) -> dict:
+    """The study's values trained in one go into a SQLite store (while the server starts)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('whole') / 'mlflow.db'}"
     done = _study(uri, "--quiet")
     assert done.wait(timeout=300) == 0, done.stderr.read()
     values = _values(uri, "smoke")
     assert len(values) == N_ARMS
+    server.ready()
     return values
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("outage")).start()
-    yield server
-    server.stop()
 
 
 def _stored(server: MlflowServer, experiment: str) -> int:
