@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, metavar="HOST:PORT",
                      help="with --executor ray: a running Ray cluster's head (default: start "
                           "a local cluster); overrides the config's ray_address")
+    run.add_argument("--store-timeout", default=None, metavar="SECONDS",
+                     help="how long to keep retrying a tracking server that stops answering "
+                          "mid-study before stopping with exit 3 (default: 120); a rerun "
+                          "finishes the study")
     run.add_argument("--yes", action="store_true",
                      help="start a study estimated at more than 30 min or 5 GB of store "
                           "without asking")
@@ -97,6 +101,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         config = load_config(args.config, args.overrides, _flags(args))
         arms = expand_grid(config)
+        if args.command == "run":
+            args.store_timeout = _store_timeout(args.store_timeout)
         if args.command == "show":
             _show(config, arms)
             return 0
@@ -112,6 +118,23 @@ def _flags(args) -> dict[str, str]:
     flags = {"executor": getattr(args, "executor", None),
              "ray_address": getattr(args, "address", None)}
     return {key: value for key, value in flags.items() if value is not None}
+
+
+def _store_timeout(text: str | None) -> float:
+    import math
+
+    from study.tracking import STORE_TIMEOUT_S
+
+    if text is None:
+        return STORE_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(f"--store-timeout: {text!r} is not a number of seconds >= 0 "
+                          f"(default {STORE_TIMEOUT_S:g})")
+    return seconds
 
 
 def _show(config, arms) -> None:
@@ -160,8 +183,14 @@ def _confirm(args):
     return confirm
 
 
+# Exit codes: 0 done, 2 bad input (nothing written), 3 the tracking server went away
+# mid-study (what was stored is kept; rerun when it is back), 130/143 Ctrl-C/SIGTERM.
+STORE_GONE = 3
+
+
 def _run(config, args) -> int:
     from study.browse import stored_view_key
+    from study.errors import StoreUnreachable
     from study.run import run_study
     from study.tracking import browse_link
 
@@ -169,13 +198,17 @@ def _run(config, args) -> int:
     received = _interruptible()
     try:
         result = run_study(config, args.tracking_uri, progress=not args.quiet, force=args.force,
-                           confirm=_confirm(args), say=lambda line: print(line, flush=True))
+                           store_timeout=args.store_timeout, confirm=_confirm(args),
+                           say=lambda line: print(line, flush=True))
     except ConfigError as err:  # found once the data is loaded, still before any run exists
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ChunkFailed as err:  # the parent run ended FAILED; finished chunks are stored
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except StoreUnreachable as err:
+        print(f"error: {_gone(err)}", file=sys.stderr)
+        return STORE_GONE
     except KeyboardInterrupt as err:
         kept = getattr(err, "arms_kept", 0)
         print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
@@ -234,6 +267,15 @@ def _ui(args) -> int:
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     os.execvp(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                       "--port", str(port), "--workers", "1"])
+
+
+def _gone(err) -> str:
+    """One line: which server, for how long, what is stored and what a rerun trains."""
+    if err.arms_stored is None:  # before the study knew what the store holds
+        return f"{err}; rerun when it is back"
+    stored = "1 arm is" if err.arms_stored == 1 else f"{err.arms_stored} arms are"
+    return (f"{err}; {stored} stored, rerun when it is back to train the other "
+            f"{err.arms_total - err.arms_stored}")
 
 
 def _report(args) -> int:

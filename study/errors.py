@@ -18,3 +18,16 @@ def check_name(kind: str, name: str, valid: Iterable[str]) -> str:
 
 class ChunkFailed(RuntimeError):
     """A chunk of arms failed for good on a cluster: the CLI prints one line and exits 1."""
+
+
+class StoreUnreachable(RuntimeError):
+    """The MLflow tracking server stopped answering mid-study and did not come back within the
+    study's store timeout. The CLI prints one line (what is stored, what a rerun will train)
+    and exits 3; the arms it trained but could not write are retrained by the rerun."""
+
+    def __init__(self, uri: str, seconds: float, reason: str):
+        super().__init__(f"the MLflow tracking server at {uri} has not answered for "
+                         f"{seconds:g} s ({reason})")
+        self.uri, self.seconds, self.reason = uri, seconds, reason
+        self.arms_stored: int | None = None  # filled in by run_study, which knows the study
+        self.arms_total: int | None = None

@@ -12,12 +12,13 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
+from study.errors import StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
 from study.plan import Estimate, check_fits_data, check_memory, estimate
-from study.tracking import ArmWriter, StudyTracker, arm_params, sqlite_path
+from study.tracking import STORE_TIMEOUT_S, ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
 
 
@@ -56,7 +57,7 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
 
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
-              force: bool = False,
+              force: bool = False, store_timeout: float = STORE_TIMEOUT_S,
               confirm: Callable[[Estimate], None] = lambda estimate: None,
               say: Callable[[str], None] = lambda line: None,
               executor=None) -> StudyResult:
@@ -64,10 +65,12 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
 
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
     resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
-    any MLflow run exists, and may stop it by raising. ``say`` hears where the arms train;
-    ``executor`` (default: the one the config names, ``study.executors``) trains them.
+    any MLflow run exists, and may stop it by raising. A tracking server that stops
+    answering mid-study is retried for ``store_timeout`` seconds, then StoreUnreachable.
+    ``say`` hears where the arms train; ``executor`` (default: the one the config names,
+    ``study.executors``) trains them.
     """
-    tracker = StudyTracker(tracking_uri)  # an unusable store fails first, in seconds
+    tracker = StudyTracker(tracking_uri, store_timeout)  # an unusable store fails first
     DATASETS[config.dataset].check_available()  # before any run is created
     splits = load_dataset(config.dataset, config.data_seed)
     check_fits_data(config, splits)
@@ -75,9 +78,17 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     model, params = check_model_and_starts(config, splits)
     digest = config_hash(config)
     arms = expand_grid(config)
+    with tracker.requests_once():
+        return _resume(config, tracker, splits, arms, digest, model, params, progress, force,
+                       confirm, say, executor)
+
+
+def _resume(config, tracker, splits, arms, digest, model, params, progress, force,
+            confirm, say, executor) -> StudyResult:
+    """Train the arms without a FINISHED run in the store (every arm if ``force``)."""
     # A store that does not exist yet is not created just to learn it holds nothing.
-    done = set() if force or not tracker.store_exists() else tracker.finished_arms(
-        config.name, digest)
+    done = set() if force or not tracker.store_exists() else tracker.patiently(
+        lambda: tracker.finished_arms(config.name, digest))
     confirm(estimate(config, splits, len(arms) - len(done), params))  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -87,18 +98,25 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     if executor is None:
         executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
     with executor as trains, study_lock(db, config.name, tracker.uri):
-        tracker.sweep(config.name, locked=db is not None)  # what a dead process left
-        superseded = tracker.supersede(config.name, digest) if force else 0
-        done = tracker.finished_arms(config.name, digest)
+        # what a dead process left
+        tracker.patiently(lambda: tracker.sweep(config.name, locked=db is not None))
+        superseded = tracker.patiently(
+            lambda: tracker.supersede(config.name, digest)) if force else 0
+        done = tracker.patiently(lambda: tracker.finished_arms(config.name, digest))
         todo: list[Arm] = [arm for arm in arms if arm.key not in done]
         if not todo:  # every arm is in the store: nothing to train, no empty parent run
-            return StudyResult(tracker.uri, tracker.experiment_of(config.name), "",
-                               skipped=[arm.key for arm in arms])
+            return StudyResult(tracker.uri,
+                               tracker.patiently(lambda: tracker.experiment_of(config.name)),
+                               "", skipped=[arm.key for arm in arms])
         try:
             result = _train_and_log(config, tracker, splits, todo, arms, done, digest,
                                     config_yaml, model, progress, trains)
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
+            raise
+        except StoreUnreachable as err:  # the CLI says what is stored and what a rerun trains
+            err.arms_stored = len(done) + tracker.arms_written
+            err.arms_total = len(arms)
             raise
         result.superseded = superseded
         return result
@@ -117,9 +135,10 @@ def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yam
                               "{postfix}]")
         started = time.perf_counter()
         # MLflow may still be writing when training ends: the bar says how far it has got
-        with bar, ArmWriter(tracker, lambda n: bar.set_postfix_str(f"{n} stored")) as writer:
+        with bar, ArmWriter(tracker, bar.set_postfix_str) as writer:
             def advance(arms: float) -> None:  # fractions of arms add up to a hair over
                 bar.update(min(arms, bar.total - bar.n))
+                writer.check()  # the store is gone for good: stop training now
 
             for arm, arm_result in executor.train_arms(todo, config, splits, advance):
                 writer.write(arm, arm_result, arm_params(arm, config, model))

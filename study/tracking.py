@@ -3,7 +3,8 @@
 One parent run per invocation (the config, its hash, the git commit, package versions) and
 one nested child run per arm, written when the arm finishes: its params, tags and metrics in
 ``log_batch`` calls, then FINISHED. An arm that did not finish has no run, so every child run
-in the store is complete.
+in the store is complete. A tracking server that stops answering is retried with backoff for
+at most the study's store timeout (``StudyTracker.patiently``), then StoreUnreachable.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 from study.claims import owner_is_gone, schema_lock, this_process
 from study.config import StudyConfig
 from study.cores import WriterCore
-from study.errors import ConfigError
+from study.errors import ConfigError, StoreUnreachable
 from study.grid import Arm, exact, optimizer_of
 from study.train.common import ArmResult
 
+T = TypeVar("T")
 PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "scikit-learn", "mnist1d", "pandas")
 
 
@@ -198,7 +201,36 @@ def check_store(uri: str) -> None:
                                   "MLFLOW_TRACKING_URI") from None
 
 
-def _reason(err: Exception) -> str:
+# A tracking server that goes away mid-study. MLflow's client would retry each request 7 times
+# with exponential backoff (about 4 minutes per request, so hours for a study's queue of writes)
+# and wait up to 120 s for each answer. A study's requests go out once, with a short timeout,
+# and the study retries a whole arm's write itself, with backoff, until one outage has lasted
+# the store timeout (--store-timeout): then it stops with one line, exit 3.
+STORE_TIMEOUT_S = 120.0
+REQUEST_RETRIES, REQUEST_TIMEOUT_S = "0", "15"  # MLflow's own; the timeout is the user's if set
+BACKOFF_S = (1, 2, 4, 8)  # waits between tries; then every 8 s, so a server back is seen soon
+
+
+def unreachable(err: BaseException) -> bool:
+    """True for a failure a tracking server's return can cure: no connection, no answer in
+    time, a 5xx or 429 answer. A 4xx answer is the request's fault and is not retried."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(10):  # MLflow re-raises the requests error as the context of its own
+        if err is None:
+            return False
+        if isinstance(err, (requests.ConnectionError, requests.Timeout,
+                            requests.exceptions.RetryError)):
+            return True
+        if isinstance(err, MlflowException) and (err.get_http_status_code() >= 500
+                                                 or err.get_http_status_code() == 429):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _reason(err: Exception, timeout: str = REACH_TIMEOUT_S) -> str:
     """The cause in a few words, from MLflow's long connection errors."""
     import re
 
@@ -207,14 +239,22 @@ def _reason(err: Exception) -> str:
     if found:
         return found.group(1).strip()
     if "timed out" in text.lower() or "timeout" in text.lower():
-        return f"no answer within {REACH_TIMEOUT_S} s"
+        return f"no answer within {timeout} s"
     return (text.splitlines()[0][:120] if text else type(err).__name__)
 
 
 class StudyTracker:
-    def __init__(self, tracking_uri: str | None = None):
+    def __init__(self, tracking_uri: str | None = None,
+                 store_timeout: float = STORE_TIMEOUT_S):
         self.uri = absolute_uri(tracking_uri or default_tracking_uri())
         check_store(self.uri)
+        # Only a server can go away and come back; a local store's errors are reported at once.
+        self.patient = urlparse(self.uri).scheme in ("http", "https")
+        self.store_timeout = store_timeout
+        self.outage_since: float | None = None  # monotonic time of the first failed try
+        self.abandoned: list[str] = []  # child runs of failed tries not yet deleted
+        # Set when the study stops for another reason (Ctrl-C): an outage is not waited out.
+        self.impatient = False
         # MLflow prints a "View run ... at" line per run to stdout for a server store: 2 per
         # arm; the study prints its own link once.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -224,6 +264,42 @@ class StudyTracker:
         self.config_hash: str | None = None
         self.best_lr: bool | None = None  # the child runs' study.best_lr tag, if known
         self.several_optimizers = False  # then run names say the optimizer
+
+    def requests_once(self):
+        """While a study runs, MLflow makes each HTTP request once, with a short timeout:
+        ``patiently`` does the retrying, within the store timeout."""
+        return _environment(
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES=REQUEST_RETRIES,
+            MLFLOW_HTTP_REQUEST_TIMEOUT=os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+            or REQUEST_TIMEOUT_S)
+
+    def patiently(self, attempt: Callable[[], T],
+                  waiting: Callable[[float, float], None] = lambda waited, budget: None) -> T:
+        """``attempt()``, tried again with backoff while a tracking server does not answer,
+        until the outage has lasted ``store_timeout`` seconds: then StoreUnreachable.
+        ``waiting`` hears every second how long the outage has lasted, and the budget."""
+        delays = iter(BACKOFF_S)
+        while True:
+            tried = time.monotonic()
+            try:
+                value = attempt()
+            except Exception as err:
+                if not (self.patient and unreachable(err)):
+                    raise
+                now = time.monotonic()
+                if self.outage_since is None:  # a hung server's first silence counts too
+                    self.outage_since = tried
+                deadline = self.outage_since + self.store_timeout
+                if now >= deadline or self.impatient:
+                    reason = _reason(err, os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?"))
+                    raise StoreUnreachable(self.uri, self.store_timeout, reason) from None
+                retry_at = min(now + next(delays, BACKOFF_S[-1]), deadline)
+                while (left := retry_at - time.monotonic()) > 0 and not self.impatient:
+                    waiting(time.monotonic() - self.outage_since, self.store_timeout)
+                    time.sleep(min(1.0, left))
+                continue
+            self.outage_since = None  # the server answers: a later outage has a new budget
+            return value
 
     def _experiment(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -321,21 +397,24 @@ class StudyTracker:
         from mlflow.entities import Param, RunTag
 
         try:
-            self.experiment_id = self._experiment(config.name)
+            self.experiment_id = self.patiently(lambda: self._experiment(config.name))
             self._write_ahead_log()
+        except StoreUnreachable:
+            raise
         except Exception as err:  # a read-only file or folder, a server that refuses
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
             raise ConfigError(f"MLflow store {self.uri} cannot be written ({reason})") \
                 from None
         self.config_hash = config_hash
-        run = self.client.create_run(
+        tags = {"study.role": "parent", "study.config_hash": config_hash,
+                **context_tags(), **this_process()}
+        run = self.patiently(lambda: self.client.create_run(
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            tags={"study.role": "parent", "study.config_hash": config_hash,
-                  **context_tags(), **this_process()})
+            tags=tags))
         self.parent_run_id = run.info.run_id
         self._publish_views(config, config_hash)
         versions = package_versions()
-        self.client.log_batch(
+        self.patiently(lambda: self.client.log_batch(
             self.parent_run_id,
             params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
                     Param("dataset", config.dataset), Param("trainer", config.trainer),
@@ -344,18 +423,33 @@ class StudyTracker:
                     Param("escape", f"{config.escape:g}"),
                     Param("target_mode", config.target_mode),
                     Param("n_classes", str(n_classes))],
-            tags=[RunTag(f"version.{name}", v) for name, v in versions.items()])
-        self.client.log_text(self.parent_run_id, config_yaml, "config.yaml")
-        self.client.log_dict(self.parent_run_id, versions, "environment.json")
-        status = "FAILED"
+            tags=[RunTag(f"version.{name}", v) for name, v in versions.items()]))
+        self.patiently(lambda: self.client.log_text(self.parent_run_id, config_yaml,
+                                                    "config.yaml"))
+        self.patiently(lambda: self.client.log_dict(self.parent_run_id, versions,
+                                                    "environment.json"))
         try:
             yield self.parent_run_id
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
+        except BaseException as err:
+            # One short try: a server that is gone leaves the parent RUNNING, and the next
+            # run's sweep marks it KILLED and deletes its unfinished children.
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            with contextlib.suppress(Exception), \
+                    _environment(MLFLOW_HTTP_REQUEST_TIMEOUT=REACH_TIMEOUT_S):
+                self._close_parent(status)
             raise
-        finally:
-            self.client.set_terminated(self.parent_run_id, status)
+        self.patiently(lambda: self._close_parent("FINISHED"))
+
+    def _close_parent(self, status: str) -> None:
+        """Delete the children this invocation left unfinished (a try whose delete failed, a
+        run created by a request whose answer was lost), then end the parent run."""
+        unfinished = self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{self.parent_run_id}' "
+                                  "and attributes.status = 'RUNNING'", max_results=50000)
+        for run in unfinished:
+            self.client.delete_run(run.info.run_id)
+        self.abandoned.clear()
+        self.client.set_terminated(self.parent_run_id, status)
 
     def _publish_views(self, config: StudyConfig, config_hash: str) -> None:
         """The study's saved views in MLflow (one per start) and what the child runs need
@@ -377,13 +471,28 @@ class StudyTracker:
             sub = "report/figures" if path.suffix == ".png" else "report"
             self.client.log_artifact(parent_run_id, str(path), sub)
 
-    def write_arm(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
-        """A finished arm's child run, complete: its tags as it is created, then params and
-        metrics in as few batched calls as MLflow allows, then FINISHED. If a write fails,
-        the run is deleted, so no half-written arm stays visible. Returns the run id."""
+    def write_arm(self, arm: Arm, result: ArmResult, params: dict[str, str],
+                  waiting: Callable[[float, float], None] = lambda waited, budget: None) -> str:
+        """A finished arm's child run, complete (``_write_arm_once``), tried again as a whole
+        while a tracking server does not answer, within the store timeout. Returns the run
+        id."""
+        run_id = self.patiently(lambda: self._write_arm_once(arm, result, params), waiting)
+        self.arms_written += 1
+        return run_id
+
+    def _write_arm_once(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
+        """Its tags as the run is created, then params and metrics in as few batched calls as
+        MLflow allows, then FINISHED. If a write fails, the run is deleted, so no half-written
+        arm stays visible; if the delete fails too (the server is gone), the run stays
+        RUNNING, and is deleted by the next try, at the end of the study or by the next
+        run's sweep."""
         from mlflow.entities import Metric, Param
 
         from study.browse import arm_tags, run_name
+
+        while self.abandoned:  # an earlier try's run, maybe FINISHED by an answer that was lost
+            self.client.delete_run(self.abandoned[-1])
+            self.abandoned.pop()
 
         tags = {"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
                 "study.config_hash": self.config_hash,
@@ -404,10 +513,13 @@ class StudyTracker:
             for start in range(first, len(metrics), 1000):
                 self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
             self.client.set_terminated(run_id, "FINISHED", end_time=result.finished_ms)
-        except BaseException:
-            self.client.delete_run(run_id)
+        except BaseException as err:
+            self.abandoned.append(run_id)
+            if not (self.patient and unreachable(err)):  # a server that is gone: next try
+                with contextlib.suppress(Exception):
+                    self.client.delete_run(run_id)
+                    self.abandoned.pop()
             raise
-        self.arms_written += 1
         return run_id
 
 
@@ -416,15 +528,18 @@ class ArmWriter:
 
     ``write`` returns at once. Leaving the ``with`` block waits for every write and raises the
     first error; that holds when the study is cut short too, so every arm that finished is
-    kept, and an arm that did not finish never has a run. ``stored`` hears, from the writer
-    thread, how many arms are in the store so far. While writes are queued, the writer has a
+    kept, and an arm that did not finish never has a run. ``show`` hears, from the writer
+    thread, how many arms are in the store so far ("52 stored"), or, while a tracking server
+    does not answer, how long the writer has been retrying. Once the store timeout has run
+    out, the queued writes fail at once and ``check``, ``write`` and leaving the block raise
+    StoreUnreachable, so the study stops training. While writes are queued, the writer has a
     core to itself (``study.cores``).
     """
 
-    def __init__(self, tracker: StudyTracker, stored: Callable[[int], None] = lambda n: None):
+    def __init__(self, tracker: StudyTracker, show: Callable[[str], None] = lambda text: None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.tracker, self.stored, self.n_stored = tracker, stored, 0
+        self.tracker, self.show, self.n_stored = tracker, show, 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
         self.written: dict[str, Future] = {}  # arm key -> future run id
         self.core = WriterCore()
@@ -432,17 +547,33 @@ class ArmWriter:
         self.lock = threading.Lock()
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
+        self.gave_up: StoreUnreachable | None = None  # the store timeout ran out
+
+    def check(self) -> None:
+        """Raise StoreUnreachable once the writer has given up: training more arms into a
+        queue that cannot drain would only lose them."""
+        if self.gave_up is not None:
+            raise self.gave_up
 
     def write(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> None:
+        self.check()
         with self.lock:
             self.queued += 1
         self.written[arm.key] = self.pool.submit(self._timed, arm, result, params)
+
+    def _waiting(self, waited: float, budget: float) -> None:
+        self.core.release()  # a writer that sleeps between tries needs no core of its own
+        self.show(f"store unreachable, retrying ({waited:.0f} s of {budget:g} s)")
 
     def _timed(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         self.core.reserve()
         started = time.perf_counter()
         try:
-            run_id = self.tracker.write_arm(arm, result, params)
+            self.check()  # given up on an earlier arm: this one is retrained by the rerun
+            run_id = self.tracker.write_arm(arm, result, params, waiting=self._waiting)
+        except StoreUnreachable as err:
+            self.gave_up = err
+            raise
         finally:
             self.busy_seconds += time.perf_counter() - started
             with self.lock:
@@ -451,7 +582,7 @@ class ArmWriter:
             if idle:  # a write submitted meanwhile reserves the core again
                 self.core.release()
         self.n_stored += 1
-        self.stored(self.n_stored)
+        self.show(f"{self.n_stored} stored")
         return run_id
 
     def run_ids(self) -> dict[str, str]:
@@ -462,8 +593,11 @@ class ArmWriter:
 
     def __exit__(self, kind, error, traceback) -> None:
         started = time.perf_counter()
+        if kind is not None:  # Ctrl-C during an outage: stop at once, the rerun retrains
+            self.tracker.impatient = True
         self.pool.shutdown(wait=True)
         self.wait_seconds = time.perf_counter() - started
         if kind is None:
+            self.check()
             for future in self.written.values():
                 future.result()  # raise the first write error, if any

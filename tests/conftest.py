@@ -3,7 +3,9 @@ the project's own, shrunk (lightning-hydra style) so each test trains for second
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,75 @@ def smoke_store(tmp_path_factory):
     return uri
 
 
+class MlflowServer:
+    """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
+    killed (SIGKILL to its process group, as a crash would) and started again on the same
+    port and store. Each start logs to ``folder/server-N.log``."""
+
+    def __init__(self, folder: Path):
+        import socket
+
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.folder / f"server-{self.starts}.log"
+
+    def start(self, timeout: float = 90) -> MlflowServer:
+        """Start the server and wait until it answers."""
+        return self.launch().ready(timeout)
+
+    def launch(self) -> MlflowServer:
+        """Start the server without waiting for it (``ready`` waits)."""
+        import subprocess
+        import sys
+
+        self.starts += 1
+        mlflow = Path(sys.executable).parent / "mlflow"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.folder / "artifacts")],
+                stdout=log, stderr=log, start_new_session=True)
+        return self
+
+    def ready(self, timeout: float = 90) -> MlflowServer:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                # Whoever answers must be this server: another process may hold the port.
+                if f"running on {self.url}" in self.log.read_text(errors="replace"):
+                    return self
+            except OSError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, \
+                f"no mlflow server on {self.url}: {self.log.read_text(errors='replace')[-2000:]}"
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the server's whole process group (its workers too) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=30)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def smoke_report(smoke_store, tmp_path_factory):
     """The smoke study's report rendered once (about 40 s): (store, out folder, HTML paths)."""
@@ -79,34 +150,6 @@ def smoke_report(smoke_store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a free loopback port over its own SQLite store; its URL."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    folder = tmp_path_factory.mktemp("server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mlflow = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen(
-        [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "no mlflow server"
-            time.sleep(0.3)
-    yield url
-    import os
-    import signal
-
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    server = MlflowServer(tmp_path_factory.mktemp("server")).start()
+    yield server.url
+    server.stop()

@@ -18,7 +18,7 @@ class _RecordingTracker:
     def __init__(self, trainer_thread: int):
         self.trainer_thread, self.seen = trainer_thread, []
 
-    def write_arm(self, arm, result, params) -> str:
+    def write_arm(self, arm, result, params, waiting=None) -> str:
         self.seen.append((os.sched_getaffinity(0), os.sched_getaffinity(self.trainer_thread)))
         return f"run-{arm.key}"
 
