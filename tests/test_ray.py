@@ -94,6 +94,27 @@ def test_ray_stores_the_values_of_the_in_process_run_bit_for_bit(tmp_path, in_pr
     assert parent.data.params["executor"] == "ray"
 
 
+@pytest.mark.slow
+def test_ray_into_a_real_tracking_server_equals_the_in_process_run(mlflow_server, in_process):
+    """The done-when of scaling out: a study on a (local) Ray cluster into a real `mlflow
+    server`, with the values of the in-process run in a local SQLite store."""
+    arguments = [f"--set={item}" for item in [*OVERRIDES, "name=ray_served"]]
+    assert main(["run", str(CONFIGS / "smoke.yaml"), *arguments, "--executor", "ray",
+                 "--tracking-uri", mlflow_server, "--quiet"]) == 0
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("ray_served").experiment_id],
+                              "attributes.status = 'FINISHED'", max_results=1000)
+    stored = {run.data.tags["study.arm"]: {
+        name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+        for name in run.data.metrics} for run in runs if "study.arm" in run.data.tags}
+
+    def by_step(values):  # a server and a SQLite store may list a history in other orders
+        return {key: {name: sorted(points) for name, points in histories.items()}
+                for key, histories in values.items()}
+
+    assert by_step(stored) == by_step(in_process)
+
+
 def _dies_once(marker):
     """A chunk function whose first attempt anywhere dies mid-chunk, as a killed worker does
     (no Python error, no goodbye), and never returns; later attempts train."""

@@ -121,7 +121,9 @@ def test_a_server_gone_longer_than_the_timeout_stops_the_study_and_a_rerun_compl
                         lines[0])
     assert said, lines[0]
     stored, other = int(said[1]), int(said[2])
-    assert stored >= 1 and stored + other == N_ARMS
+    # the server stored at least one arm before it died, but the study may not have heard
+    # of it (the answer lost with the server): the rerun below finds it
+    assert stored + other == N_ARMS
 
     server.start()  # the same port and store
     rerun = _study(server.url, "--quiet")
@@ -141,6 +143,8 @@ def test_a_server_gone_longer_than_the_timeout_stops_the_study_and_a_rerun_compl
 
 @pytest.mark.slow
 def test_a_server_back_within_the_timeout_loses_nothing(server, uninterrupted):
+    if server.process is None or server.process.poll() is not None:  # an earlier test failed
+        server.start()
     study = _study(server.url, "--set", "name=brief", "--store-timeout", "120")
     _kill_once_some_arms_are_stored(server, study, "brief")
     server.start()
