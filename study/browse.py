@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable
 
 from study.grid import Arm
+from study.inits import start_name as start_label
 from study.palette import LOSS_COLOURS, OTHER_COLOURS
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
@@ -26,15 +27,6 @@ VIEW_URL_PARAM = "viewStateShareKey"
 LINK_VIEW_TAG = "study.view"  # the experiment's saved view that printed links open
 METRICS = ("val_accuracy", "val_nll")
 DEFAULT_PORT = 5000
-
-
-def start_label(init: str, severity: float) -> str:
-    """'saturated_wrong m=8', 'scaled k=4', 'glorot': the report's name of a start (the same
-    text as ``study.analysis.start_name``, without importing the analysis stack)."""
-    from study.inits import INITS
-
-    symbol = INITS[init].symbol if init in INITS else "severity"
-    return f"{init} {symbol}={severity:g}" if symbol else init
 
 
 def run_name(arm: Arm, with_optimizer: bool = False) -> str:

@@ -174,3 +174,10 @@ INITS: dict[str, InitScheme] = {
                    symbol="start"),
     ]
 }
+
+
+def start_name(init: str, severity: float) -> str:
+    """A start as the report, the run tags and the saved views name it: 'saturated_wrong
+    m=4', 'scaled k=4', 'glorot' (the letter from the scheme's registry entry)."""
+    symbol = INITS[init].symbol if init in INITS else "severity"
+    return f"{init} {symbol}={severity:g}" if symbol else init

@@ -126,8 +126,7 @@ def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yam
                    progress, executor) -> StudyResult:
     from tqdm.auto import tqdm
 
-    with tracker.study(config, config_yaml, digest, len(arms),
-                       splits.n_classes) as parent_run_id:
+    with tracker.study(config, config_yaml, digest, arms, splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
         bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,

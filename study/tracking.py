@@ -392,7 +392,7 @@ class StudyTracker:
 
     @contextlib.contextmanager
     def study(self, config: StudyConfig, config_yaml: str, config_hash: str,
-              n_arms: int, n_classes: int) -> Iterator[str]:
+              arms: list[Arm], n_classes: int) -> Iterator[str]:
         """The parent run, open while the study trains; FAILED or KILLED if it is cut short."""
         from mlflow.entities import Param, RunTag
 
@@ -412,11 +412,11 @@ class StudyTracker:
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags=tags))
         self.parent_run_id = run.info.run_id
-        self._publish_views(config, config_hash)
+        self._publish_views(config, config_hash, arms)
         versions = package_versions()
         self.patiently(lambda: self.client.log_batch(
             self.parent_run_id,
-            params=[Param("config_hash", config_hash), Param("n_arms", str(n_arms)),
+            params=[Param("config_hash", config_hash), Param("n_arms", str(len(arms))),
                     Param("dataset", config.dataset), Param("trainer", config.trainer),
                     Param("executor", config.executor),
                     Param("target", f"{config.target:g}"),
@@ -451,13 +451,11 @@ class StudyTracker:
         self.abandoned.clear()
         self.client.set_terminated(self.parent_run_id, status)
 
-    def _publish_views(self, config: StudyConfig, config_hash: str) -> None:
+    def _publish_views(self, config: StudyConfig, config_hash: str, arms: list[Arm]) -> None:
         """The study's saved views in MLflow (one per start) and what the child runs need
         for them: a readable name, the start tag, the best-lr tag when it is known now."""
         from study import browse
-        from study.grid import expand_grid
 
-        arms = expand_grid(config)
         self.several_optimizers = len(config.optimizers) > 1
         # One rate per loss: every arm is at its loss's chosen rate. A grid of rates: the
         # report picks each loss's best and tags the arms then.

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from study.analysis.load import Study
+from study.inits import start_name
 
 CELL = ["loss", "init", "severity"]
 CONTROL = "glorot"
@@ -303,14 +304,6 @@ def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
 # ---- the answer in words ------------------------------------------------------------------
 
 _BOUND_SIGN = {"": "", ">=": "≥", "<=": "≤", "?": "? "}
-
-
-def start_name(init: str, severity: float) -> str:
-    """'saturated_wrong m=4', 'scaled k=4', 'glorot' (the letter from the init registry)."""
-    from study.inits import INITS
-
-    symbol = INITS[init].symbol if init in INITS else "severity"
-    return f"{init} {symbol}={severity:g}" if symbol else init
 
 
 def loss_order(losses) -> list[str]:
