@@ -318,7 +318,7 @@ def _check_shape(text: str) -> None:
     never needs them, and they are how a small file expands to a huge one), nesting deeper
     than MAX_DEPTH and more than MAX_VALUES values."""
     depth = values = 0
-    for event in yaml.parse(text, Loader=_BASE):
+    for event in _events(text):
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise ConfigError(f"line {line}: YAML anchors and aliases (&name, *name) are not "
@@ -335,6 +335,16 @@ def _check_shape(text: str) -> None:
             if values > MAX_VALUES:
                 raise ConfigError(f"line {line}: more than {MAX_VALUES:,} values; a config "
                                   "needs far fewer")
+
+
+def _events(text: str):
+    try:
+        yield from yaml.parse(text, Loader=_BASE)
+    except yaml.YAMLError as err:  # libyaml's own bound (1,000 levels), met before ours
+        if "maximum nesting depth" in str(getattr(err, "problem", "")):
+            raise ConfigError(f"line {err.problem_mark.line + 1}: nested more than "
+                              f"{MAX_DEPTH} levels deep; a config needs a few") from None
+        raise
 
 
 def read_yaml(text: str):
