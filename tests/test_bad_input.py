@@ -4,9 +4,13 @@ the README cannot promise a row that is not tested."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import socket
+import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,17 +42,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _foreign_db(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+
+
+def _bomb() -> str:
+    """361 bytes that a YAML loader without bounds expands to 9**9 values."""
+    text, previous = 'name: a\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]\n"
+        previous = name
+    return text + f"losses: *{previous}\n"
+
+
+# The files and folders a row may name, made in its working directory before it runs.
+FIXTURES = {
+    "dup.yaml": lambda path: path.write_text("name: a\nname: b\n"),
+    "bomb.yaml": lambda path: path.write_text(_bomb()),
+    "deep.yaml": lambda path: path.write_text("name: " + "[" * 20000 + "]" * 20000 + "\n"),
+    "big.yaml": lambda path: path.write_text("seeds: [" + "0," * 550_000 + "]\n"),
+    "many.yaml": lambda path: path.write_text("seeds: [" + ",".join(["0"] * 400_000) + "]\n"),
+    "latin1.yaml": lambda path: path.write_bytes("name: café\n".encode("latin-1")),
+    "binary.yaml": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "bigint.yaml": lambda path: path.write_text("name: x\nepochs: " + "9" * 5000 + "\n"),
+    "sqlite:///folder": lambda path: path.mkdir(),
+    "foreign.db": _foreign_db,
+    "notes.db": lambda path: path.write_text("my notes\n"),
+    "empty.db": lambda path: path.write_bytes(b""),
+}
+
+
 def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     """The row's arguments with its placeholders made real."""
     replacements = {
         "PORT": str(_free_port()),  # nothing listens there
         "LONG300": "x" * 300,
         "SEEDS20000": str(list(range(20000))).replace(" ", ""),
+        "DEEP20000": "[" * 20000 + "]" * 20000,
     }
     for key, value in replacements.items():
         args = args.replace(key, value)
-    if "dup.yaml" in args:
-        (tmp_path / "dup.yaml").write_text("name: a\nname: b\n")
+    for name, make in FIXTURES.items():
+        if name in args:
+            make(tmp_path / name.removeprefix("sqlite:///"))
     if "dataset=mnist" in args:
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
         if "corrupt" in args:  # a truncated mnist.npz where Keras keeps it
@@ -68,6 +106,13 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     return argv
 
 
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every file and folder under ``folder``, with each file's size and content hash."""
+    return {str(path.relative_to(folder)): (path.stat().st_size,
+                                            hashlib.sha256(path.read_bytes()).hexdigest())
+            if path.is_file() else "folder" for path in folder.rglob("*")}
+
+
 @pytest.mark.parametrize(("args", "message"), ROWS, ids=[a[:40] for a, _ in ROWS])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
                                                             args, message):
@@ -75,7 +120,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     argv = _arguments(args, tmp_path, monkeypatch)
     if "--tracking-uri" not in argv:
         argv += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = snapshot(tmp_path)
     started = time.monotonic()
     code = main(["run", *argv, "--quiet"])
     seconds = time.monotonic() - started
@@ -83,8 +128,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert message in err[0]
+    assert len(err[0]) <= 400  # the user's input quoted in part, never whole
     assert seconds < 10  # a dead tracking server included
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no file
+    assert snapshot(tmp_path) == before  # no store, no lock file, no change to any file
 
 
 BAD_NAMES = ["..", ".", "../x", "/tmp/abs-study", "x" * 300]
