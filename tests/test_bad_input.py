@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
+import shlex
+import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +172,114 @@ def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, caps
                for folder in written)
     assert "(experiment '..')" in printed  # the mapping is shown
     assert sorted(p.name for p in (tmp_path / "sandbox").iterdir()) == ["CANARY", "reports"]
+
+
+# ---- the store, for the cases the table cannot set up ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """A new, empty MLflow SQLite store, made by MLflow itself; tests that change it copy it."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _study(*args: str, read_only: tuple[Path, ...] = ()) -> tuple[int, list[str], str]:
+    """``python -m study ARGS`` from the worktree: (exit code, stderr lines, stdout), with the
+    ``read_only`` folders and files made read-only for it. Root writes through permission
+    bits, so under root they are bind-mounted read-only in a mount namespace of the
+    command's own (as on a read-only file system); otherwise their modes are cleared."""
+    command = [sys.executable, "-m", "study", *args]
+    modes = {}
+    if read_only and os.geteuid() == 0:
+        mounts = " && ".join(f"mount --bind -o ro {shlex.quote(str(p))} {shlex.quote(str(p))}"
+                             for p in read_only)
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'{mounts} && exec "$@"', "sh", *command]
+    else:
+        for path in read_only:
+            modes[path] = path.stat().st_mode
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    return done.returncode, done.stderr.strip().splitlines(), done.stdout
+
+
+def test_a_read_only_store_or_folder_exits_2_before_any_file_is_made(tmp_path, mlflow_store):
+    locked, writable = tmp_path / "locked", tmp_path / "writable"
+    for folder in (locked, writable):
+        folder.mkdir()
+        shutil.copy(mlflow_store, folder / "mlflow.db")
+    cases = [(locked / "new.db", f"folder {locked} cannot be written"),
+             (locked / "mlflow.db", f"the store {locked / 'mlflow.db'} cannot be written"),
+             (writable / "mlflow.db", f"the store {writable / 'mlflow.db'} cannot be written")]
+    before = snapshot(tmp_path)
+    for db, message in cases:
+        started = time.monotonic()
+        code, err, _ = _study("run", SMOKE, "--quiet", "--tracking-uri", f"sqlite:///{db}",
+                              read_only=(locked, writable / "mlflow.db"))
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert time.monotonic() - started < 10  # the process's start included
+    assert snapshot(tmp_path) == before  # no lock file, no journal, no table
+
+
+@pytest.mark.parametrize("command", ["report", "ui"])
+def test_report_and_ui_refuse_a_missing_or_foreign_store_and_create_nothing(tmp_path, command):
+    _foreign_db(tmp_path / "foreign.db")
+    (tmp_path / "folder").mkdir()
+    cases = [(f"sqlite:///{tmp_path / 'mlflow.db'}", f"no MLflow store at {tmp_path}/mlflow.db"),
+             (f"sqlite:///{tmp_path / 'new' / 'm.db'}", "no MLflow store at"),
+             (f"sqlite:///{tmp_path / 'foreign.db'}", "is a database of another program"),
+             (f"sqlite:///{tmp_path / 'folder'}/", "ends in '/', a folder"),
+             ("sqlite:///:memory:", "names no file")]
+    before = snapshot(tmp_path)
+    for uri, message in cases:
+        out = ["--out", str(tmp_path / "reports")] if command == "report" else []
+        code, err, stdout = _study(command, "--tracking-uri", uri, *out)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert stdout == ""
+    assert snapshot(tmp_path) == before  # no store, no reports/ folder, the foreign file as it was
+
+
+def test_ui_on_a_busy_port_exits_2_and_names_a_free_one(mlflow_store):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err, stdout = _study("ui", "--tracking-uri", f"sqlite:///{mlflow_store}",
+                                   "--port", str(port))
+        assert code == 2 and len(err) == 1, err
+        assert f"port {port} is in use by another program" in err[0]
+        assert stdout == ""  # no link to whatever owns the port
+        free = int(re.search(r"--port (\d+) \(make ui PORT=\1\)", err[0]).group(1))
+        assert free != port
+        with socket.socket() as probe:  # free indeed
+            probe.bind(("127.0.0.1", free))
+
+
+def test_a_study_into_an_experiment_in_the_trash_exits_2_and_says_how_to_restore_it(
+        tmp_path, mlflow_store, capsys):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_store, store)
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.create_experiment("smoke")
+    client.delete_experiment(experiment)
+    before = snapshot(tmp_path)
+    assert main(["run", SMOKE, "--quiet", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: experiment 'smoke' (id {experiment}) is in MLflow's trash: restore "
+                   f"it (mlflow experiments restore --experiment-id {experiment}), or pick "
+                   "another name (--set name=...), or empty the trash for good (mlflow gc)"]
+    assert client.search_runs([experiment], run_view_type=ViewType.ALL) == []
+    after = snapshot(tmp_path)
+    after.pop(".mlflow.db.schema.lock", None)  # the harness's own lock beside its own store
+    assert after == before
