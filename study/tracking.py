@@ -269,7 +269,7 @@ def _check_mlflow_file(path: Path, said: str) -> None:
         raise ConfigError(f"{said}: {path} is an empty file, not an MLflow store; remove it "
                           "or give another path")
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?{_read_mode(path)}",
                                                 uri=True, timeout=1)) as db:
             tables = {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -279,6 +279,18 @@ def _check_mlflow_file(path: Path, said: str) -> None:
     if not MLFLOW_TABLES <= tables and not schema_lock_file(path).exists():
         raise ConfigError(f"{said}: {path} is a database of another program (no MLflow "
                           "tables), left untouched; give a new file or an MLflow store")
+
+
+def _read_mode(path: Path) -> str:
+    """How to open a SQLite file without writing beside it. Read-only, a database in WAL
+    mode still gets a -wal and a -shm file unless they exist already (someone has it open):
+    with neither there, every commit is in the file itself, which is then read as
+    immutable (no locks, no files)."""
+    with path.open("rb") as file:
+        header = file.read(20)
+    wal = header[:16] == b"SQLite format 3\x00" and len(header) == 20 and header[18] == 2
+    alone = not any(Path(f"{path}{end}").exists() for end in ("-wal", "-shm"))
+    return "immutable=1" if wal and alone else "mode=ro"
 
 
 def _check_driver(uri: str) -> None:

@@ -47,8 +47,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _foreign_db(path: Path) -> None:
+def _foreign_db(path: Path, journal: str = "delete") -> None:
     with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"PRAGMA journal_mode={journal}")
         db.execute("CREATE TABLE notes (body TEXT)")
         db.execute("INSERT INTO notes VALUES ('mine')")
 
@@ -74,6 +75,7 @@ FIXTURES = {
     "bigint.yaml": lambda path: path.write_text("name: x\nepochs: " + "9" * 5000 + "\n"),
     "sqlite:///folder": lambda path: path.mkdir(),
     "foreign.db": _foreign_db,
+    "foreign-wal.db": lambda path: _foreign_db(path, "wal"),  # read without a -wal or -shm
     "notes.db": lambda path: path.write_text("my notes\n"),
     "empty.db": lambda path: path.write_bytes(b""),
 }
