@@ -260,11 +260,13 @@ def _check_sqlite(uri: str, must_exist: bool) -> None:
 
 def _check_mlflow_file(path: Path, said: str) -> None:
     """Refuse a file that is not an MLflow store, read without writing a byte: opened
-    read-only, only its table names are looked at. A file whose tables this harness is
-    still creating (its schema lock file is beside it) is let through: the store is made
-    under that lock."""
+    read-only, only its table names are looked at. A file with the schema lock file beside
+    it is a store this harness made, or is making under that lock right now (another study
+    may be creating its tables), and is let through unread."""
     import sqlite3
 
+    if schema_lock_file(path).exists():
+        return
     if path.stat().st_size == 0:
         raise ConfigError(f"{said}: {path} is an empty file, not an MLflow store; remove it "
                           "or give another path")
@@ -276,7 +278,7 @@ def _check_mlflow_file(path: Path, said: str) -> None:
     except sqlite3.DatabaseError as err:  # not a database, encrypted, locked
         raise ConfigError(f"{said}: {path} is not an SQLite database MLflow can use "
                           f"({quote(str(err), quoted=False)})") from None
-    if not MLFLOW_TABLES <= tables and not schema_lock_file(path).exists():
+    if not MLFLOW_TABLES <= tables:
         raise ConfigError(f"{said}: {path} is a database of another program (no MLflow "
                           "tables), left untouched; give a new file or an MLflow store")
 
