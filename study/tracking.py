@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import threading
 import time
@@ -188,18 +189,19 @@ def check_store(uri: str, must_exist: bool = False) -> None:
     answer within seconds. ``must_exist``: a SQLite store must be there already (``report``
     and ``ui`` read one, and do not create an empty one)."""
     scheme = urlparse(uri).scheme
+    database = scheme.partition("+")[0] in DATABASES
     if scheme == "file":
-        raise ConfigError(f"tracking URI {quote(uri)}: MLflow's file store is not supported "
+        raise ConfigError(f"tracking URI {_shown(uri)}: MLflow's file store is not supported "
                           "(a study needs a database); use sqlite:///path/mlflow.db or a "
                           "tracking server, http://host:port")
-    if scheme.partition("+")[0] not in SCHEMES:
-        hint = f"unknown scheme {scheme!r}" if scheme else "no scheme (a plain path?)"
-        raise ConfigError(f"tracking URI {quote(uri)}: {hint}; use sqlite:///path/mlflow.db, "
+    if scheme not in SCHEMES and not database:
+        hint = f"unknown scheme {quote(scheme)}" if scheme else "no scheme (a plain path?)"
+        raise ConfigError(f"tracking URI {_shown(uri)}: {hint}; use sqlite:///path/mlflow.db, "
                           "http://host:port (an mlflow server), https://... or a database "
                           "URL (postgresql://...)")
     if scheme == "sqlite":
         _check_sqlite(uri, must_exist)
-    elif scheme.partition("+")[0] in DATABASES:
+    elif database:
         _check_driver(uri)
     elif scheme in ("http", "https"):
         from mlflow.tracking import MlflowClient
@@ -215,12 +217,17 @@ def check_store(uri: str, must_exist: bool = False) -> None:
                                   "MLFLOW_TRACKING_URI") from None
 
 
+def _shown(uri: str) -> str:
+    """The URI as an error message quotes it: cut, and without a password (user:***@)."""
+    return quote(re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", uri))
+
+
 def _check_sqlite(uri: str, must_exist: bool) -> None:
     """A SQLite store is a file, named by ``sqlite:///path`` alone, in a folder that exists;
     both must be writable (SQLite writes its journal and the study its lock files beside the
     file), and a file that exists must be an MLflow store: another program's database is
     never given MLflow's tables."""
-    said = f"tracking URI {quote(uri)}"
+    said = f"tracking URI {_shown(uri)}"
     rest = uri.removeprefix("sqlite:///")
     if rest == uri:
         raise ConfigError(f"{said}: a SQLite store is sqlite:///path/mlflow.db (three "
@@ -306,7 +313,7 @@ def _check_driver(uri: str) -> None:
         shown = url.render_as_string(hide_password=True)
         dialect = url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise ConfigError(f"tracking URI {quote(uri.split('@')[-1])}: not a database URL "
+        raise ConfigError(f"tracking URI {_shown(uri)}: not a database URL "
                           f"SQLAlchemy knows ({quote(str(err), quoted=False)})") from None
     try:
         dialect.import_dbapi()
