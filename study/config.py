@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,7 @@ from pydantic import (
 )
 
 from study.data import DATASETS
-from study.errors import ConfigError, check_name
+from study.errors import ConfigError, check_name, quote
 from study.inits import INITS
 from study.losses import LOSSES
 from study.optimizers import OPTIMIZERS
@@ -66,7 +67,7 @@ class ModelConfig(_Frozen):
     @classmethod
     def _module_colon_function(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"must be 'package.module:function', got {value!r}")
+            raise ValueError(f"must be 'package.module:function', got {quote(value)}")
         return value
 
     @model_validator(mode="after")
@@ -206,7 +207,8 @@ class StudyConfig(_Frozen):
             raise ValueError("must list at least one optimizer")
         keys = [o.key for o in value]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"two optimizers are both {keys}: give each a distinct label")
+            raise ValueError(f"two optimizers are both {quote(keys, quoted=False)}: give each a "
+                             "distinct label")
         return value
 
     @model_validator(mode="after")
@@ -269,14 +271,30 @@ class StudyConfig(_Frozen):
 
 def _unique(key: str, values: tuple) -> tuple:
     if len(set(values)) != len(values):
-        raise ValueError(f"{key} has duplicates: {list(values)}")
+        raise ValueError(f"{key} has duplicates: {quote(list(values), quoted=False)}")
     return values
 
 
 # ---- loading ------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
+# A config is a page of settings: these bounds are far above any real one (the shipped
+# configs are under 4 KB, 6 levels deep and a few hundred values; 20,000 seeds given with
+# --set are about 20,000 values) and keep a hostile or mistaken file from costing more than
+# a second: a 1 KB alias bomb expands to billions of values, 20,000 nested brackets overflow
+# Python's stack, and a 10M-item list parses for minutes.
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+MESSAGE_MAX = 400  # characters of an error message about a config
+# libyaml (C) parses 30x faster than PyYAML's Python parser, but is stricter: it refuses
+# {scaled:[2,-1]} (no space after ':'), which PyYAML and the README accept. Text libyaml
+# refuses is parsed again by PyYAML when it is small enough to cost well under a second.
+_FAST = getattr(yaml, "CSafeLoader", None)
+SLOW_MAX_BYTES = 64_000
+
+
+class _Strict:
     """YAML as people write it: 1e-3 is a number (YAML 1.1 wants 1.0e-3), and a key given
     twice is an error, not silently the last one."""
 
@@ -284,20 +302,109 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                raise ConfigError(f"a {type(key).__name__} cannot be a key (line "
+                                  f"{key_node.start_mark.line + 1}); keys are names")
             if key in seen:
-                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})"
-                                  "; give it once")
+                raise ConfigError(f"key {quote(key)} appears twice (line "
+                                  f"{key_node.start_mark.line + 1}); give it once")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+class _Loader(_Strict, yaml.SafeLoader):
+    pass
+
+
+class _FastLoader(_Strict, _FAST or yaml.SafeLoader):
+    pass
+
+
+for _loader in (_Loader, _FastLoader):
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def _check_shape(text: str, loader) -> None:
+    """Walk the YAML events (no values are built) and refuse anchors and aliases (a config
+    never needs them, and they are how a small file expands to a huge one), nesting deeper
+    than MAX_DEPTH and more than MAX_VALUES values."""
+    depth = values = 0
+    for event in _events(text, loader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"line {line}: YAML anchors and aliases (&name, *name) are not "
+                              "allowed in a config; write the value out")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"line {line}: nested more than {MAX_DEPTH} levels deep; "
+                                  "a config needs a few")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        if isinstance(event, yaml.NodeEvent):
+            values += 1
+            if values > MAX_VALUES:
+                raise ConfigError(f"line {line}: more than {MAX_VALUES:,} values; a config "
+                                  "needs far fewer")
+
+
+def _events(text: str, loader):
+    try:
+        yield from yaml.parse(text, Loader=loader)
+    except yaml.YAMLError as err:  # libyaml's own bound (1,000 levels), met before ours
+        if "maximum nesting depth" in str(getattr(err, "problem", "")):
+            raise ConfigError(f"line {err.problem_mark.line + 1}: nested more than "
+                              f"{MAX_DEPTH} levels deep; a config needs a few") from None
+        raise
 
 
 def read_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """The YAML value of ``text``, within the bounds above: ConfigError or yaml.YAMLError,
+    each one line, for anything else."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{len(text):,} characters, more than the {MAX_BYTES:,} a config "
+                          "may have")
+    loader = _FastLoader
+    try:
+        _check_shape(text, loader)
+    except yaml.YAMLError:
+        if _FAST is None or len(text.encode()) > SLOW_MAX_BYTES:
+            raise
+        loader = _Loader
+        _check_shape(text, loader)  # PyYAML's verdict, and its message, stand
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
+    except ValueError as err:  # a number of more than 4,300 digits, which int() refuses
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(quote(str(err).split(":")[0], quoted=False)) from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, without the snippet of the file it may quote."""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return quote(problem, quoted=False) + where
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, refused before it is read whole if it is too big."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"{path} has {size:,} bytes, more than the {MAX_BYTES:,} a config "
+                          "may have (a config is a page of settings)")
+    with path.open("rb") as file:
+        data = file.read(MAX_BYTES + 1)  # a file that grew since: still bounded
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path} has more than the {MAX_BYTES:,} bytes a config may have")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = (),
@@ -311,11 +418,13 @@ def load_config(path: str | Path, overrides: list[str] = (),
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = read_yaml(path.read_text())
+        raw = read_yaml(_read_text(path))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        message = str(err)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") \
+            from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     for item in overrides:
@@ -337,11 +446,16 @@ def validate(raw: dict, source: str = "config") -> StudyConfig:
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {item!r}")
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {quote(item)}")
+    if len(key) > 200:
+        raise ConfigError(f"--set {quote(key)}: not a config key (too long)")
     try:
         value = read_yaml(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {quote(text)} is not valid YAML "
+                          f"({_yaml_problem(err)})") from None
+    except ConfigError as err:
+        raise ConfigError(f"--set {key}: {err}") from None
     *parents, leaf = _one_optimizer_spelling(raw, key).split(".")
     node = raw
     for part in parents:
@@ -384,8 +498,9 @@ def _first_error(err: ValidationError) -> str:
     elif first["type"] == "literal_error":
         message = message.replace("Input should be", "must be one of:")
     elif first["type"].endswith("_type") or first["type"].endswith("_parsing"):
-        message += f", got {first['input']!r}"  # e.g. true where a number belongs
-    return f"{key}: {message}"
+        message += f", got {quote(first['input'])}"  # e.g. true where a number belongs
+    # A validator may quote the user's value whole: a net so that no message is a page long.
+    return quote(f"{key}: {message}", limit=MESSAGE_MAX, quoted=False)
 
 
 def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:

@@ -11,6 +11,7 @@ import yaml
 
 from study.cli import main
 from study.config import config_hash, load_config
+from study.errors import ConfigError
 from study.grid import expand_grid
 from tests.conftest import CONFIGS, ROOT
 
@@ -176,3 +177,73 @@ def test_neuron_dataset_refuses_softmax_losses(tmp_path, capsys):
     assert main(["show", str(CONFIGS / "neuron.yaml"), "--set", "losses=[cce]"]) == 2
     assert "losses ['cce'] need a softmax over classes (use bce, mse, quadratic)" in \
         capsys.readouterr().err
+
+
+BOUNDED_SCRIPT = """
+import json, sys, time
+import study.config, study.tracking  # imported before the clock starts, as for any config
+from study.cli import main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    started = time.perf_counter()
+    code = main(argv)
+    results.append([code, time.perf_counter() - started])
+print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_bounded_config_errors_come_in_a_second_before_tensorflow(tmp_path):
+    """The hostile configs of the bad-input table and their --set twins, in one process as
+    `python -m study run` would: each exit 2 within a second, and TensorFlow never
+    imported (nor a store made)."""
+    import json
+
+    from tests.test_bad_input import FIXTURES
+
+    names = ["bomb.yaml", "deep.yaml", "big.yaml", "many.yaml", "latin1.yaml", "binary.yaml",
+             "bigint.yaml"]
+    for name in names:
+        FIXTURES[name](tmp_path / name)
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    smoke = str(CONFIGS / "smoke.yaml")
+    argvs = [["run", str(tmp_path / name), *uri] for name in names] + [
+        ["run", smoke, "--set", value, *uri] for value in
+        ["seeds=&a [0]", "seeds=" + "[" * 20000 + "]" * 20000, "epochs=" + "x" * 100_000,
+         "seeds=[" + ",".join(["0"] * 100_001) + "]"]]
+    done = subprocess.run([sys.executable, "-c", BOUNDED_SCRIPT], input=json.dumps(argvs),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == len(argvs) and all(len(line) <= 400 for line in lines), lines
+    assert [code for code, _ in report["results"]] == [2] * len(argvs), lines
+    assert max(seconds for _, seconds in report["results"]) < 1.0, report
+    assert not report["tensorflow"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_yaml_that_only_pyyaml_reads_still_reads_and_bounds_hold_for_it():
+    from study.config import read_yaml
+    from study.errors import ConfigError
+
+    assert read_yaml("{scaled:[2,-1]}") == {"scaled": [2, -1]}  # libyaml wants a space
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        read_yaml("{a:[1], b: &x [2], c: *x}")
+    with pytest.raises(ConfigError, match="nested more than 32 levels"):
+        read_yaml("{a:" + "[" * 40 + "]" * 40 + "}")
+    with pytest.raises(ConfigError, match="appears twice"):
+        read_yaml("{a:[1], a:[2]}")
+
+
+def test_error_messages_quote_at_most_80_characters_of_input(tmp_path):
+    from study.errors import quote
+
+    assert quote("x" * 300) == "'" + "x" * 76 + "..." and len(quote("x" * 300)) == 80
+    assert quote(10 ** 5000).startswith("<a number of")  # no repr: more than 4,300 digits
+    for override, key in [("model.builder=" + "y" * 5000, "model.builder"),
+                          ("losses=[" + "z" * 5000 + "]", "losses"),
+                          ("seeds=[" + ",".join(["1"] * 5000) + "]", "seeds"),
+                          ("optimizer.lr=[" + ",".join(["0.5"] * 5000) + "]", "optimizer")]:
+        with pytest.raises(ConfigError) as caught:
+            load_config(CONFIGS / "smoke.yaml", [override])
+        assert str(caught.value).startswith(f"{CONFIGS / 'smoke.yaml'}: {key}")
+        assert len(str(caught.value)) < 80 + 200, str(caught.value)
