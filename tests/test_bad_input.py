@@ -43,6 +43,7 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     replacements = {
         "PORT": str(_free_port()),  # nothing listens there
         "LONG300": "x" * 300,
+        "LONG7000": "x" * 7000,
         "SEEDS20000": str(list(range(20000))).replace(" ", ""),
     }
     for key, value in replacements.items():
