@@ -164,6 +164,38 @@ def test_a_diverging_arm_leaves_the_rest_of_its_group_bit_for_bit(diverging):
         assert with_bad[key][1] == history, key
 
 
+@pytest.mark.parametrize("optimizer", [
+    "{name: sgd, lr: [0.1, 0.2], momentum: 0.9}", "{name: adam, lr: [0.01, 0.02], amsgrad: true}",
+    "{name: rmsprop, lr: [0.01, 0.02], momentum: 0.5, centered: true}",
+    "{name: adagrad, lr: [0.1, 0.2], initial_accumulator_value: 0.1}"])
+def test_freezing_a_slot_resets_only_that_slot(tf, digits, optimizer):
+    """After some steps, freezing slot 1 zeroes its rate and weights, puts every per-slot
+    optimizer variable back to its start, and leaves every other slot's bits and the shared
+    iteration counter as they were."""
+    config = _config("epochs=1", "losses=[mse]", f"optimizer={optimizer}")
+    group = batched._Group(16, config, digits, "mse", config.optimizers[0])
+    group.load(expand_grid(config))
+    group.run(tf.constant(0), tf.constant(5))
+    variables = [group.lr, *group.weights, *(v for opt in group.optimizers
+                                             for v in opt.variables)]
+    before = [np.array(v.numpy()) for v in variables]
+    fresh = [np.zeros(group.lr.shape), *(np.zeros(w.shape) for w in group.weights),
+             *(value for state in group.fresh_state for value in state)]
+    group.freeze(1)
+    assert not group.active[1] and group.active[0]
+    per_slot = 0
+    for variable, old, start in zip(variables, before, fresh, strict=True):
+        now = variable.numpy()
+        if now.ndim == 0:  # the iteration counter: shared, untouched
+            assert now == old == 5
+            continue
+        per_slot += 1
+        np.testing.assert_array_equal(now[1], start[1])
+        others = np.arange(len(now)) != 1
+        assert now[others].tobytes() == old[others].tobytes()
+    assert per_slot > 1 + len(group.weights)  # optimizer state was among them
+
+
 def test_the_reference_trainer_records_a_diverged_arm_the_same_way(tf, digits, diverging):
     """Keras fit stops each arm at the evaluation where the batched trainer stopped it, with
     the same steps logged. Values are compared at the start only: once the weights are near

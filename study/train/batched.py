@@ -295,6 +295,7 @@ def _reset_slot(variable, k: int, value) -> None:
     row = tf.broadcast_to(tf.cast(value, current.dtype), [1, *current.shape[1:]])
     variable.assign(tf.tensor_scatter_nd_update(current, [[k]], row))
 
+
 def train_group(group: _Group, arms: list[Arm],
                 advance: Callable[[float], None] = lambda arms_done: None) -> list[ArmResult]:
     """Train a chunk of arms in the group's slots; returns their results in the same order.
