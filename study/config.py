@@ -389,7 +389,11 @@ def _one_optimizer_spelling(raw: dict, key: str) -> str:
 
 def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the dotted key, then what is wrong or valid."""
-    first = err.errors()[0]
+    errors = err.errors()
+    # A value that fits no member of a union (lr: a list or a mapping) fails each member in
+    # its own way; the deepest error is the one inside the member the value was written for.
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]),
+                key=lambda e: len(e["loc"]))
     # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
     key = ".".join(str(p) for p in first["loc"]
                    if not re.match(r"(tuple|dict|list|constrained-|function-)", str(p)))
