@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -28,7 +29,7 @@ from study.data import DATASETS
 from study.errors import ConfigError, check_name, quote
 from study.inits import INITS
 from study.losses import LOSSES
-from study.optimizers import OPTIMIZERS
+from study.optimizers import OPTIMIZERS, check_rate
 
 
 class _Frozen(BaseModel):
@@ -43,6 +44,13 @@ Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # what NumPy and scikit-
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
 Severity = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+# A learning rate is used in float32: 1e300 is finite here but inf there.
+Rate = Annotated[PositiveFloat, AfterValidator(check_rate)]
+# An optimizer's label goes into arm keys (tags, 8,000 characters in MLflow), the `optimizer`
+# param (6,000) and run names; the tightest is MLflow's SQL column for run names,
+# VARCHAR(250), which also holds the loss, start, seed and rate (up to about 100 more).
+# MLflow would cut a longer value silently (or a SQL server refuse it mid-study).
+LABEL_MAX = 100
 # A study names an MLflow experiment and a folder of reports/: no separators, no leading dot
 # (so never "." or ".."), short enough for any file system.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -93,8 +101,16 @@ class OptimizerConfig(BaseModel):
     name: str = "sgd"
     # one rate or a list of them for every loss, or a mapping loss -> rate(s), e.g. each
     # loss at a rate chosen beforehand: {bce: 4, cce: 1, mse: 16}
-    lr: tuple[PositiveFloat, ...] | dict[str, tuple[PositiveFloat, ...]]
+    lr: tuple[Rate, ...] | dict[str, tuple[Rate, ...]]
     label: str | None = None  # the arm key's name for it; default: name and options
+
+    @field_validator("label")
+    @classmethod
+    def _fits_mlflow(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > LABEL_MAX:
+            raise ValueError(f"{len(value):,} characters: use at most {LABEL_MAX} (it names "
+                             "the optimizer in MLflow run names, which hold 250)")
+        return value
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -487,7 +503,11 @@ def _one_optimizer_spelling(raw: dict, key: str) -> str:
 
 def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the dotted key, then what is wrong or valid."""
-    first = err.errors()[0]
+    errors = err.errors()
+    # A value that fits no member of a union (lr: a list or a mapping) fails each member in
+    # its own way; the deepest error is the one inside the member the value was written for.
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]),
+                key=lambda e: len(e["loc"]))
     # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
     key = ".".join(str(p) for p in first["loc"]
                    if not re.match(r"(tuple|dict|list|constrained-|function-)", str(p)))

@@ -86,6 +86,7 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     replacements = {
         "PORT": str(_free_port()),  # nothing listens there
         "LONG300": "x" * 300,
+        "LONG7000": "x" * 7000,
         "SEEDS20000": str(list(range(20000))).replace(" ", ""),
         "DEEP20000": "[" * 20000 + "]" * 20000,
     }
