@@ -279,17 +279,44 @@ def _gone(err) -> str:
 
 
 def _report(args) -> int:
+    """Exit 0 written, 1 the notebook failed or the disk is full, 2 bad input or a path the
+    report may not write (nothing changed), 130/143 Ctrl-C/SIGTERM (nothing changed: the
+    report's scratch folders are removed on the way out)."""
+    import errno
     from pathlib import Path
 
-    from study.report import build_reports
+    from study.report import NotebookFailed, build_reports
+    from study.report_files import DISK_FULL
     from study.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    received = _interruptible()
     try:
         paths = build_reports(uri, args.experiment, Path(args.out))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"error: {err.strerror}{where}; the reports already under --out are as "
+                  "they were", file=sys.stderr)
+            return 1
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"error: cannot write {err.filename or args.out}: {err.strerror}",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted: no report changed", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
     for name, path in paths:
         print(f"wrote {path}" + (f" (experiment {name!r})" if path.parent.name != name else ""))
     return 0
