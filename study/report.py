@@ -66,8 +66,8 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, scratch: Pat
     _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
                                            "experiment": experiment})
     report_files.replace(final, folder, experiment, scratch)
-    StudyTracker(tracking_uri).log_report(
-        study.parent_run_id, sorted(p for p in final.rglob("*.*") if p.name != report_files.MARKER))
+    StudyTracker(tracking_uri).log_report(study.parent_run_id, sorted(
+        p for p in final.rglob("*.*") if p.name != report_files.MARKER))
     html = final / notebook.replace(".ipynb", ".html")
     if notebook == "report.ipynb" and nothing_to_report(study) is None:
         from study.analysis import arm_metrics, select_lr, summarize

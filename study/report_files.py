@@ -78,7 +78,7 @@ def replace(final: Path, new: Path, experiment: str, scratch: Path) -> None:
     it may have changed while the notebook ran) is renamed aside into ``scratch`` first and
     put back if the new one cannot be renamed in."""
     check_replaceable(final, experiment)
-    aside = scratch / "previous"
+    aside = scratch / f".previous-{final.name}"  # no report folder's name starts with '.'
     if final.exists():
         os.rename(final, aside)
     try:
