@@ -108,15 +108,17 @@ def _ipc_kernel_manager(folder: Path):
     warns on every report that its traffic is unencrypted), with its connection file and
     sockets in ``folder``, which the report owns and removes (by default they land in the
     working directory and Jupyter's runtime folder, and stay there when a report is killed).
-    The kernel imports this checkout's ``study``, as the report process does, whatever an
-    installed copy says."""
+    The sockets' path is relative: papermill runs the kernel and this process in ``folder``
+    (its ``cwd``), and a socket's absolute path there may pass the 107 bytes a Unix socket's
+    address allows. The kernel imports this checkout's ``study``, as the report process
+    does, whatever an installed copy says."""
     from jupyter_client.manager import AsyncKernelManager
 
     source = str(Path(__file__).resolve().parents[1])
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
-            super().__init__(transport="ipc", ip=str(folder / "kernel-ipc"),
+            super().__init__(transport="ipc", ip="kernel-ipc",
                              connection_file=str(folder / "kernel.json"), **kwargs)
 
         async def start_kernel(self, **kwargs):

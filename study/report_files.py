@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 MARKER = ".study-report"  # in every report folder
@@ -70,7 +70,7 @@ def check_replaceable(final: Path, experiment: str) -> None:
 def write_marker(folder: Path, experiment: str, parent_run_id: str) -> None:
     (folder / MARKER).write_text(json.dumps({
         "created_by": CREATED_BY, "experiment": experiment, "parent_run_id": parent_run_id,
-        "created": datetime.now(UTC).isoformat(timespec="seconds")}, indent=1) + "\n")
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1) + "\n")
 
 
 def replace(final: Path, new: Path, experiment: str, scratch: Path) -> None:
