@@ -280,8 +280,8 @@ def _gone(err) -> str:
 
 def _report(args) -> int:
     """Exit 0 written, 1 the notebook failed or the disk is full, 2 bad input or a path the
-    report may not write (nothing changed), 130/143 Ctrl-C/SIGTERM (nothing changed: the
-    report's scratch folders are removed on the way out)."""
+    report may not write (nothing changed), 130/143 Ctrl-C/SIGTERM (the report being built
+    is discarded with its scratch folders; those already in place stay)."""
     import errno
     from pathlib import Path
 
@@ -312,7 +312,7 @@ def _report(args) -> int:
             return 2
         raise
     except KeyboardInterrupt:
-        print("\ninterrupted: no report changed", file=sys.stderr)
+        print("\ninterrupted: no report half-written, rerun to finish", file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
     finally:
         signal.signal(signal.SIGINT, handlers[0])
