@@ -156,7 +156,7 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
         except papermill.PapermillExecutionError as err:
             if err.ename != "NothingToReport":
                 raise NotebookFailed(f"{notebook.name} failed in cell {err.exec_count}: "
-                                     f"{err.ename}: {err.evalue}") from err
+                                     f"{err.ename}: {' '.join(err.evalue.split())}") from err
             node = _ended_early(nbformat.read(executed, as_version=4), err)
     for cell in node.cells:
         names = [t.removeprefix("figure:") for t in cell.get("metadata", {}).get("tags", [])
