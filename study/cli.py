@@ -292,6 +292,7 @@ def _report(args) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     received = _interruptible()
+    _quiet_when_interrupted()
     try:
         paths = build_reports(uri, args.experiment, Path(args.out))
     except ValueError as err:
@@ -320,3 +321,23 @@ def _report(args) -> int:
     for name, path in paths:
         print(f"wrote {path}" + (f" (experiment {name!r})" if path.parent.name != name else ""))
     return 0
+
+
+def _quiet_when_interrupted() -> None:
+    """On top of ``_interruptible``: once stopped, the notebook's kernel is ended at once and
+    the notebook machinery's own echoes of the stop (the kernel 'died', a pending task's
+    exception) are not printed, so the stop is one line."""
+    import logging
+
+    then = signal.getsignal(signal.SIGINT)
+
+    def quiet(signum, frame):
+        for name in ("papermill", "asyncio", "traitlets"):
+            logging.getLogger(name).disabled = True
+        from study.report import end_kernels
+
+        end_kernels()  # before the kernel, cut off mid-cell, prints its own tracebacks
+        then(signum, frame)
+
+    signal.signal(signal.SIGINT, quiet)
+    signal.signal(signal.SIGTERM, quiet)

@@ -103,7 +103,7 @@ def _annotate_store(tracking_uri: str, study: Study, every_lr, summary, html: Pa
     client.set_tag(study.parent_run_id, "mlflow.note.content", note)
 
 
-def _ipc_kernel_manager(folder: Path):
+def _ipc_kernel_manager(folder: Path, started: list):
     """Jupyter's kernel manager on IPC sockets (the kernel is local, and over TCP ipykernel
     warns on every report that its traffic is unencrypted), with its connection file and
     sockets in ``folder``, which the report owns and removes (by default they land in the
@@ -111,7 +111,8 @@ def _ipc_kernel_manager(folder: Path):
     The sockets' path is relative: papermill runs the kernel and this process in ``folder``
     (its ``cwd``), and a socket's absolute path there may pass the 107 bytes a Unix socket's
     address allows. The kernel imports this checkout's ``study``, as the report process
-    does, whatever an installed copy says."""
+    does, whatever an installed copy says. Each manager goes into ``started`` as it starts
+    its kernel, so that a stopped report can end the kernel before removing its folder."""
     from jupyter_client.manager import AsyncKernelManager
 
     source = str(Path(__file__).resolve().parents[1])
@@ -122,6 +123,7 @@ def _ipc_kernel_manager(folder: Path):
                              connection_file=str(folder / "kernel.json"), **kwargs)
 
         async def start_kernel(self, **kwargs):
+            started.append(self)
             env = dict(kwargs.pop("env", None) or os.environ)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
             return await super().start_kernel(env=env, **kwargs)
@@ -151,13 +153,19 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
                                        parameters={**parameters,
                                                    "out_dir": str(folder.resolve())},
                                        cwd=str(tmp), progress_bar=False, kernel_name="python3",
-                                       kernel_manager_class=_ipc_kernel_manager(tmp))
+                                       kernel_manager_class=_ipc_kernel_manager(
+                                           tmp, RUNNING_KERNELS))
             node = nbformat.read(executed, as_version=4)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: papermill leaves its kernel running
+            end_kernels()
+            raise
         except papermill.PapermillExecutionError as err:
             if err.ename != "NothingToReport":
                 raise NotebookFailed(f"{notebook.name} failed in cell {err.exec_count}: "
                                      f"{err.ename}: {' '.join(err.evalue.split())}") from err
             node = _ended_early(nbformat.read(executed, as_version=4), err)
+        finally:
+            RUNNING_KERNELS.clear()  # papermill shut them down, or end_kernels killed them
     for cell in node.cells:
         names = [t.removeprefix("figure:") for t in cell.get("metadata", {}).get("tags", [])
                  if t.startswith("figure:")]
@@ -169,6 +177,22 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
                             exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(node)
     (folder / notebook.with_suffix(".html").name).write_text(body)
+
+
+# The kernel managers of the notebook running now: a stopped report ends their kernels from
+# its signal handler (study.cli), before the notebook machinery unwinds and the kernel,
+# cut off mid-cell, prints its own tracebacks on the terminal.
+RUNNING_KERNELS: list = []
+
+
+def end_kernels() -> None:
+    """Kill the kernels of a stopped report and wait for them."""
+    while RUNNING_KERNELS:
+        manager = RUNNING_KERNELS.pop()
+        process = getattr(getattr(manager, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def _ended_early(node, err):
