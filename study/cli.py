@@ -318,18 +318,66 @@ def _gone(err) -> str:
 
 
 def _report(args) -> int:
+    """Exit 0 written, 1 the notebook failed or the disk is full, 2 bad input or a path the
+    report may not write (nothing changed), 130/143 Ctrl-C/SIGTERM (the report being built
+    is discarded with its scratch folders; those already in place stay)."""
+    import errno
     from pathlib import Path
 
-    from study.report import build_reports
+    from study.report import NotebookFailed, build_reports
+    from study.report_files import DISK_FULL
     from study.tracking import check_store, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    received = _interruptible()
+    _quiet_when_interrupted()
     try:
         check_store(uri, must_exist=True)  # a store that is not there is not made
         paths = build_reports(uri, args.experiment, Path(args.out))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"error: {err.strerror}{where}; the reports already under --out are as "
+                  "they were", file=sys.stderr)
+            return 1
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"error: cannot write {err.filename or args.out}: {err.strerror}",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted: no report half-written, rerun to finish", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
     for name, path in paths:
         print(f"wrote {path}" + (f" (experiment {name!r})" if path.parent.name != name else ""))
     return 0
+
+
+def _quiet_when_interrupted() -> None:
+    """On top of ``_interruptible``: once stopped, the notebook's kernel is ended at once and
+    the notebook machinery's own echoes of the stop (the kernel 'died', a pending task's
+    exception) are not printed, so the stop is one line."""
+    import logging
+
+    then = signal.getsignal(signal.SIGINT)
+
+    def quiet(signum, frame):
+        for name in ("papermill", "asyncio", "traitlets"):
+            logging.getLogger(name).disabled = True
+        from study.report import end_kernels
+
+        end_kernels()  # before the kernel, cut off mid-cell, prints its own tracebacks
+        then(signum, frame)
+
+    signal.signal(signal.SIGINT, quiet)
+    signal.signal(signal.SIGTERM, quiet)

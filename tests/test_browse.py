@@ -101,13 +101,16 @@ def test_bad_ui_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_report_writes_the_answer_and_filters_on_the_parent(smoke_report):
     from mlflow.tracking import MlflowClient
 
+    from study.markup import md_text
+
     uri = smoke_report[0]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
     parent = client.search_runs([experiment.experiment_id],
                                 "tags.`study.role` = 'parent'")[0]
     note = parent.data.tags["mlflow.note.content"]
-    assert "From saturated_wrong m=4, reaching val_accuracy" in note
+    # Markdown source: the sentence's punctuation escaped (study.markup), shown as typed
+    assert md_text("From saturated_wrong m=4, reaching val_accuracy") in note
     assert "tags.start = 'saturated_wrong m=4' and tags.`study.best_lr` = 'true'" in note
     runs = client.search_runs([experiment.experiment_id], "tags.start = 'saturated_wrong m=4' "
                               "and tags.`study.best_lr` = 'true'")
