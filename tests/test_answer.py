@@ -196,3 +196,18 @@ def test_a_study_with_no_arms_says_so_instead_of_failing():
     assert sections.answer_words(report) == report.problem
     assert sections.title(report) == "**Study nothing \\`&lt;b&gt;\\`**: no arms stored."
     assert sections.answer_glance(report) is None and sections.medians(report) is None
+
+
+def test_the_median_table_stays_as_wide_as_the_losses_with_several_optimizers():
+    from study.analysis import arm_metrics, summarize
+    from study.analysis.convergence import answer_table
+    from tests.test_convergence import make_study
+
+    arms = [{"loss": loss, "optimizer": optimizer, "init": "glorot", "seed": s,
+             "reach": 64 if loss == "cce" else 200}
+            for loss in ("cce", "mse", "bce") for optimizer in ("sgd", "adam")
+            for s in range(2)]
+    table = answer_table(summarize(arm_metrics(make_study(arms)))).data
+    assert list(table.columns) == ["bce", "cce", "mse"]
+    assert list(table.index) == [("glorot", "adam"), ("glorot", "sgd")]
+    assert table.loc[("glorot", "sgd"), "cce"] == "64"

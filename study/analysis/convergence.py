@@ -410,20 +410,26 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
 
 
 def answer_table(summary: pd.DataFrame):
-    """The answer at a glance: start x loss, median steps to the target over seeds ('≥' where
-    at least half the seeds never reached it, so the median is a lower bound), the fastest
-    loss of each start in bold, every tied loss included. A pandas Styler."""
-    losses = loss_order(summary["condition"])
-    starts = start_order(summary)
-    cells = pd.DataFrame("", index=[start_name(*s) for s in starts], columns=losses)
-    bold = pd.DataFrame(False, index=cells.index, columns=losses)
-    for (init, severity), name in zip(starts, cells.index, strict=True):
+    """Median steps to the target over seeds at a glance ('≥' where at least half the seeds
+    never reached it, so the median is a lower bound), the fastest condition of each start
+    in bold, every tie included: start x loss, or with several optimizers (start,
+    optimizer) x loss, so the table stays as wide as the losses. A pandas Styler."""
+    several = summary["optimizer"].nunique() > 1
+    losses = loss_order(summary["loss"])
+    rows = [(start_name(*s), optimizer) for s in start_order(summary)
+            for optimizer in (sorted(summary["optimizer"].unique()) if several else [""])]
+    index = pd.MultiIndex.from_tuples(rows, names=["start", "optimizer"]) if several else \
+        pd.Index([r[0] for r in rows], name="start")
+    cells = pd.DataFrame("", index=index, columns=losses)
+    bold = pd.DataFrame(False, index=index, columns=losses)
+    for init, severity in start_order(summary):
         start = summary[(summary["init"] == init) & (summary["severity"] == severity)]
+        best = set(fastest(start)["condition"])
         for row in start.itertuples():
-            bound = "≥ " if row.steps_bound else ""
-            cells.loc[name, row.condition] = f"{bound}{row.median_steps:,.0f}"
-        bold.loc[name, list(fastest(start)["condition"])] = True
-    cells.index.name = "start"
+            at = (start_name(init, severity), row.optimizer) if several else \
+                start_name(init, severity)
+            cells.loc[at, row.loss] = f"{'≥ ' if row.steps_bound else ''}{row.median_steps:,.0f}"
+            bold.loc[at, row.loss] = row.condition in best
     return cells.style.apply(
         lambda _: np.where(bold, "font-weight: bold; background-color: #e6f0f8", ""), axis=None)
 

@@ -206,6 +206,11 @@ def other_view_words(report: Report) -> str:
     if not report.ok:
         return ""
     other = "shared" if report.view == "own" else "own"
+    rates = report.all_arms.groupby("condition")["lr"].apply(frozenset)
+    if other == "shared" and rates.nunique() > 1:
+        return ("Each loss ran rates of its own, so there is no one rate that every loss ran; "
+                "the answer above already compares them at fair rates and across each "
+                "loss's band.")
     arms = select_lr(report.all_arms, other)
     return (f"Now {md(describe_view(report.all_arms, other))}:\n\n"
             + "\n".join("- " + md(line)
