@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from study.grid import Arm
 from study.inits import start_name as start_label
-from study.palette import LOSS_COLOURS, OTHER_COLOURS
+from study.palette import colour as loss_colour
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
 VIEW_URL_PARAM = "viewStateShareKey"
@@ -35,13 +35,6 @@ def run_name(arm: Arm, with_optimizer: bool = False) -> str:
     tag ``study.arm``."""
     loss = f"{arm.loss} · {arm.optimizer}" if with_optimizer else arm.loss
     return f"{loss} · {start_label(arm.init, arm.severity)} · s{arm.seed} · lr {arm.lr:g}"
-
-
-def loss_colour(loss: str) -> str:
-    """The report's colour of a loss (study.palette), so it looks the same in MLflow."""
-    if loss in LOSS_COLOURS:
-        return LOSS_COLOURS[loss]
-    return OTHER_COLOURS[sum(map(ord, loss)) % len(OTHER_COLOURS)]  # stable across runs
 
 
 def arm_tags(arm: Arm, best_lr: bool | None) -> dict[str, str]:

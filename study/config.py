@@ -58,7 +58,9 @@ NAME_MAX = 100
 ADDRESS_PATTERN = r"auto|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}"
 # Keys that say where a study runs, not what it computes: left out of the config hash, so a
 # study started on one executor resumes on another.
-WHERE_KEYS = {"executor", "ray_address"}
+# The growth window is an analysis choice, not a training one: changing it retrains nothing
+# (the parent run records the window each report used).
+WHERE_KEYS = {"executor", "ray_address", "growth_window"}
 
 
 class ModelConfig(_Frozen):
@@ -149,6 +151,11 @@ class OptimizerConfig(BaseModel):
         return f"{self.name}({options})" if options else self.name
 
 
+class LrBand(_Frozen):
+    factor: Annotated[float, Strict(), Field(gt=1, le=16, allow_inf_nan=False)] = 2.0
+    starts: Literal["worst", "all"] = "worst"
+
+
 class StudyConfig(_Frozen):
     name: str
     dataset: str = "digits"
@@ -171,6 +178,14 @@ class StudyConfig(_Frozen):
     target_mode: Literal["absolute", "relative"] = "absolute"
     # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
     escape: Fraction = 0.5
+    # The analysis' choices, declared before the data are seen. growth_window: per init
+    # family, the [lowest, highest] severity the growth law T(s) = T0 + c e^(b s) is fitted
+    # over (default: every severity the study runs).
+    growth_window: dict[str, tuple[Severity, Severity]] = {}
+    # The learning rate as a nuisance: also run each loss at its rates / factor and x factor,
+    # from the controls and each family's worst start (``starts: worst``) or from every start
+    # (``all``), so the report can say whether its verdict holds across the neighbourhood.
+    lr_band: LrBand | None = None
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"
@@ -260,6 +275,18 @@ class StudyConfig(_Frozen):
             if not isinstance(severities, dict):
                 _unique(f"inits.{name}", severities)
         return value
+
+    @model_validator(mode="after")
+    def _windows_of_families(self) -> StudyConfig:
+        for init, (low, high) in self.growth_window.items():
+            if init not in self.inits or INITS[init].severity_meaning is None:
+                families = [n for n in self.inits if INITS[n].severity_meaning is not None]
+                raise ValueError(f"growth_window.{init}: not an init family of this study "
+                                 f"(families: {', '.join(families) or 'none'})")
+            if low > high:
+                raise ValueError(f"growth_window.{init}: [{low:g}, {high:g}] is empty; give "
+                                 "[lowest, highest]")
+        return self
 
     @field_validator("ray_address")
     @classmethod

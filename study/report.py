@@ -70,23 +70,23 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, scratch: Pat
         p for p in final.rglob("*.*") if p.name != report_files.MARKER))
     html = final / notebook.replace(".ipynb", ".html")
     if notebook == "report.ipynb" and nothing_to_report(study) is None:
-        from study.analysis import arm_metrics, select_lr, summarize
+        from study.analysis import sections
 
-        every_lr = arm_metrics(study)
-        _annotate_store(tracking_uri, study, every_lr, summarize(select_lr(every_lr, "own")),
-                        html)
+        _annotate_store(tracking_uri, study, sections.build(study), html)
     return html
 
 
-def _annotate_store(tracking_uri: str, study: Study, every_lr, summary, html: Path) -> None:
+def _annotate_store(tracking_uri: str, study: Study, report, html: Path) -> None:
     """What the report found goes back into MLflow: with a grid of rates, each arm's
     ``study.best_lr`` tag (each loss's pick) and the saved views filtered by it; the parent
     run's description holds the answer and a ready-to-paste filter per start."""
     from mlflow.tracking import MlflowClient
 
     from study import browse
-    from study.analysis import headline, select_lr
+    from study.analysis import select_lr
+    from study.analysis.answer import answer_sentences
 
+    every_lr = report.all_arms
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_run(study.parent_run_id).info.experiment_id
     keys = [k for k in ("loss", "optimizer") if k in every_lr]
@@ -98,7 +98,8 @@ def _annotate_store(tracking_uri: str, study: Study, every_lr, summary, html: Pa
             client.set_tag(run_id, "study.best_lr", str(run_id in chosen).lower())
         browse.publish_views(client, experiment_id, starts, True, study.config_hash,
                              set_link=False)  # the link keeps the start the study chose
-    note = browse.study_note(headline(summary, study.target), starts, study.config_hash,
+    words = answer_sentences(report.answer, study.target, study.lr_band)
+    note = browse.study_note(words, starts, study.config_hash,
                              f"`make report`, {markup.md_text(html.name)}")
     client.set_tag(study.parent_run_id, "mlflow.note.content", note)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -554,6 +555,9 @@ class StudyTracker:
                     Param("target", f"{config.target:g}"),
                     Param("escape", f"{config.escape:g}"),
                     Param("target_mode", config.target_mode),
+                    Param("growth_window", json.dumps(config.growth_window)),
+                    Param("lr_band", json.dumps(config.lr_band.model_dump()
+                                                if config.lr_band else None)),
                     Param("n_classes", str(n_classes))],
             tags=[RunTag(f"version.{name}", v) for name, v in versions.items()]))
         self.patiently(lambda: self.client.log_text(self.parent_run_id, config_yaml,

@@ -30,12 +30,14 @@ def test_report_html_holds_the_answer_table_and_figures(report):
     assert paths == [out / "smoke" / "report.html"]
     html = paths[0].read_text()
     assert "The answer" in html
-    assert "From saturated_wrong m=4, reaching val_accuracy 0.5 takes" in html
+    assert "From saturated_wrong m=4 to val_accuracy 0.5," in html  # between losses first
+    assert "(one seed: no interval)" in html  # the smoke study has one seed: no CIs
+    assert "From saturated_wrong m=4, reaching val_accuracy 0.5 takes" in html  # then slowdowns
     assert "median steps [95% CI]" in html and "slowdown vs its control [95% CI]" in html
-    assert html.count('src="data:image/png;base64') == 6  # figures embedded
+    assert html.count('src="data:image/png;base64') == 7  # figures embedded
     assert 'data-mime-type="application/vnd.jupyter.stderr"' not in html  # no warnings
     # the start x loss table opens the answer, before any figure
-    answer = html[html.index('id="The-answer"'):html.index('id="How-the-stall-grows')]
+    answer = html[html.index('id="The-answer"'):html.index('id="Losses-that-are-the-same')]
     assert "<table" in answer and ">saturated_wrong m=4</th>" in answer
     assert all(f">{loss}</th>" in answer for loss in ["bce", "cce", "scce", "mse"])
     assert 'href="#Appendix"' in html and 'id="Appendix"' in html  # contents, appendix
@@ -61,8 +63,26 @@ def test_summary_covers_every_loss_and_start(report):
             "slowdown"} <= set(summary.columns)
     figures = sorted(p.name for p in (out / "smoke" / "figures").iterdir())
     assert figures == sorted(f"{name}.png" for name in [
-        "learning_curves_accuracy", "learning_curves_nll", "steps_to_target", "kaplan_meier",
-        "grad_norm_early", "performance_profile"])
+        "answer_by_level", "learning_curves_accuracy", "learning_curves_nll",
+        "steps_to_target", "kaplan_meier", "grad_norm_early", "performance_profile"])
+
+
+def test_answer_and_crossings_tables_sit_beside_the_report(report):
+    """answer.csv: every start, loss, level and rule; crossings.csv: every arm and level."""
+    _, out, _ = report
+    answer = pd.read_csv(out / "smoke" / "answer.csv")
+    assert list(answer.columns) == [
+        "start", "loss", "optimizer", "level", "lr_rule", "lr", "lr_tied", "ratio", "ci_low",
+        "ci_high", "bound", "censored", "n_seeds", "ratio_low", "ratio_high"]
+    assert set(answer["lr_rule"]) == {"tuned_on_control", "best_for_start"}
+    assert set(answer["start"]) == {"glorot", "saturated_wrong m=4"}
+    assert answer["n_seeds"].eq(1).all() and answer["ci_low"].isna().all()  # one seed
+    fastest = answer.groupby(["start", "level", "lr_rule"])["ratio"].min()
+    assert (fastest == 1.0).all()  # each start and level has its fastest loss at 1
+    crossings = pd.read_csv(out / "smoke" / "crossings.csv")
+    assert list(crossings.columns) == ["arm", "level", "step", "censored"]
+    assert 0.5 in set(crossings["level"])  # target = escape = 0.5
+    assert len(crossings) == 8 * crossings["level"].nunique()  # every arm at every level
 
 
 def test_report_is_logged_on_the_parent_run(report):
