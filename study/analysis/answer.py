@@ -253,6 +253,8 @@ def answer_sentences(table: pd.DataFrame, level: float, factor: float) -> list[s
     """One paragraph per family's worst start at ``level``: the fastest loss and every other
     loss's ratio to it under the control-tuned rates, whether the best rates from this start
     change the fastest loss, and whether the verdict holds across the rate band."""
+    if table.empty:
+        return []
     several = table["optimizer"].nunique() > 1
     lines = []
     for init, severity in worst_starts(table):
