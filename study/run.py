@@ -12,7 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
-from study.errors import StoreUnreachable
+from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
@@ -66,7 +66,9 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
     resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
     any MLflow run exists, and may stop it by raising. A tracking server that stops
-    answering mid-study is retried for ``store_timeout`` seconds, then StoreUnreachable.
+    answering mid-study is retried for ``store_timeout`` seconds, then StoreUnreachable; a
+    store with no room left stops the study at once with StoreFull (the parent run FAILED
+    if it can still be written).
     ``say`` hears where the arms train; ``executor`` (default: the one the config names,
     ``study.executors``) trains them.
     """
@@ -116,9 +118,9 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
-        except StoreUnreachable as err:  # the CLI says what is stored and what a rerun trains
+        except (StoreUnreachable, StoreFull) as err:  # the CLI says what is stored and
             err.arms_stored = len(done) + tracker.arms_written
-            err.arms_total = len(arms)
+            err.arms_total = len(arms)  # what a rerun trains
             raise
         result.superseded = superseded
         return result
