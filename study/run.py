@@ -101,9 +101,13 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
     # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
     if executor is None:
         executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
-    with executor as trains, study_lock(db, config.name, tracker.uri):
-        # what a dead process left
-        tracker.patiently(lambda: tracker.sweep(config.name, locked=db is not None))
+    # One process at a time writes a study into a store: a lock file beside a SQLite store,
+    # a claim the server arbitrates otherwise.
+    held = study_lock(db, config.name, tracker.uri) if db is not None else \
+        tracker.claim(config.name)
+    with executor as trains, held:
+        # what a dead process left: with the study held, any RUNNING run of it
+        tracker.patiently(lambda: tracker.sweep(config.name, locked=True))
         superseded = tracker.patiently(
             lambda: tracker.supersede(config.name, digest)) if force else 0
         done = tracker.patiently(lambda: tracker.finished_arms(config.name, digest))

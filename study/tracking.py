@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from study.claims import owner_is_gone, schema_lock, schema_lock_file, this_process
+from study.claims import (claim_is_live, owner_is_gone, schema_lock, schema_lock_file,
+                          this_process)
 from study.config import StudyConfig
 from study.cores import WriterCore
 from study.errors import ConfigError, StoreFull, StoreUnreachable, quote
@@ -403,6 +404,19 @@ def _reason(err: Exception, timeout: str = REACH_TIMEOUT_S) -> str:
     return (text.splitlines()[0][:120] if text else type(err).__name__)
 
 
+# A study's claim on a tracking server: its owner renews the lease every quarter of it, and
+# a claim from another machine whose lease has run out no longer holds the study (a dead
+# process there cannot be asked). A process cut off from the server for longer than this
+# (--store-timeout above it) may lose its claim.
+LEASE_S = 600.0
+CLAIM_TRIES = 5  # claims taken and released by others between two looks: give up then
+
+
+def claim_name(study: str) -> str:
+    """The claim experiment's name: a study name has no spaces, so no study is named this."""
+    return f"{study} (claim)"
+
+
 class StudyTracker:
     def __init__(self, tracking_uri: str | None = None,
                  store_timeout: float = STORE_TIMEOUT_S):
@@ -511,11 +525,80 @@ class StudyTracker:
         relocate_artifacts(self.uri)
         return client
 
+    @contextlib.contextmanager
+    def claim(self, study: str) -> Iterator[None]:
+        """Hold ``study`` on a store without a lock file (a tracking server, a database) for
+        the ``with`` block. The server arbitrates: the claim is an experiment named
+        ``claim_name(study)``, and creating an experiment whose name exists fails, so of two
+        processes only one creates it. The other stops with a ConfigError (one line, exit 2)
+        while the holder lives (``claim_is_live``), or retires a dead holder's claim and
+        tries again. Leaving the block retires the claim: renamed out of the way (an
+        experiment in MLflow's trash keeps its name) and deleted."""
+        name = claim_name(study)
+        claim_id = self.patiently(lambda: self._take_claim(study, name))
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(claim_id, stop),
+                                   name="study-claim", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            # One short try: a server that is gone leaves the claim to its owner's death or
+            # its lease, as after a kill -9.
+            with contextlib.suppress(Exception), \
+                    _environment(MLFLOW_HTTP_REQUEST_TIMEOUT=REACH_TIMEOUT_S):
+                self._retire_claim(claim_id, study, "released")
+
+    def _claim_tags(self) -> dict[str, str]:
+        return {**this_process(), "study.lease_until": f"{time.time() + LEASE_S:.0f}",
+                "mlflow.note.content": "Held by the `study run` that writes this study now; "
+                                       "deleted when it ends."}
+
+    def _take_claim(self, study: str, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(CLAIM_TRIES):
+            try:
+                return self.client.create_experiment(name, tags=self._claim_tags())
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            held = self.client.get_experiment_by_name(name)
+            if held is None:  # released since
+                continue
+            owner = {key: held.tags.get(key) for key in this_process()}
+            if owner == this_process():  # ours: a try whose answer was lost
+                return held.experiment_id
+            if held.lifecycle_stage == "active" and claim_is_live(held.tags, time.time()):
+                raise ConfigError(
+                    f"study {study!r} is being run into {self.uri} by another process (pid "
+                    f"{held.tags.get('study.pid')} on {held.tags.get('study.host')}); wait "
+                    "for it to finish, or stop it and rerun")
+            with contextlib.suppress(MlflowException):  # another rerun retired it first
+                self._retire_claim(held.experiment_id, study, "expired")
+        raise ConfigError(f"study {study!r}: its claim in {self.uri} changed hands "
+                          f"{CLAIM_TRIES} times while this run tried to take it; rerun")
+
+    def _retire_claim(self, claim_id: str, study: str, why: str) -> None:
+        if self.client.get_experiment(claim_id).lifecycle_stage == "deleted":
+            self.client.restore_experiment(claim_id)  # deleted by hand: free its name
+        self.client.rename_experiment(claim_id, f"{study} (claim {claim_id} {why})")
+        self.client.delete_experiment(claim_id)
+
+    def _renew_lease(self, claim_id: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_S / 4):
+            with contextlib.suppress(Exception):  # the server is away: the next renewal
+                self.client.set_experiment_tag(claim_id, "study.lease_until",
+                                               f"{time.time() + LEASE_S:.0f}")
+
     def sweep(self, experiment: str, locked: bool) -> int:
         """Runs of this study left RUNNING by a process that is gone: parents end KILLED,
-        half-written children are deleted. With the study's lock held (a SQLite store),
-        every RUNNING run of the study is such a run; on a server, those whose owner ran on
-        this machine and has ended. Returns how many runs it cleaned up."""
+        half-written children are deleted. With the study held by this process (its lock
+        on a SQLite store, its claim on a server), every RUNNING run of the study is such a
+        run; without, those whose owner ran on this machine and has ended. Returns how many
+        runs it cleaned up."""
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return 0
