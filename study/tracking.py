@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from study.claims import (claim_is_live, owner_is_gone, schema_lock, schema_lock_file,
-                          this_process)
+from study.claims import claim_is_live, owner_is_gone, schema_lock, schema_lock_file, this_process
 from study.config import StudyConfig
 from study.cores import WriterCore
 from study.errors import ConfigError, StoreFull, StoreUnreachable, quote
