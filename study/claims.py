@@ -12,9 +12,10 @@ a process that died.
   time, so a later run of the study can tell a live owner from a dead one (a pid can be
   reused; its start time then differs).
 
-A tracking server has no file to lock: two processes on different machines are not kept
-from running one study at once (the README says so); runs left RUNNING by a dead process on
-this machine are still found.
+A tracking server (or a database store) has no file to lock: there the server arbitrates a
+claim (``StudyTracker.claim``: an MLflow experiment named after the study, which only one
+process can create), held by a live process on this machine, or by one elsewhere while the
+lease it renews lasts (``claim_is_live``).
 """
 
 from __future__ import annotations
@@ -94,3 +95,15 @@ def owner_is_gone(tags: dict[str, str]) -> bool:
     if tags.get("study.host") != socket.gethostname() or "study.pid" not in tags:
         return False
     return _start_time(int(tags["study.pid"])) != tags.get("study.process_start")
+
+
+def claim_is_live(tags: dict[str, str], now: float) -> bool:
+    """Whether the process that took a study's claim on a tracking server still holds it:
+    on this host, while it runs (pid and start time); on another, which cannot be asked,
+    while the lease it renews has not run out."""
+    if tags.get("study.host") == socket.gethostname():
+        return not owner_is_gone(tags)
+    try:
+        return float(tags.get("study.lease_until", "0")) > now
+    except ValueError:  # not a claim this program wrote
+        return False

@@ -193,14 +193,15 @@ def _confirm(args):
     return confirm
 
 
-# Exit codes: 0 done, 2 bad input (nothing written), 3 the tracking server went away
-# mid-study (what was stored is kept; rerun when it is back), 130/143 Ctrl-C/SIGTERM.
+# Exit codes: 0 done, 1 a chunk failed on Ray or the store is full (what was stored is kept),
+# 2 bad input (nothing written), 3 the tracking server went away mid-study (what was stored
+# is kept; rerun when it is back), 130/143 Ctrl-C/SIGTERM.
 STORE_GONE = 3
 
 
 def _run(config, args) -> int:
     from study.browse import stored_view_key
-    from study.errors import StoreUnreachable
+    from study.errors import StoreFull, StoreUnreachable
     from study.run import run_study
     from study.tracking import browse_link
 
@@ -219,6 +220,9 @@ def _run(config, args) -> int:
     except StoreUnreachable as err:
         print(f"error: {_gone(err)}", file=sys.stderr)
         return STORE_GONE
+    except StoreFull as err:  # the parent run ended FAILED if it could still be written
+        print(f"error: {_full(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:
         kept = getattr(err, "arms_kept", 0)
         print(f"\ninterrupted: {kept} arms kept, rerun to finish", file=sys.stderr)
@@ -314,6 +318,15 @@ def _gone(err) -> str:
         return f"{err}; rerun when it is back"
     stored = "1 arm is" if err.arms_stored == 1 else f"{err.arms_stored} arms are"
     return (f"{err}; {stored} stored, rerun when it is back to train the other "
+            f"{err.arms_total - err.arms_stored}")
+
+
+def _full(err) -> str:
+    """One line: which store, what is stored and what a rerun trains once there is room."""
+    if err.arms_stored is None:  # before the study knew what the store holds
+        return f"{err}: free space and rerun"
+    stored = "1 arm" if err.arms_stored == 1 else f"{err.arms_stored} arms"
+    return (f"{err}: {stored} stored, free space and rerun to train the other "
             f"{err.arms_total - err.arms_stored}")
 
 

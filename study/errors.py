@@ -41,3 +41,15 @@ class StoreUnreachable(RuntimeError):
         self.uri, self.seconds, self.reason = uri, seconds, reason
         self.arms_stored: int | None = None  # filled in by run_study, which knows the study
         self.arms_total: int | None = None
+
+
+class StoreFull(RuntimeError):
+    """The MLflow store's disk (or the process's file size limit) has no room for another
+    write. The CLI prints one line (what is stored, what a rerun will train) and exits 1;
+    every arm already written is whole, so a rerun once there is room finishes the study."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"the MLflow store {uri} is full ({reason})")
+        self.uri, self.reason = uri, reason
+        self.arms_stored: int | None = None  # filled in by run_study, which knows the study
+        self.arms_total: int | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -86,12 +87,14 @@ def chunks(arms: list[Arm], config: StudyConfig, splits: Splits, workers: int) -
 
 class RayExecutor:
     """Chunks of arms as Ray tasks. Entering connects to the cluster at ``address`` (or
-    starts a local one; or uses the one this process already joined) and says which."""
+    starts a local one, on loopback only, with ``num_cpus`` (default: every core); or uses
+    the one this process already joined) and says which."""
 
     def __init__(self, address: str | None = None, *, max_retries: int = MAX_RETRIES,
                  say: Callable[[str], None] = lambda line: None,
-                 chunk_function: Callable = train_chunk):
+                 chunk_function: Callable = train_chunk, num_cpus: int | None = None):
         self.address, self.max_retries, self.say = address, max_retries, say
+        self.num_cpus = num_cpus
         self.chunk_function = chunk_function  # tests swap in one whose worker dies
         self.started = False  # this executor started Ray, so it shuts it down
 
@@ -108,10 +111,13 @@ class RayExecutor:
 
             # Ray's C++ core logs each retry of a connection to file descriptor 2 (a refused
             # token: one line a second for half a minute); the error below says it in one.
+            local = self.address is None
             try:
-                with native_stderr_silenced(), _signal_handlers_kept():
+                with native_stderr_silenced(), _signal_handlers_kept(), \
+                        _loopback_only(local), _token_kept_private(local):
                     ray.init(address=self.address, include_dashboard=False,
-                             log_to_driver=False, configure_logging=False)
+                             log_to_driver=False, configure_logging=False,
+                             num_cpus=self.num_cpus if local else None)
             except Exception as err:  # no cluster there, a refused token, a bad address
                 reason = _first_line(err) or type(err).__name__
                 if self.address is None:
@@ -172,6 +178,54 @@ def _signal_handlers_kept():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# Ray decides a node's address when it starts it. On Linux that is the address other machines
+# reach (its gcs_server, raylet, object manager and workers then listen on every interface);
+# with this variable at 0, as on macOS and Windows, it is 127.0.0.1 and every one of them
+# listens on loopback only. A local cluster has no other machine to talk to.
+NODE_ADDRESS_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only(local: bool):
+    """While a local cluster starts: its processes (which inherit the environment) and this
+    driver (which read the variable when Ray was imported) take 127.0.0.1 as the node's
+    address. Not for a cluster at an address: its nodes must reach this driver."""
+    if not local:
+        yield
+        return
+    from ray._private import ray_constants
+
+    saved = os.environ.get(NODE_ADDRESS_VARIABLE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[NODE_ADDRESS_VARIABLE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        if saved[0] is None:
+            os.environ.pop(NODE_ADDRESS_VARIABLE, None)
+        else:
+            os.environ[NODE_ADDRESS_VARIABLE] = saved[0]
+
+
+@contextlib.contextmanager
+def _token_kept_private(local: bool):
+    """A local cluster's ray.init writes a token to ~/.ray/auth_token when there is none,
+    readable by every user (0644); a token the study's cluster made is left 0600, in a
+    folder made 0700 if the study made it. A token that was there is not touched."""
+    from pathlib import Path
+
+    token = Path.home() / ".ray" / "auth_token"
+    new = local and not token.exists()
+    if new and not token.parent.exists():
+        token.parent.mkdir(mode=0o700, parents=True)
+    try:
+        yield
+    finally:
+        if new and token.exists():
+            token.chmod(0o600)
 
 
 # ray.init retries an address where nothing answers for minutes; a TCP probe answers in

@@ -12,7 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import DATASETS, load_dataset
-from study.errors import StoreUnreachable
+from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
@@ -66,7 +66,9 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     Arms already FINISHED in the store under the same config hash are skipped (a rerun
     resumes an interrupted study) unless ``force``. ``confirm`` hears the study's size before
     any MLflow run exists, and may stop it by raising. A tracking server that stops
-    answering mid-study is retried for ``store_timeout`` seconds, then StoreUnreachable.
+    answering mid-study is retried for ``store_timeout`` seconds, then StoreUnreachable; a
+    store with no room left stops the study at once with StoreFull (the parent run FAILED
+    if it can still be written).
     ``say`` hears where the arms train; ``executor`` (default: the one the config names,
     ``study.executors``) trains them.
     """
@@ -99,9 +101,13 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
     # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
     if executor is None:
         executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
-    with executor as trains, study_lock(db, config.name, tracker.uri):
-        # what a dead process left
-        tracker.patiently(lambda: tracker.sweep(config.name, locked=db is not None))
+    # One process at a time writes a study into a store: a lock file beside a SQLite store,
+    # a claim the server arbitrates otherwise.
+    held = study_lock(db, config.name, tracker.uri) if db is not None else \
+        tracker.claim(config.name)
+    with executor as trains, held:
+        # what a dead process left: with the study held, any RUNNING run of it
+        tracker.patiently(lambda: tracker.sweep(config.name, locked=True))
         superseded = tracker.patiently(
             lambda: tracker.supersede(config.name, digest)) if force else 0
         done = tracker.patiently(lambda: tracker.finished_arms(config.name, digest))
@@ -116,9 +122,9 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
-        except StoreUnreachable as err:  # the CLI says what is stored and what a rerun trains
+        except (StoreUnreachable, StoreFull) as err:  # the CLI says what is stored and
             err.arms_stored = len(done) + tracker.arms_written
-            err.arms_total = len(arms)
+            err.arms_total = len(arms)  # what a rerun trains
             raise
         result.superseded = superseded
         return result

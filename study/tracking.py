@@ -10,6 +10,7 @@ at most the study's store timeout (``StudyTracker.patiently``), then StoreUnreac
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.metadata
 import json
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from study.claims import owner_is_gone, schema_lock, schema_lock_file, this_process
+from study.claims import claim_is_live, owner_is_gone, schema_lock, schema_lock_file, this_process
 from study.config import StudyConfig
 from study.cores import WriterCore
-from study.errors import ConfigError, StoreUnreachable, quote
+from study.errors import ConfigError, StoreFull, StoreUnreachable, quote
 from study.grid import Arm, exact, optimizer_of
 from study.train.common import ArmResult
 
@@ -354,6 +355,42 @@ def unreachable(err: BaseException) -> bool:
     return False
 
 
+# errno values of a write refused for want of room: the disk, the user's quota, or the
+# process's file size limit (ulimit -f, with SIGXFSZ ignored).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def out_of_room(err: BaseException | None, db: Path | None) -> bool:
+    """True when a write failed for want of room in the store: an artifact's OSError, SQLite's
+    SQLITE_FULL ("database or disk is full", also in a tracking server's answer), or the
+    "disk I/O error" SQLite reports for EFBIG, when the store file ``db`` is at the file
+    size limit. Not retried: room does not come back by itself."""
+    for _ in range(10):  # MLflow re-raises SQLAlchemy's error, which re-raises sqlite3's
+        if err is None:
+            return False
+        if isinstance(err, OSError) and err.errno in NO_ROOM:
+            return True
+        name = getattr(err, "sqlite_errorname", None)
+        if name == "SQLITE_IOERR_WRITE" and db is not None and _at_size_limit(db):
+            return True
+        if name == "SQLITE_FULL" or "database or disk is full" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _at_size_limit(db: Path) -> bool:
+    """Whether the store file or its write-ahead log is within a page of the file size limit
+    (SQLite's write that crossed it failed with EFBIG, which it reports as an I/O error)."""
+    import resource
+
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return False
+    files = [db, db.with_name(db.name + "-wal")]
+    return any(f.exists() and f.stat().st_size + 65536 > limit for f in files)
+
+
 def _reason(err: Exception, timeout: str = REACH_TIMEOUT_S) -> str:
     """The cause in a few words, from MLflow's long connection errors."""
     import re
@@ -365,6 +402,19 @@ def _reason(err: Exception, timeout: str = REACH_TIMEOUT_S) -> str:
     if "timed out" in text.lower() or "timeout" in text.lower():
         return f"no answer within {timeout} s"
     return (text.splitlines()[0][:120] if text else type(err).__name__)
+
+
+# A study's claim on a tracking server: its owner renews the lease every quarter of it, and
+# a claim from another machine whose lease has run out no longer holds the study (a dead
+# process there cannot be asked). A process cut off from the server for longer than this
+# (--store-timeout above it) may lose its claim.
+LEASE_S = 600.0
+CLAIM_TRIES = 5  # claims taken and released by others between two looks: give up then
+
+
+def claim_name(study: str) -> str:
+    """The claim experiment's name: a study name has no spaces, so no study is named this."""
+    return f"{study} (claim)"
 
 
 class StudyTracker:
@@ -409,6 +459,8 @@ class StudyTracker:
             try:
                 value = attempt()
             except Exception as err:
+                if out_of_room(err, sqlite_path(self.uri)):
+                    raise self.full(err) from None
                 if not (self.patient and unreachable(err)):
                     raise
                 now = time.monotonic()
@@ -425,6 +477,14 @@ class StudyTracker:
                 continue
             self.outage_since = None  # the server answers: a later outage has a new budget
             return value
+
+    def full(self, err: BaseException) -> StoreFull:
+        """The store has no room: the error the CLI turns into one line and exit 1."""
+        while err.__cause__ is not None:  # sqlite3's own words, not SQLAlchemy's wrapping
+            err = err.__cause__
+        reason = (os.strerror(err.errno) if isinstance(err, OSError) and err.errno
+                  else _reason(err))
+        return StoreFull(self.uri, reason)
 
     def _experiment(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -450,19 +510,95 @@ class StudyTracker:
 
         from mlflow.tracking import MlflowClient
 
-        # "Creating initial MLflow database tables..." is MLflow's news, not the user's.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        # "Creating initial MLflow database tables..." is MLflow's news, not the user's; and
+        # it logs a traceback for each database error (a full disk: one per try) before
+        # raising it, which the study reports in one line or raises itself.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         with schema_lock(sqlite_path(self.uri)):  # a new store's tables, one process at once
-            client = MlflowClient(tracking_uri=self.uri)
-            client.search_experiments(max_results=1)
+            try:
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)
+            except Exception as err:
+                if out_of_room(err, sqlite_path(self.uri)):
+                    raise self.full(err) from None
+                raise
         relocate_artifacts(self.uri)
         return client
 
+    @contextlib.contextmanager
+    def claim(self, study: str) -> Iterator[None]:
+        """Hold ``study`` on a store without a lock file (a tracking server, a database) for
+        the ``with`` block. The server arbitrates: the claim is an experiment named
+        ``claim_name(study)``, and creating an experiment whose name exists fails, so of two
+        processes only one creates it. The other stops with a ConfigError (one line, exit 2)
+        while the holder lives (``claim_is_live``), or retires a dead holder's claim and
+        tries again. Leaving the block retires the claim: renamed out of the way (an
+        experiment in MLflow's trash keeps its name) and deleted."""
+        name = claim_name(study)
+        claim_id = self.patiently(lambda: self._take_claim(study, name))
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(claim_id, stop),
+                                   name="study-claim", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            # One short try: a server that is gone leaves the claim to its owner's death or
+            # its lease, as after a kill -9.
+            with contextlib.suppress(Exception), \
+                    _environment(MLFLOW_HTTP_REQUEST_TIMEOUT=REACH_TIMEOUT_S):
+                self._retire_claim(claim_id, study, "released")
+
+    def _claim_tags(self) -> dict[str, str]:
+        return {**this_process(), "study.lease_until": f"{time.time() + LEASE_S:.0f}",
+                "mlflow.note.content": "Held by the `study run` that writes this study now; "
+                                       "deleted when it ends."}
+
+    def _take_claim(self, study: str, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(CLAIM_TRIES):
+            try:
+                return self.client.create_experiment(name, tags=self._claim_tags())
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            held = self.client.get_experiment_by_name(name)
+            if held is None:  # released since
+                continue
+            owner = {key: held.tags.get(key) for key in this_process()}
+            if owner == this_process():  # ours: a try whose answer was lost
+                return held.experiment_id
+            if held.lifecycle_stage == "active" and claim_is_live(held.tags, time.time()):
+                raise ConfigError(
+                    f"study {study!r} is being run into {self.uri} by another process (pid "
+                    f"{held.tags.get('study.pid')} on {held.tags.get('study.host')}); wait "
+                    "for it to finish, or stop it and rerun")
+            with contextlib.suppress(MlflowException):  # another rerun retired it first
+                self._retire_claim(held.experiment_id, study, "expired")
+        raise ConfigError(f"study {study!r}: its claim in {self.uri} changed hands "
+                          f"{CLAIM_TRIES} times while this run tried to take it; rerun")
+
+    def _retire_claim(self, claim_id: str, study: str, why: str) -> None:
+        if self.client.get_experiment(claim_id).lifecycle_stage == "deleted":
+            self.client.restore_experiment(claim_id)  # deleted by hand: free its name
+        self.client.rename_experiment(claim_id, f"{study} (claim {claim_id} {why})")
+        self.client.delete_experiment(claim_id)
+
+    def _renew_lease(self, claim_id: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_S / 4):
+            with contextlib.suppress(Exception):  # the server is away: the next renewal
+                self.client.set_experiment_tag(claim_id, "study.lease_until",
+                                               f"{time.time() + LEASE_S:.0f}")
+
     def sweep(self, experiment: str, locked: bool) -> int:
         """Runs of this study left RUNNING by a process that is gone: parents end KILLED,
-        half-written children are deleted. With the study's lock held (a SQLite store),
-        every RUNNING run of the study is such a run; on a server, those whose owner ran on
-        this machine and has ended. Returns how many runs it cleaned up."""
+        half-written children are deleted. With the study held by this process (its lock
+        on a SQLite store, its claim on a server), every RUNNING run of the study is such a
+        run; without, those whose owner ran on this machine and has ended. Returns how many
+        runs it cleaned up."""
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             return 0
@@ -532,9 +668,11 @@ class StudyTracker:
         try:
             self.experiment_id = self.patiently(lambda: self._experiment(config.name))
             self._write_ahead_log()
-        except StoreUnreachable:
+        except (StoreUnreachable, StoreFull):
             raise
         except Exception as err:  # a read-only file or folder, a server that refuses
+            if out_of_room(err, sqlite_path(self.uri)):
+                raise self.full(err) from None
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
             raise ConfigError(f"MLflow store {self.uri} cannot be written ({reason})") \
                 from None
@@ -674,9 +812,9 @@ class ArmWriter:
     kept, and an arm that did not finish never has a run. ``show`` hears, from the writer
     thread, how many arms are in the store so far ("52 stored"), or, while a tracking server
     does not answer, how long the writer has been retrying. Once the store timeout has run
-    out, the queued writes fail at once and ``check``, ``write`` and leaving the block raise
-    StoreUnreachable, so the study stops training. While writes are queued, the writer has a
-    core to itself (``study.cores``).
+    out, or the store is full, the queued writes fail at once and ``check``, ``write`` and
+    leaving the block raise StoreUnreachable or StoreFull, so the study stops training.
+    While writes are queued, the writer has a core to itself (``study.cores``).
     """
 
     def __init__(self, tracker: StudyTracker, show: Callable[[str], None] = lambda text: None):
@@ -690,11 +828,12 @@ class ArmWriter:
         self.lock = threading.Lock()
         self.busy_seconds = 0.0  # time the writer spent writing
         self.wait_seconds = 0.0  # time training waited for it at the end
-        self.gave_up: StoreUnreachable | None = None  # the store timeout ran out
+        # the store timeout ran out, or the store is full
+        self.gave_up: StoreUnreachable | StoreFull | None = None
 
     def check(self) -> None:
-        """Raise StoreUnreachable once the writer has given up: training more arms into a
-        queue that cannot drain would only lose them."""
+        """Raise StoreUnreachable or StoreFull once the writer has given up: training more
+        arms into a queue that cannot drain would only lose them."""
         if self.gave_up is not None:
             raise self.gave_up
 
@@ -714,7 +853,7 @@ class ArmWriter:
         try:
             self.check()  # given up on an earlier arm: this one is retrained by the rerun
             run_id = self.tracker.write_arm(arm, result, params, waiting=self._waiting)
-        except StoreUnreachable as err:
+        except (StoreUnreachable, StoreFull) as err:
             self.gave_up = err
             raise
         finally:

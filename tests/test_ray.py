@@ -257,3 +257,49 @@ def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_kil
     parents, children = _statuses(f"sqlite:///{db}")
     assert parents == ["KILLED"]
     assert kept % 16 == 0 and 16 <= kept < 64 and children == ["FINISHED"] * kept
+
+
+# Run in a process of its own, with a home folder of its own: the module's cluster is not the
+# study's kind, and Ray keeps the token it loaded for the life of a process.
+LOCAL_CLUSTER = """
+import json, psutil
+from study.executors import RayExecutor
+
+with RayExecutor(num_cpus=2) as executor:
+    assert executor.started
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
+    names = {pid: psutil.Process(pid).name() for pid in ours}
+    listening = [(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+print(json.dumps(listening))
+"""
+
+
+def test_the_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(tmp_path):
+    """`--executor ray` without an address: every process of the cluster the study starts
+    (gcs_server, raylet, workers, agents, the driver) listens on 127.0.0.1 only, and the
+    token Ray writes for it is readable by its owner only."""
+    import ipaddress
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    environment["HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    listening = json.loads(done.stdout.splitlines()[-1])
+    names = {name for _, _, name in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # the cluster's own servers, found
+    for ip, port, name in listening:
+        address = ipaddress.ip_address(ip)
+        address = getattr(address, "ipv4_mapped", None) or address  # ::ffff:127.0.0.1
+        assert address.is_loopback, (name, ip, port)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert token.parent.stat().st_mode & 0o777 == 0o700
+    assert len(token.read_text().strip()) == 64  # a token was made, and is kept

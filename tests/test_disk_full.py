@@ -1,0 +1,104 @@
+"""A store whose disk fills mid-study. The study process runs with a file size limit (as
+`ulimit -f` sets, SIGXFSZ ignored), so SQLite's writes past it fail with EFBIG, as on a full
+disk: one line and exit 1, the arms written before are whole and FINISHED, the parent run
+FAILED; a rerun once there is room trains the other arms, with the values of an
+uninterrupted run. (A full tmpfs gives SQLITE_FULL instead; both are recognised, see
+``test_what_counts_as_a_full_store``.)"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from study.tracking import out_of_room
+from tests.conftest import CONFIGS, ROOT
+from tests.test_resume import _statuses, _values
+
+N_ARMS = 32  # 4 losses x 2 starts x 4 seeds, one epoch
+STUDY = [str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1, 2, 3]", "--quiet"]
+# The store's tables take about 0.8 MB and each arm some 0.1 MB (in the write-ahead log):
+# the limit is reached after a few arms, long before the last.
+LIMIT = 1_500_000
+
+
+def _study(uri: str, limit: int | None = None) -> subprocess.CompletedProcess:
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", uri],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limited if limit else None)
+
+
+@pytest.mark.slow
+def test_a_full_store_stops_the_study_in_one_line_and_a_rerun_completes_it(tmp_path):
+    reference = f"sqlite:///{tmp_path / 'whole' / 'mlflow.db'}"
+    (tmp_path / "whole").mkdir()
+    assert _study(reference).returncode == 0
+    uninterrupted = _values(reference)
+    assert len(uninterrupted) == N_ARMS
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    full = _study(uri, LIMIT)
+    assert full.returncode == 1, full.stderr
+    lines = full.stderr.splitlines()
+    assert len(lines) == 1, full.stderr  # no traceback, no MLflow log
+    said = re.fullmatch(rf"error: the MLflow store {re.escape(uri)} is full \(disk I/O error\)"
+                        r": (\d+) arms? stored, free space and rerun to train the other (\d+)",
+                        lines[0])
+    assert said, lines[0]
+    stored, other = int(said[1]), int(said[2])
+    assert stored + other == N_ARMS and 0 < stored < N_ARMS
+    parents, children = _statuses(uri)
+    assert parents == ["FAILED"]  # there was still room to say so
+    assert children == ["FINISHED"] * stored  # the arms written before are whole
+
+    rerun = _study(uri)  # room again
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"trained {other} arms" in rerun.stdout
+    assert f"skipped {stored} already finished" in rerun.stdout
+    parents, children = _statuses(uri)
+    assert sorted(parents) == ["FAILED", "FINISHED"]
+    assert children == ["FINISHED"] * N_ARMS  # one run per arm
+    resumed = _values(uri)
+    assert resumed.keys() == uninterrupted.keys()
+    for key, histories in uninterrupted.items():
+        assert resumed[key] == histories, key
+
+
+def test_what_counts_as_a_full_store(tmp_path):
+    """SQLITE_FULL (a full disk, here a page-count cap), ENOSPC, EDQUOT and EFBIG from an
+    artifact's write, and MLflow's wrapping of them count; other errors do not."""
+    from mlflow.exceptions import MlflowException
+
+    db = tmp_path / "capped.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE t (x BLOB)")
+        connection.execute("PRAGMA max_page_count = 4")
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            connection.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    assert "database or disk is full" in str(caught.value)
+    try:  # as MLflow raises it: its own error, from SQLAlchemy's, from sqlite3's
+        try:
+            raise caught.value
+        except sqlite3.OperationalError as err:
+            raise MlflowException(f"(sqlite3.OperationalError) {err}") from err
+    except MlflowException as wrapped:
+        assert out_of_room(wrapped, db)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        assert out_of_room(OSError(code, "no room"), None)
+    assert not out_of_room(OSError(errno.EACCES, "denied"), None)
+    assert not out_of_room(MlflowException("RESOURCE_DOES_NOT_EXIST"), db)
+    # SQLite's "disk I/O error" is a full store only at the file size limit
+    io_error = sqlite3.OperationalError("disk I/O error")
+    io_error.sqlite_errorname = "SQLITE_IOERR_WRITE"
+    assert not out_of_room(io_error, db)  # no limit in this process

@@ -1,0 +1,115 @@
+"""One study, one tracking server, several processes: the server arbitrates a claim (an
+experiment only one process can create), so no arm is stored twice. Against a real
+`mlflow server`: two `study run` of one study started at once store each arm once, with the
+values of a single run, and the second stops with one line; a claim left by a dead process
+(this machine: its pid and start time; another: a lease that ran out) does not block a
+rerun, and a live one does."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.claims import _start_time, this_process
+from study.errors import ConfigError
+from study.tracking import LEASE_S, StudyTracker, claim_name
+from tests.conftest import MlflowServer
+from tests.test_resume import _run, _statuses, _values
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("claim")).start()
+    yield server
+    server.stop()
+
+
+def _claim_by_hand(uri: str, study: str, **tags: str) -> str:
+    """A claim as another process would have left it."""
+    return MlflowClient(uri).create_experiment(claim_name(study), tags=tags)
+
+
+def _take(uri: str, study: str) -> None:
+    """Take the study's claim and let it go again, as a study run does."""
+    tracker = StudyTracker(uri)
+    with tracker.requests_once(), tracker.claim(study):
+        held = MlflowClient(uri).get_experiment_by_name(claim_name(study))
+        assert held is not None and held.tags["study.pid"] == this_process()["study.pid"]
+
+
+def _free(uri: str, study: str) -> bool:
+    return MlflowClient(uri).get_experiment_by_name(claim_name(study)) is None
+
+
+def test_a_claim_is_let_go_and_a_dead_owners_claim_does_not_block(server):
+    _take(server.url, "quick")
+    assert _free(server.url, "quick")  # released: the name is free for the next run
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = _claim_by_hand(server.url, "dead", **{
+        "study.host": socket.gethostname(), "study.pid": gone.stdout.strip(),
+        "study.process_start": "1", "study.lease_until": f"{time.time() + LEASE_S:.0f}"})
+    _take(server.url, "dead")  # this machine, the process is gone: the lease does not matter
+    assert _free(server.url, "dead")
+    retired = MlflowClient(server.url).get_experiment(dead)
+    assert retired.lifecycle_stage == "deleted" and retired.name == f"dead (claim {dead} expired)"
+
+    _claim_by_hand(server.url, "lapsed", **{
+        "study.host": "elsewhere.example", "study.pid": "1", "study.process_start": "1",
+        "study.lease_until": f"{time.time() - 1:.0f}"})
+    _take(server.url, "lapsed")  # another machine whose lease ran out
+    assert _free(server.url, "lapsed")
+
+
+@pytest.mark.parametrize("where", ["this machine", "another machine"])
+def test_a_live_owners_claim_stops_a_second_run_in_one_line(server, where):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)  # its start time is in /proc
+        owner = {"study.host": socket.gethostname(), "study.pid": str(live.pid),
+                 "study.process_start": _start_time(live.pid),
+                 "study.lease_until": f"{time.time() - 1:.0f}"}  # a lapsed lease: no matter
+        if where == "another machine":
+            owner = {"study.host": "elsewhere.example", "study.pid": "4242",
+                     "study.process_start": "1",
+                     "study.lease_until": f"{time.time() + LEASE_S:.0f}"}
+        study = f"held-{where.split()[0]}"
+        _claim_by_hand(server.url, study, **owner)
+        with pytest.raises(ConfigError) as stopped:
+            _take(server.url, study)
+        message = str(stopped.value)
+        assert "\n" not in message
+        assert message == (f"study {study!r} is being run into {server.url} by another "
+                           f"process (pid {owner['study.pid']} on {owner['study.host']}); "
+                           "wait for it to finish, or stop it and rerun")
+        assert not _free(server.url, study)  # left as it was
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, tmp_path):
+    """Both started at once: one trains every arm, the other stops with one line, exit 2,
+    having written nothing; the values are a single run's."""
+    reference = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, second = _run(server.url), _run(server.url)
+    assert _run(reference).wait(timeout=300) == 0  # meanwhile, the single run
+    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    loser = first if first.returncode == 2 else second
+    err = loser.stderr.read().decode()
+    assert codes == [0, 2], err
+    assert err.count("\n") == 1 and "error: study 'smoke' is being run into " \
+        f"{server.url} by another process (pid " in err, err
+    parents, children = _statuses(server.url)
+    assert parents == ["FINISHED"]  # the second run made no parent run
+    assert children == ["FINISHED"] * 48  # one run per arm
+    single = _values(reference)
+    assert len(single) == 48 and _values(server.url) == single
+    assert _free(server.url, "smoke")
