@@ -154,6 +154,9 @@ class StudyConfig(_Frozen):
     target_mode: Literal["absolute", "relative"] = "absolute"
     # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
     escape: Fraction = 0.5
+    # val_accuracy levels whose crossings (first step at or above) the trainers find exactly;
+    # the target (absolute mode) and escape are crossed too (``crossing_levels``)
+    levels: tuple[Fraction, ...] = (0.5, 0.7, 0.8, 0.9)
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"
@@ -242,6 +245,20 @@ class StudyConfig(_Frozen):
             if not isinstance(severities, dict):
                 _unique(f"inits.{name}", severities)
         return value
+
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"must be unique and in increasing order, got {list(value)}")
+        return value
+
+    @property
+    def crossing_levels(self) -> tuple[float, ...]:
+        """Every val_accuracy level whose first crossing is found: ``levels``, ``escape`` and
+        an absolute ``target`` (a relative one is known only once the controls have run)."""
+        extra = {self.escape} | ({self.target} if self.target_mode == "absolute" else set())
+        return tuple(sorted(set(self.levels) | extra))
 
     @field_validator("ray_address")
     @classmethod

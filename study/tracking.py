@@ -421,6 +421,7 @@ class StudyTracker:
                     Param("executor", config.executor),
                     Param("target", f"{config.target:g}"),
                     Param("escape", f"{config.escape:g}"),
+                    Param("levels", ",".join(f"{v:g}" for v in config.crossing_levels)),
                     Param("target_mode", config.target_mode),
                     Param("n_classes", str(n_classes))],
             tags=[RunTag(f"version.{name}", v) for name, v in versions.items()]))
