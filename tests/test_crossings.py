@@ -91,3 +91,43 @@ def test_the_reference_trainer_finds_the_same_crossings(small, digits):
     config, arms, results = small
     for arm, result in reference.train_arms(arms, config, digits):
         assert crossings_of(result) == crossings_of(results[arm]), arm.key
+
+
+def test_the_analysis_reads_crossings_from_the_store(tf, smoke_store):
+    """The smoke study through the CLI into MLflow and back: one row per arm and level,
+    exact where the store holds the level, censored where its metric is absent."""
+    from study.analysis import arm_metrics, load_study
+    from study.analysis.crossings import crossings
+
+    study = load_study(smoke_store, "smoke")
+    assert study.levels == (0.5, 0.7, 0.8, 0.9)
+    table = crossings(study)
+    assert len(table) == len(study.arms) * 4 and table["exact"].all()
+    for row in table.itertuples():
+        history = study.history[study.history["run_id"] == row.run_id]
+        mark = history[history["metric"] == crossing_key(row.level)]
+        curve = history[history["metric"] == "val_accuracy"].set_index("step")["value"]
+        if row.censored:
+            assert mark.empty and np.isnan(row.step) and (curve < row.level).all()
+        else:
+            assert list(mark["step"]) == list(mark["value"]) == [row.step]
+            assert row.low == max(row.step - 1, 0) and curve[row.step] >= row.level
+            assert (curve[curve.index < row.step] < row.level).all()
+    assert (~table["censored"]).sum() >= 4  # the controls reach the target (0.5)
+    arms = arm_metrics(study).set_index("run_id")
+    target = table[table["level"] == study.target].set_index("run_id")
+    assert list(arms.loc[target.index, "reached"]) == list(~target["censored"])
+    reached = target[~target["censored"]]
+    assert list(arms.loc[reached.index, "steps_to_target"]) == list(reached["step"])
+
+
+def test_a_store_without_crossings_falls_back_to_the_logged_curve():
+    from study.analysis.crossings import crossings
+    from tests.test_convergence import make_study
+
+    study = make_study([{"loss": "cce", "init": "glorot", "seed": 0, "reach": 64},
+                        {"loss": "mse", "init": "glorot", "seed": 0, "reach": None}])
+    table = crossings(study).set_index(["arm", "level"])
+    assert list(table.loc[("run0", 0.9), ["step", "low", "censored", "exact"]]) == [
+        64, 32, False, False]
+    assert table.loc[("run1", 0.5), "censored"] and table.loc[("run1", 0.5), "low"] == 1000

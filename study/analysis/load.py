@@ -26,6 +26,7 @@ class Study:
     escape: float  # the val_accuracy level that ends a stall (escape time)
     arms: pd.DataFrame  # ARM_COLUMNS plus the other params
     history: pd.DataFrame  # ARM_COLUMNS[:7] + step, metric, value
+    levels: tuple[float, ...] = ()  # levels whose crossings the store holds exactly
 
     def metric(self, name: str) -> pd.DataFrame:
         return self.history[self.history["metric"] == name]
@@ -89,7 +90,8 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     if parent.data.params.get("target_mode") == "relative":
         target = relative_target(target, history, int(parent.data.params["n_classes"]))
     escape = float(parent.data.params.get("escape", "0.5"))
-    return Study(experiment, parent.info.run_id, digest, target, escape, arms, history)
+    levels = tuple(float(v) for v in parent.data.params.get("levels", "").split(",") if v)
+    return Study(experiment, parent.info.run_id, digest, target, escape, arms, history, levels)
 
 
 def relative_target(fraction: float, history: pd.DataFrame, n_classes: int) -> float:
