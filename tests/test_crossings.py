@@ -131,3 +131,22 @@ def test_a_store_without_crossings_falls_back_to_the_logged_curve():
     assert list(table.loc[("run0", 0.9), ["step", "low", "censored", "exact"]]) == [
         64, 32, False, False]
     assert table.loc[("run1", 0.5), "censored"] and table.loc[("run1", 0.5), "low"] == 1000
+
+
+def test_a_crossings_value_is_the_scheduled_evaluations_bit_for_bit(tf, digits):
+    """Where a crossing falls on a scheduled step (every step up to 40), the in-loop value
+    and the scheduled evaluation's are one computation: equal, not close."""
+    config = load_config(CONFIGS / "smoke.yaml", [*SMALL, "losses=[cce]", "optimizer.lr=0.5", "epochs=1"])
+    arms = expand_grid(config)
+    group = batched._Group(batched.slots_for(len(arms)), config, digits, "cce",
+                           config.optimizers[0])
+    results = batched.train_group(group, arms)
+    scheduled = {s for s, _ in group.schedule.all_steps}
+    seen = 0
+    for result, crossed in zip(results, group.crossings(), strict=False):
+        logged = dict(result.history["val_accuracy"])
+        for step, value in crossed.values():
+            if step in scheduled:
+                assert logged[step] == value
+                seen += 1
+    assert seen >= 3
