@@ -136,7 +136,8 @@ def test_a_store_without_crossings_falls_back_to_the_logged_curve():
 def test_a_crossings_value_is_the_scheduled_evaluations_bit_for_bit(tf, digits):
     """Where a crossing falls on a scheduled step (every step up to 40), the in-loop value
     and the scheduled evaluation's are one computation: equal, not close."""
-    config = load_config(CONFIGS / "smoke.yaml", [*SMALL, "losses=[cce]", "optimizer.lr=0.5", "epochs=1"])
+    config = load_config(CONFIGS / "smoke.yaml",
+                         [*SMALL, "losses=[cce]", "optimizer.lr=0.5", "epochs=1"])
     arms = expand_grid(config)
     group = batched._Group(batched.slots_for(len(arms)), config, digits, "cce",
                            config.optimizers[0])

@@ -45,19 +45,22 @@ class _Evaluator:
         self.y_train = tf.constant(y_train_encoded)
         self.x_val = tf.constant(splits.inputs("val"))
         self.single_neuron = is_single_neuron(model)
+        # The model's forward pass over the validation split as one graph: the crossings
+        # call it after every step, where an eager call's overhead would dominate.
+        self.val_outputs = tf.function(lambda: self.model(self.x_val, training=False))
 
     def __call__(self, full: bool = True) -> dict[str, float]:
         import tensorflow as tf
 
         if not full:
-            val_outputs = self.model(self.x_val, training=False).numpy()
+            val_outputs = self.val_outputs().numpy()
             return {"val_accuracy": accuracy(val_outputs, self.splits.y_val)}
 
         with tf.GradientTape() as tape:
             outputs = self.model(self.x_train, training=False)
             loss = self.loss_fn(self.y_train, outputs)
         grads = tape.gradient(loss, self.model.trainable_variables)
-        val_outputs = self.model(self.x_val, training=False).numpy()
+        val_outputs = self.val_outputs().numpy()
         values = {
             "train_loss": float(loss),
             "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
