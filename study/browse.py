@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from study.grid import Arm
 from study.inits import start_name as start_label
-from study.palette import LOSS_COLOURS, OTHER_COLOURS
+from study.palette import colour as loss_colour
 
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
 VIEW_URL_PARAM = "viewStateShareKey"
@@ -35,13 +35,6 @@ def run_name(arm: Arm, with_optimizer: bool = False) -> str:
     tag ``study.arm``."""
     loss = f"{arm.loss} · {arm.optimizer}" if with_optimizer else arm.loss
     return f"{loss} · {start_label(arm.init, arm.severity)} · s{arm.seed} · lr {arm.lr:g}"
-
-
-def loss_colour(loss: str) -> str:
-    """The report's colour of a loss (study.palette), so it looks the same in MLflow."""
-    if loss in LOSS_COLOURS:
-        return LOSS_COLOURS[loss]
-    return OTHER_COLOURS[sum(map(ord, loss)) % len(OTHER_COLOURS)]  # stable across runs
 
 
 def arm_tags(arm: Arm, best_lr: bool | None) -> dict[str, str]:
@@ -164,17 +157,19 @@ def publish_views(client, experiment_id: str, starts: list[tuple[str, float]],
 
 def study_note(answer: list[str], starts: list[tuple[str, float]], config_hash: str,
                report: str) -> str:
-    """The parent run's description (Markdown): the report's answer, then a filter per start
-    to paste into the runs page's search box."""
-    lines = [f"**What the report found** ({report}):", ""]
-    lines += [f"- {sentence}" for sentence in answer]
+    """The parent run's description (Markdown, rendered by MLflow's UI): the report's
+    answer, then a filter per start to paste into the runs page's search box. ``report`` is
+    Markdown already; every other string is escaped (study.markup)."""
+    from study.markup import md_block, md_code, md_lines, md_text
+
+    keep = md_code(f"and tags.`study.config_hash` = '{config_hash}'")
+    lines = [f"**What the report found** ({report}):", "", md_lines(answer)]
     lines += ["", "**Filters**: paste one into the runs page's search box (each loss at its "
-              "own best learning rate from one start; add "
-              f"``and tags.`study.config_hash` = '{config_hash}'`` to keep to this config). "
+              f"own best learning rate from one start; add {keep} to keep to this config). "
               "The view menu's saved views \"losses from ...\" open the same with charts.", ""]
     for init, severity in starts:
         start = start_label(init, severity)
-        lines += [f"{start}:", "```", comparison_filter(start), "```"]
+        lines += [f"{md_text(start)}:", *md_block(comparison_filter(start))]
     return "\n".join(lines)
 
 

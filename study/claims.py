@@ -61,6 +61,11 @@ def study_lock(db: Path | None, study: str, uri: str) -> Iterator[None]:
         yield
 
 
+def schema_lock_file(db: Path) -> Path:
+    """Where the schema lock of a SQLite store is; it exists once a study made the store."""
+    return _lock_file(db, "schema")
+
+
 def schema_lock(db: Path | None):
     """Serialize the creation of a new SQLite store's tables across processes."""
     if db is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 
 from study.errors import ChunkFailed, ConfigError
@@ -103,6 +104,7 @@ def _main(argv: list[str] | None) -> int:
         arms = expand_grid(config)
         if args.command == "run":
             args.store_timeout = _store_timeout(args.store_timeout)
+            _check_store(args.tracking_uri)
         if args.command == "show":
             _show(config, arms)
             return 0
@@ -118,6 +120,14 @@ def _flags(args) -> dict[str, str]:
     flags = {"executor": getattr(args, "executor", None),
              "ray_address": getattr(args, "address", None)}
     return {key: value for key, value in flags.items() if value is not None}
+
+
+def _check_store(uri: str | None) -> None:
+    """The store, checked before TensorFlow is imported: a store that cannot be used costs
+    a second, not a data load (``run_study`` checks it again for callers of the library)."""
+    from study.tracking import check_store, default_tracking_uri
+
+    check_store(uri or default_tracking_uri())
 
 
 def _store_timeout(text: str | None) -> float:
@@ -242,20 +252,22 @@ def _ui(args) -> int:
     from urllib.parse import urlparse
 
     from study.browse import study_links, ui_port
-    from study.tracking import absolute_uri, default_tracking_uri, relocate_artifacts, sqlite_path
+    from study.tracking import absolute_uri, check_store, default_tracking_uri, relocate_artifacts
 
-    uri = absolute_uri(args.tracking_uri or default_tracking_uri())
+    uri = args.tracking_uri or default_tracking_uri()
     if urlparse(uri).scheme in ("http", "https"):
         print(f"error: {uri} is a tracking server already: open it in a browser "
               "(python -m study run prints the study's link)", file=sys.stderr)
         return 2
-    path = sqlite_path(uri)
-    if path is not None and not path.exists():
-        print(f"error: no MLflow store at {path}: run a study first (make run-study)",
-              file=sys.stderr)
-        return 2
-    relocate_artifacts(uri)  # a store moved with its mlartifacts/ folder shows its artifacts
     port = ui_port(args.port)
+    try:
+        check_store(uri, must_exist=True)
+        _check_port_free(port)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    uri = absolute_uri(uri)
+    relocate_artifacts(uri)  # a store moved with its mlartifacts/ folder shows its artifacts
     links = study_links(uri, port)
     for name, link in links:
         print(f"study {name!r}: {link}")
@@ -269,6 +281,33 @@ def _ui(args) -> int:
                       "--port", str(port), "--workers", "1"])
 
 
+def _check_port_free(port: int) -> None:
+    """`mlflow ui` on a port that another program holds would print a link to that program
+    and exit 0: refuse, and name a port that is free now."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"$PORT: {port} is not a port (1-65535)")
+    if _bindable(port):
+        return
+    free = next((p for p in range(port + 1, min(port + 100, 65536)) if _bindable(p)), 0)
+    if not free:  # none near it: one the kernel picks
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+    raise ConfigError(f"port {port} is in use by another program; serve on a free one, e.g. "
+                      f"--port {free} (make ui PORT={free})")
+
+
+def _bindable(port: int) -> bool:
+    # as the server will bind it: loopback, with SO_REUSEADDR (a port in TIME_WAIT is free)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _gone(err) -> str:
     """One line: which server, for how long, what is stored and what a rerun trains."""
     if err.arms_stored is None:  # before the study knew what the store holds
@@ -279,17 +318,66 @@ def _gone(err) -> str:
 
 
 def _report(args) -> int:
+    """Exit 0 written, 1 the notebook failed or the disk is full, 2 bad input or a path the
+    report may not write (nothing changed), 130/143 Ctrl-C/SIGTERM (the report being built
+    is discarded with its scratch folders; those already in place stay)."""
+    import errno
     from pathlib import Path
 
-    from study.report import build_reports
-    from study.tracking import default_tracking_uri
+    from study.report import NotebookFailed, build_reports
+    from study.report_files import DISK_FULL
+    from study.tracking import check_store, default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    received = _interruptible()
+    _quiet_when_interrupted()
     try:
+        check_store(uri, must_exist=True)  # a store that is not there is not made
         paths = build_reports(uri, args.experiment, Path(args.out))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"error: {err.strerror}{where}; the reports already under --out are as "
+                  "they were", file=sys.stderr)
+            return 1
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            print(f"error: cannot write {err.filename or args.out}: {err.strerror}",
+                  file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("\ninterrupted: no report half-written, rerun to finish", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
     for name, path in paths:
         print(f"wrote {path}" + (f" (experiment {name!r})" if path.parent.name != name else ""))
     return 0
+
+
+def _quiet_when_interrupted() -> None:
+    """On top of ``_interruptible``: once stopped, the notebook's kernel is ended at once and
+    the notebook machinery's own echoes of the stop (the kernel 'died', a pending task's
+    exception) are not printed, so the stop is one line."""
+    import logging
+
+    then = signal.getsignal(signal.SIGINT)
+
+    def quiet(signum, frame):
+        for name in ("papermill", "asyncio", "traitlets"):
+            logging.getLogger(name).disabled = True
+        from study.report import end_kernels
+
+        end_kernels()  # before the kernel, cut off mid-cell, prints its own tracebacks
+        then(signum, frame)
+
+    signal.signal(signal.SIGINT, quiet)
+    signal.signal(signal.SIGTERM, quiet)

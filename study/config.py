@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,10 +26,10 @@ from pydantic import (
 )
 
 from study.data import DATASETS
-from study.errors import ConfigError, check_name
+from study.errors import ConfigError, check_name, quote
 from study.inits import INITS
 from study.losses import LOSSES
-from study.optimizers import OPTIMIZERS
+from study.optimizers import OPTIMIZERS, check_rate
 
 
 class _Frozen(BaseModel):
@@ -42,6 +44,13 @@ Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # what NumPy and scikit-
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(gt=0, le=1, allow_inf_nan=False)]
 Severity = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+# A learning rate is used in float32: 1e300 is finite here but inf there.
+Rate = Annotated[PositiveFloat, AfterValidator(check_rate)]
+# An optimizer's label goes into arm keys (tags, 8,000 characters in MLflow), the `optimizer`
+# param (6,000) and run names; the tightest is MLflow's SQL column for run names,
+# VARCHAR(250), which also holds the loss, start, seed and rate (up to about 100 more).
+# MLflow would cut a longer value silently (or a SQL server refuse it mid-study).
+LABEL_MAX = 100
 # A study names an MLflow experiment and a folder of reports/: no separators, no leading dot
 # (so never "." or ".."), short enough for any file system.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
@@ -49,7 +58,9 @@ NAME_MAX = 100
 ADDRESS_PATTERN = r"auto|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}"
 # Keys that say where a study runs, not what it computes: left out of the config hash, so a
 # study started on one executor resumes on another.
-WHERE_KEYS = {"executor", "ray_address"}
+# The growth window is an analysis choice, not a training one: changing it retrains nothing
+# (the parent run records the window each report used).
+WHERE_KEYS = {"executor", "ray_address", "growth_window"}
 
 
 class ModelConfig(_Frozen):
@@ -66,7 +77,7 @@ class ModelConfig(_Frozen):
     @classmethod
     def _module_colon_function(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"must be 'package.module:function', got {value!r}")
+            raise ValueError(f"must be 'package.module:function', got {quote(value)}")
         return value
 
     @model_validator(mode="after")
@@ -92,8 +103,16 @@ class OptimizerConfig(BaseModel):
     name: str = "sgd"
     # one rate or a list of them for every loss, or a mapping loss -> rate(s), e.g. each
     # loss at a rate chosen beforehand: {bce: 4, cce: 1, mse: 16}
-    lr: tuple[PositiveFloat, ...] | dict[str, tuple[PositiveFloat, ...]]
+    lr: tuple[Rate, ...] | dict[str, tuple[Rate, ...]]
     label: str | None = None  # the arm key's name for it; default: name and options
+
+    @field_validator("label")
+    @classmethod
+    def _fits_mlflow(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > LABEL_MAX:
+            raise ValueError(f"{len(value):,} characters: use at most {LABEL_MAX} (it names "
+                             "the optimizer in MLflow run names, which hold 250)")
+        return value
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -132,6 +151,11 @@ class OptimizerConfig(BaseModel):
         return f"{self.name}({options})" if options else self.name
 
 
+class LrBand(_Frozen):
+    factor: Annotated[float, Strict(), Field(gt=1, le=16, allow_inf_nan=False)] = 2.0
+    starts: Literal["worst", "all"] = "worst"
+
+
 class StudyConfig(_Frozen):
     name: str
     dataset: str = "digits"
@@ -157,6 +181,14 @@ class StudyConfig(_Frozen):
     # val_accuracy levels whose crossings (first step at or above) the trainers find exactly;
     # the target (absolute mode) and escape are crossed too (``crossing_levels``)
     levels: tuple[Fraction, ...] = (0.5, 0.7, 0.8, 0.9)
+    # The analysis' choices, declared before the data are seen. growth_window: per init
+    # family, the [lowest, highest] severity the growth law T(s) = T0 + c e^(b s) is fitted
+    # over (default: every severity the study runs).
+    growth_window: dict[str, tuple[Severity, Severity]] = {}
+    # The learning rate as a nuisance: also run each loss at its rates / factor and x factor,
+    # from the controls and each family's worst start (``starts: worst``) or from every start
+    # (``all``), so the report can say whether its verdict holds across the neighbourhood.
+    lr_band: LrBand | None = None
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"
@@ -209,7 +241,8 @@ class StudyConfig(_Frozen):
             raise ValueError("must list at least one optimizer")
         keys = [o.key for o in value]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"two optimizers are both {keys}: give each a distinct label")
+            raise ValueError(f"two optimizers are both {quote(keys, quoted=False)}: give each a "
+                             "distinct label")
         return value
 
     @model_validator(mode="after")
@@ -259,6 +292,17 @@ class StudyConfig(_Frozen):
         an absolute ``target`` (a relative one is known only once the controls have run)."""
         extra = {self.escape} | ({self.target} if self.target_mode == "absolute" else set())
         return tuple(sorted(set(self.levels) | extra))
+    @model_validator(mode="after")
+    def _windows_of_families(self) -> StudyConfig:
+        for init, (low, high) in self.growth_window.items():
+            if init not in self.inits or INITS[init].severity_meaning is None:
+                families = [n for n in self.inits if INITS[n].severity_meaning is not None]
+                raise ValueError(f"growth_window.{init}: not an init family of this study "
+                                 f"(families: {', '.join(families) or 'none'})")
+            if low > high:
+                raise ValueError(f"growth_window.{init}: [{low:g}, {high:g}] is empty; give "
+                                 "[lowest, highest]")
+        return self
 
     @field_validator("ray_address")
     @classmethod
@@ -286,14 +330,30 @@ class StudyConfig(_Frozen):
 
 def _unique(key: str, values: tuple) -> tuple:
     if len(set(values)) != len(values):
-        raise ValueError(f"{key} has duplicates: {list(values)}")
+        raise ValueError(f"{key} has duplicates: {quote(list(values), quoted=False)}")
     return values
 
 
 # ---- loading ------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
+# A config is a page of settings: these bounds are far above any real one (the shipped
+# configs are under 4 KB, 6 levels deep and a few hundred values; 20,000 seeds given with
+# --set are about 20,000 values) and keep a hostile or mistaken file from costing more than
+# a second: a 1 KB alias bomb expands to billions of values, 20,000 nested brackets overflow
+# Python's stack, and a 10M-item list parses for minutes.
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
+MESSAGE_MAX = 400  # characters of an error message about a config
+# libyaml (C) parses 30x faster than PyYAML's Python parser, but is stricter: it refuses
+# {scaled:[2,-1]} (no space after ':'), which PyYAML and the README accept. Text libyaml
+# refuses is parsed again by PyYAML when it is small enough to cost well under a second.
+_FAST = getattr(yaml, "CSafeLoader", None)
+SLOW_MAX_BYTES = 64_000
+
+
+class _Strict:
     """YAML as people write it: 1e-3 is a number (YAML 1.1 wants 1.0e-3), and a key given
     twice is an error, not silently the last one."""
 
@@ -301,20 +361,109 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                raise ConfigError(f"a {type(key).__name__} cannot be a key (line "
+                                  f"{key_node.start_mark.line + 1}); keys are names")
             if key in seen:
-                raise ConfigError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})"
-                                  "; give it once")
+                raise ConfigError(f"key {quote(key)} appears twice (line "
+                                  f"{key_node.start_mark.line + 1}); give it once")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+class _Loader(_Strict, yaml.SafeLoader):
+    pass
+
+
+class _FastLoader(_Strict, _FAST or yaml.SafeLoader):
+    pass
+
+
+for _loader in (_Loader, _FastLoader):
+    _loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def _check_shape(text: str, loader) -> None:
+    """Walk the YAML events (no values are built) and refuse anchors and aliases (a config
+    never needs them, and they are how a small file expands to a huge one), nesting deeper
+    than MAX_DEPTH and more than MAX_VALUES values."""
+    depth = values = 0
+    for event in _events(text, loader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError(f"line {line}: YAML anchors and aliases (&name, *name) are not "
+                              "allowed in a config; write the value out")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"line {line}: nested more than {MAX_DEPTH} levels deep; "
+                                  "a config needs a few")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        if isinstance(event, yaml.NodeEvent):
+            values += 1
+            if values > MAX_VALUES:
+                raise ConfigError(f"line {line}: more than {MAX_VALUES:,} values; a config "
+                                  "needs far fewer")
+
+
+def _events(text: str, loader):
+    try:
+        yield from yaml.parse(text, Loader=loader)
+    except yaml.YAMLError as err:  # libyaml's own bound (1,000 levels), met before ours
+        if "maximum nesting depth" in str(getattr(err, "problem", "")):
+            raise ConfigError(f"line {err.problem_mark.line + 1}: nested more than "
+                              f"{MAX_DEPTH} levels deep; a config needs a few") from None
+        raise
 
 
 def read_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    """The YAML value of ``text``, within the bounds above: ConfigError or yaml.YAMLError,
+    each one line, for anything else."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{len(text):,} characters, more than the {MAX_BYTES:,} a config "
+                          "may have")
+    loader = _FastLoader
+    try:
+        _check_shape(text, loader)
+    except yaml.YAMLError:
+        if _FAST is None or len(text.encode()) > SLOW_MAX_BYTES:
+            raise
+        loader = _Loader
+        _check_shape(text, loader)  # PyYAML's verdict, and its message, stand
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 (SafeLoader subclasses)
+    except ValueError as err:  # a number of more than 4,300 digits, which int() refuses
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(quote(str(err).split(":")[0], quoted=False)) from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line, without the snippet of the file it may quote."""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return quote(problem, quoted=False) + where
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, refused before it is read whole if it is too big."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"{path} has {size:,} bytes, more than the {MAX_BYTES:,} a config "
+                          "may have (a config is a page of settings)")
+    with path.open("rb") as file:
+        data = file.read(MAX_BYTES + 1)  # a file that grew since: still bounded
+    if len(data) > MAX_BYTES:
+        raise ConfigError(f"{path} has more than the {MAX_BYTES:,} bytes a config may have")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = (),
@@ -328,11 +477,13 @@ def load_config(path: str | Path, overrides: list[str] = (),
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = read_yaml(path.read_text())
+        raw = read_yaml(_read_text(path))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        message = str(err)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") \
+            from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
     for item in overrides:
@@ -354,11 +505,16 @@ def validate(raw: dict, source: str = "config") -> StudyConfig:
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {item!r}")
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. epochs=2), got {quote(item)}")
+    if len(key) > 200:
+        raise ConfigError(f"--set {quote(key)}: not a config key (too long)")
     try:
         value = read_yaml(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {quote(text)} is not valid YAML "
+                          f"({_yaml_problem(err)})") from None
+    except ConfigError as err:
+        raise ConfigError(f"--set {key}: {err}") from None
     *parents, leaf = _one_optimizer_spelling(raw, key).split(".")
     node = raw
     for part in parents:
@@ -390,7 +546,11 @@ def _one_optimizer_spelling(raw: dict, key: str) -> str:
 
 def _first_error(err: ValidationError) -> str:
     """One line for the first problem: the dotted key, then what is wrong or valid."""
-    first = err.errors()[0]
+    errors = err.errors()
+    # A value that fits no member of a union (lr: a list or a mapping) fails each member in
+    # its own way; the deepest error is the one inside the member the value was written for.
+    first = max((e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]),
+                key=lambda e: len(e["loc"]))
     # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
     key = ".".join(str(p) for p in first["loc"]
                    if not re.match(r"(tuple|dict|list|constrained-|function-)", str(p)))
@@ -401,8 +561,9 @@ def _first_error(err: ValidationError) -> str:
     elif first["type"] == "literal_error":
         message = message.replace("Input should be", "must be one of:")
     elif first["type"].endswith("_type") or first["type"].endswith("_parsing"):
-        message += f", got {first['input']!r}"  # e.g. true where a number belongs
-    return f"{key}: {message}"
+        message += f", got {quote(first['input'])}"  # e.g. true where a number belongs
+    # A validator may quote the user's value whole: a net so that no message is a page long.
+    return quote(f"{key}: {message}", limit=MESSAGE_MAX, quoted=False)
 
 
 def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:

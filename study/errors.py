@@ -9,10 +9,20 @@ class ConfigError(ValueError):
     """Bad config or input: the CLI prints the message as one line and exits 2."""
 
 
+def quote(value: object, limit: int = 80, quoted: bool = True) -> str:
+    """``repr(value)`` (or ``str`` if not ``quoted``) cut to ``limit`` characters: an error
+    message quotes the user's input, not a megabyte of it."""
+    try:
+        text = repr(value) if quoted else str(value)
+    except ValueError:  # an int of more than 4,300 digits has no repr
+        text = f"<a number of {value.bit_length():,} bits>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_name(kind: str, name: str, valid: Iterable[str]) -> str:
     valid = list(valid)
     if name not in valid:
-        raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown {kind} {quote(name)}; valid: {', '.join(valid)}")
     return name
 
 

@@ -49,21 +49,45 @@ def optimizer_of(config: StudyConfig, arm: Arm) -> OptimizerConfig:
 
 
 def expand_grid(config: StudyConfig) -> list[Arm]:
-    """All arms, ordered so that arms sharing a start are adjacent (loss varies fastest)."""
+    """All arms, ordered so that arms sharing a start are adjacent (loss varies fastest):
+    every configured rate from every start, and with ``lr_band`` each rate / factor and
+    x factor from the band's starts."""
+    band = band_starts(config)
     return [
         Arm(init, severity, seed, optimizer.key, lr, loss)
         for init, severities in config.inits.items()
         for severity, seed in itertools.product(INITS[init].severities(severities),
                                                 config.seeds)
         for optimizer in config.optimizers
-        for lr, loss in _rates_and_losses(optimizer, config.losses)
+        for lr, loss in _rates_and_losses(optimizer, config.losses,
+                                          config.lr_band.factor if (init, severity) in band
+                                          else None)
     ]
 
 
-def _rates_and_losses(optimizer: OptimizerConfig, losses: tuple[str, ...]):
+def band_starts(config: StudyConfig) -> set[tuple[str, float]]:
+    """The starts that run each loss's rate neighbourhood: every start, or (``worst``) the
+    controls (the control scheme and each family's own control) and each family's worst
+    (highest) severity; a scheme without severities is its own worst start."""
+    if config.lr_band is None:
+        return set()
+    starts = set()
+    for init, severities in config.inits.items():
+        scheme, runs = INITS[init], INITS[init].severities(severities)
+        if config.lr_band.starts == "all":
+            starts |= {(init, s) for s in runs}
+        else:
+            starts |= {(init, s) for s in runs if s == scheme.reference} | {(init, max(runs))}
+    return starts
+
+
+def _rates_and_losses(optimizer: OptimizerConfig, losses: tuple[str, ...],
+                      factor: float | None = None):
     """(lr, loss) pairs, loss varying fastest: every rate with every loss, or each loss at
-    its own rates."""
-    if isinstance(optimizer.lr, dict):
-        rates = sorted({lr for loss in losses for lr in optimizer.rates(loss)})
-        return [(lr, loss) for lr in rates for loss in losses if lr in optimizer.rates(loss)]
-    return list(itertools.product(optimizer.lr, losses))
+    its own rates; with a band ``factor``, each rate / factor and x factor too."""
+    def rates(loss: str) -> set[float]:
+        own = set(optimizer.rates(loss))
+        return own | {r / factor for r in own} | {r * factor for r in own} if factor else own
+
+    every = sorted({lr for loss in losses for lr in rates(loss)})
+    return [(lr, loss) for lr in every for loss in losses if lr in rates(loss)]

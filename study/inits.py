@@ -87,6 +87,8 @@ class InitScheme:
     # with when the study runs it (scaled k=1 is the control itself; saturated_wrong m=0 is
     # its zero output kernel and biases, which differs from the control).
     reference: float | None = None
+    control: bool = False  # the control start itself: what learning rates are tuned on
+    saturates_output: bool = False  # the loss specs' stall_slope predicts its growth law
 
     def check_severities(self, severities: Sequence[float] | Mapping) -> None:
         if self.given != isinstance(severities, Mapping):
@@ -159,14 +161,14 @@ INITS: dict[str, InitScheme] = {
     for scheme in [
         InitScheme("glorot", glorot, None,
                    "the control: the model's own Keras initializers (Glorot-uniform kernels, "
-                   "zero biases), seeded"),
+                   "zero biases), seeded", control=True),
         InitScheme("scaled", scaled, "k, the factor on the control's kernels; 1 is the control",
                    "the control's kernels times k: large k saturates the sigmoids", symbol="k",
                    reference=1.0),
         InitScheme("saturated_wrong", saturated_wrong,
                    "m, the output pre-activation: +m on one wrong class, -m on the rest",
                    "hidden layers as the control; every input starts confidently on one "
-                   "wrong class", symbol="m", reference=0.0),
+                   "wrong class", symbol="m", reference=0.0, saturates_output=True),
         InitScheme("large_normal", large_normal, None,
                    "every weight and bias N(0, 1), Nielsen's large_weight_initializer"),
         InitScheme("fixed", fixed, "a label for each given start, e.g. its initial output",
@@ -174,6 +176,9 @@ INITS: dict[str, InitScheme] = {
                    symbol="start"),
     ]
 }
+
+
+CONTROL = next(scheme.name for scheme in INITS.values() if scheme.control)
 
 
 def start_name(init: str, severity: float) -> str:

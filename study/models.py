@@ -6,6 +6,9 @@ Keras model: ``mlp`` and ``cnn`` here, or a user's own through ``model.builder:
 "package.module:function"``. The batched trainer calls the model's own ``stateless_call``
 on stacked weights, so a model must be a pure function of its trainable weights: no
 non-trainable state (BatchNormalization's moving statistics) and no random layers (Dropout).
+
+A builder is the user's code, run like a plugin: whatever it raises at import or when called,
+``sys.exit`` included (Ctrl-C excepted), is bad input, reported in one plain line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -64,7 +68,7 @@ def import_builder(path: str) -> Callable:
     try:
         builder = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"model.builder: cannot import {path!r} ({err}); give "
+        raise ConfigError(f"model.builder: cannot import {path!r} ({one_line(err)}); give "
                           "'package.module:function', importable from the working "
                           "directory") from None
     if not callable(builder):
@@ -85,16 +89,25 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
             model = import_builder(config.builder)(tuple(input_shape), n_classes, output)
         except ConfigError:
             raise
+        except SystemExit as err:  # a plugin does not get to end the study, nor its exit code
+            raise ConfigError(f"{what} called sys.exit({err.code!r}): a builder must return "
+                              "a keras.Model, not end the program") from None
         except Exception as err:  # the user's code: say whose error it is, in one line
-            raise ConfigError(f"{what} failed with {type(err).__name__}: {err}") from None
+            raise ConfigError(f"{what} failed with {type(err).__name__}: "
+                              f"{one_line(err)}") from None
     else:
         model = MODELS[config.kind](config, tuple(input_shape), n_classes, output)
         what = f"model.kind {config.kind!r}"
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{what} returned {type(model).__name__}, not a keras.Model")
-    if tuple(model.output_shape) != (None, n_classes):
-        raise ConfigError(f"{what}: output shape {tuple(model.output_shape)}, the dataset "
-                          f"needs (None, {n_classes})")
+    try:
+        shape = tuple(model.output_shape)
+    except (AttributeError, ValueError):  # a subclassed model, never called: no known output
+        raise ConfigError(f"{what} returned a model without a known output shape: build it "
+                          "from keras.Input (Sequential or the functional API)") from None
+    if shape != (None, n_classes):
+        raise ConfigError(f"{what}: output shape {shape}, the dataset needs "
+                          f"(None, {n_classes})")
     if model.non_trainable_variables:
         names = sorted({v.path for v in model.non_trainable_variables})[:3]
         raise ConfigError(f"{what} has non-trainable state ({', '.join(names)}): every arm "
@@ -104,6 +117,20 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
         raise ConfigError(f"{what} has random layers (e.g. Dropout): the arms' minibatch "
                           "order is their only randomness")
     return model
+
+
+# Terminal escapes (Keras prints parts of its errors in bold) and the arguments Keras appends
+# to an error raised inside a layer's call: neither belongs in a one-line message.
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_KERAS_ARGUMENTS = "Arguments received by"
+MESSAGE_MAX = 300
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message as one plain line of at most ``MESSAGE_MAX`` characters."""
+    text = _ESCAPES.sub("", str(err)).split(_KERAS_ARGUMENTS)[0]
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX - 3] + "..."
 
 
 def _has_random_layers(model) -> bool:

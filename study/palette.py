@@ -16,3 +16,11 @@ LOSS_COLOURS = {
 }
 # Any other loss (a registry entry of the user's own), in turn.
 OTHER_COLOURS = ["#000000", "#F0E442", "#777777", "#882255", "#44AA99", "#332288"]
+
+
+def colour(loss: str) -> str:
+    """The one colour of a loss, in every figure and in MLflow: its own for a registered
+    loss, else one of the others chosen by its name, so it is the same in every process."""
+    if loss in LOSS_COLOURS:
+        return LOSS_COLOURS[loss]
+    return OTHER_COLOURS[sum(map(ord, loss)) % len(OTHER_COLOURS)]

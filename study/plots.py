@@ -12,29 +12,31 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from study.analysis import Study, kaplan_meier, performance_profile, start_name
+from study.analysis import Study, kaplan_meier, start_name
 from study.analysis.convergence import loss_order, median_ci, start_order
-from study.palette import LOSS_COLOURS, OTHER_COLOURS
+from study.palette import LOSS_COLOURS, colour
 
 # One colour per loss across every figure (study.palette); scce's line is dashed over cce's
 # (where it hides cce, the two agree, as they must).
 LOSS_STYLE = {loss: {"color": colour, "linestyle": (0, (4, 3)) if loss == "scce" else "-"}
               for loss, colour in LOSS_COLOURS.items()}
-OPTIMIZER_LINE = {"sgd": "-", "adam": (0, (5, 2)), "rmsprop": (0, (1, 1)),
-                  "adamw": (0, (5, 2, 1, 2)), "adagrad": (0, (8, 2, 1, 2, 1, 2))}
+# An optimizer's line style, in the order the study's optimizers are first drawn, so that
+# variants of one optimizer (sgd, sgd(momentum=0.9)) get styles of their own.
+OPTIMIZER_LINES = ["-", (0, (5, 2)), (0, (1, 1)), (0, (5, 2, 1, 2)), (0, (8, 2, 1, 2, 1, 2)),
+                   (0, (2, 2)), (0, (3, 1, 1, 1, 1, 1))]
+_OPTIMIZER_LINE: dict[str, object] = {}
 
 
 def loss_style(name: str) -> dict:
     """Colour and line style of a loss, or of a loss under an optimizer ("mse · adam")."""
-    from study.analysis.load import UNDER
+    from study.analysis.convergence import UNDER
 
     loss, _, optimizer = name.partition(UNDER)
-    if loss not in LOSS_STYLE:
-        LOSS_STYLE[loss] = {"color": OTHER_COLOURS[len(LOSS_STYLE) % len(OTHER_COLOURS)],
-                            "linestyle": "-"}
-    style = dict(LOSS_STYLE[loss])
+    style = dict(LOSS_STYLE.get(loss, {"color": colour(loss), "linestyle": "-"}))
     if optimizer:
-        style["linestyle"] = OPTIMIZER_LINE.get(optimizer.split("(")[0], (0, (2, 2)))
+        line = _OPTIMIZER_LINE.setdefault(
+            optimizer, OPTIMIZER_LINES[len(_OPTIMIZER_LINE) % len(OPTIMIZER_LINES)])
+        style["linestyle"] = line
     return style
 
 
@@ -180,7 +182,7 @@ def _step_axis(ax) -> None:
 
 def loss_label(loss: str, arms: pd.DataFrame) -> str:
     """A loss's legend entry, with the learning rate it ran at when that is one rate."""
-    rates = arms.loc[arms["loss"] == loss, "lr"].unique()
+    rates = arms.loc[arms["condition"] == loss, "lr"].unique()
     return f"{loss} (lr {rates[0]:g})" if len(rates) == 1 else loss
 
 
@@ -194,10 +196,10 @@ def _median_band(curves: pd.DataFrame) -> pd.DataFrame:
 def learning_curves(study: Study, arms: pd.DataFrame, metric: str = "val_accuracy",
                     view: str = "") -> Figure:
     """One panel per start; per loss the median over seeds with a bootstrap 95% CI band."""
-    history = study.metric(metric).merge(arms[["run_id"]], on="run_id")
+    history = study.metric(metric).merge(arms[["run_id", "condition"]], on="run_id")
     figure, axes, panels = _start_panels(history, "step (optimizer updates)")
     for ax, start in panels:
-        for loss, curves in start.groupby("loss"):
+        for loss, curves in start.groupby("condition"):
             band = _median_band(curves)
             ax.plot(band["step"], band["median"], label=loss_label(loss, arms), lw=1.8,
                     **loss_style(loss))
@@ -227,8 +229,8 @@ def severity_curve(summary: pd.DataFrame, budget: int) -> Figure:
     position = {start: i for i, start in enumerate(starts)}
     figure, axes = _figure(width=max(6.5, 1.3 * len(starts)), height=4.5)
     ax = axes[0, 0]
-    offsets = np.linspace(-0.2, 0.2, summary["loss"].nunique())
-    for offset, (loss, cells) in zip(offsets, summary.groupby("loss"), strict=True):
+    offsets = np.linspace(-0.2, 0.2, summary["condition"].nunique())
+    for offset, (loss, cells) in zip(offsets, summary.groupby("condition"), strict=True):
         style = loss_style(loss)
         for init, scheme in cells.groupby("init"):  # join the severities of one scheme
             scheme = scheme.sort_values("severity")
@@ -263,7 +265,7 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
     """The early phase: the push each arm gets, lr x ||gradient of its own loss||, against
     step, median over seeds, per start. (Raw norms would compare losses whose reductions and
     learning rates differ: Keras sums cce over classes but averages mse.)"""
-    history = study.metric("grad_norm").merge(arms[["run_id"]], on="run_id")
+    history = study.metric("grad_norm").merge(arms[["run_id", "condition"]], on="run_id")
     history = history.assign(value=history["value"] * history["lr"])
     if max_step is None:  # the first two epochs: up to twice the first epoch end
         steps = sorted(history["step"].unique())
@@ -271,7 +273,7 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
     history = history[history["step"] <= max_step]
     figure, axes, panels = _start_panels(history)
     for ax, start in panels:
-        for loss, curves in start.groupby("loss"):
+        for loss, curves in start.groupby("condition"):
             med = curves.groupby("step")["value"].median()
             ax.plot(med.index, med.to_numpy(), marker=".", label=loss_label(loss, arms),
                     **loss_style(loss))
@@ -284,41 +286,86 @@ def grad_norm_curves(study: Study, arms: pd.DataFrame, max_step: int | None = No
 
 def growth(arms: pd.DataFrame, table: pd.DataFrame) -> Figure:
     """Escape time against severity, one panel per init family, log scale: each arm a dot
-    (censored arms as arrows at the budget), each loss's median joined, and the e^m line
-    that squared error on a sigmoid output should follow from a saturated start."""
+    (censored arms as triangles at the budget), each loss's median as a marker and its fitted
+    law T0 + c e^(b s) as a line over the fit's window, labelled with b and the theory's b."""
     families = list(dict.fromkeys(table["init"]))
     figure, axes = _panel_grid(len(families), ncols=2, sharey=True)
     for ax, init in zip(axes, families, strict=True):
         family = arms[arms["init"] == init]
-        for i, (loss, cell) in enumerate(family.groupby("loss")):
+        for i, (loss, cell) in enumerate(family.groupby("condition")):
             style = loss_style(loss)
-            shift = (i - family["loss"].nunique() / 2) * 0.04  # dodge overlapping dots
+            shift = (i - family["condition"].nunique() / 2) * 0.04  # dodge overlapping dots
             done = cell[cell["escape_reached"]]
             ax.scatter(done["severity"] + shift, done["escape_time"].clip(lower=0.5), s=9,
-                       color=style["color"], alpha=0.5)
+                       color=style["color"], alpha=0.35)
             stalled = cell[~cell["escape_reached"]]
             ax.scatter(stalled["severity"] + shift, stalled["escape_low"], s=30, marker="^",
                        color=style["color"], alpha=0.8)
-            medians = cell.groupby("severity")["escape_time"].median()
+            times = cell["escape_time"].where(cell["escape_reached"], np.inf)
+            medians = times.groupby(cell["severity"]).median()
             ax.plot(medians.index, medians.clip(upper=cell["budget"].max()).to_numpy(),
-                    label=loss_label(loss, arms), lw=1.6, **style)
-        if init == "saturated_wrong":
-            m = np.sort(family["severity"].unique())
-            squared = family[family["loss"].isin(["mse", "quadratic"])]
-            if len(squared):
-                anchor = squared[squared["severity"] == m[0]]["escape_time"].median()
-                ax.plot(m, anchor * np.exp(m - m[0]), color="0.4", ls=":", lw=1.2,
-                        label="∝ e^m (theory, squared error)")
+                    marker="o", ms=4, ls="none", color=style["color"])
+            fit = table[(table["init"] == init) & (table["loss"] == cell["loss"].iloc[0])
+                        & (table["optimizer"] == cell["optimizer"].iloc[0])]
+            label = loss_label(loss, arms)
+            if len(fit) and np.isfinite(fit["slope"].iloc[0]):
+                row = fit.iloc[0]
+                low, high = (float(x) for x in row["severities"].split("-"))
+                s_grid = np.linspace(low, high, 100)
+                c = row["stall_at_top"] / np.exp(row["slope"] * high)
+                theory = "" if np.isnan(row["theory"]) else f", theory {row['theory']:g}"
+                ax.plot(s_grid, row["t0"] + c * np.exp(row["slope"] * s_grid), lw=1.6,
+                        label=f"{label}: b = {row['slope']:.2f}{theory}", **style)
+            else:
+                ax.plot([], [], lw=1.6, label=f"{label}: no fit", **style)
+        ax.axhline(family["budget"].max(), color="black", lw=0.8, ls=":")
         ax.set_yscale("log")
-        # the theory's line leaves the panel rather than squash the measured times
         ax.set_ylim(top=3 * family["budget"].max())
         symbol = {"saturated_wrong": "m", "scaled": "k"}.get(init, "severity")
         ax.set_xlabel(f"{init} {symbol}")
         ax.set_title(init)
         _style(ax)
+        ax.legend(frameon=False, fontsize=7, loc="upper left")
     axes[0].set_ylabel("escape time (steps to the escape level)")
-    _legend(figure, axes, [(_censored_handle(), "never escaped (censored)")])
-    figure.suptitle("How the stall grows with the start's severity")
+    figure.suptitle("How the stall grows with the start's severity: T0 + c e^(b s), "
+                    "dots are arms, ▲ never escaped (budget dotted)")
+    return figure
+
+
+def answer_by_level(table: pd.DataFrame, rule: str = "tuned_on_control") -> Figure:
+    """The answer against the level: one panel per family's worst start, each loss's paired
+    ratio to the fastest loss at each val_accuracy level (log scale) with its 95% CI, hollow
+    where it is a lower bound (the loss never got there in some seeds)."""
+    from study.analysis.answer import worst_starts
+
+    starts = worst_starts(table)
+    several = table["optimizer"].nunique() > 1
+    figure, axes = _figure(ncols=max(len(starts), 1), width=4.2, height=3.8, sharey=True)
+    for ax, (init, severity) in zip(axes[0], starts, strict=False):
+        cell = table[(table["init"] == init) & (table["severity"] == severity)
+                     & (table["lr_rule"] == rule)]
+        for (loss, optimizer), rows in cell.groupby(["loss", "optimizer"]):
+            name = f"{loss} · {optimizer}" if several else loss
+            style = loss_style(name)
+            rows = rows.sort_values("level")
+            ax.plot(rows["level"], rows["ratio"], label=name, lw=1.5, **style)
+            for row in rows.itertuples():
+                hollow = row.bound in (">=", "?")
+                low = row.ratio - row.ci_low if np.isfinite(row.ci_low) else 0
+                high = row.ci_high - row.ratio if np.isfinite(row.ci_high) else 0
+                ax.errorbar(row.level, row.ratio, yerr=[[max(low, 0)], [max(high, 0)]],
+                            color=style["color"], capsize=2, lw=0.8,
+                            marker="^" if hollow else LOSS_MARKER.get(loss, "o"), ms=5,
+                            mfc="white" if hollow else style["color"])
+        ax.axhline(1, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(start_name(init, severity), fontsize=10)
+        ax.set_xlabel("val_accuracy level")
+        _style(ax)
+    axes[0, 0].set_ylabel("steps / the fastest loss's (paired by seed)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", frameon=False)
+    figure.suptitle("How many times the fastest loss's steps, by level (▲: a lower bound)")
     return figure
 
 
@@ -331,7 +378,7 @@ def lr_outcome(arms: pd.DataFrame) -> Figure:
     chosen = best_lrs(arms)
     figure, axes = _figure()
     ax = axes[0, 0]
-    for loss, rows in scores.groupby("loss"):
+    for loss, rows in scores.groupby("condition"):
         style = loss_style(loss)
         ax.plot(rows["lr"], rows["median_steps"], marker=".", label=loss, **style)
         best = rows[rows["lr"] == chosen[loss]]
@@ -368,7 +415,7 @@ def kaplan_meier_curves(arms: pd.DataFrame, budget: int) -> Figure:
     step (1 - survival), with its 95% band; censored arms end their curve's support."""
     figure, axes, panels = _start_panels(arms)
     for ax, start in panels:
-        for loss, cell in start.groupby("loss"):
+        for loss, cell in start.groupby("condition"):
             km = kaplan_meier(cell["time"], cell["reached"])
             reached = 1 - km.survival_function_.iloc[:, 0]
             ci = 1 - km.confidence_interval_
@@ -404,21 +451,3 @@ def performance_profile_plot(profile: pd.DataFrame) -> Figure:
         ax.legend(frameon=False)
     _style(ax)
     return figure
-
-
-def report_figures(study: Study, arms: pd.DataFrame, summary: pd.DataFrame,
-                   view: str = "") -> dict[str, Figure]:
-    """Every figure of the convergence report, by file name, for one learning-rate view."""
-    from study.analysis import growth_table
-
-    budget = int(arms["budget"].max())
-    table = growth_table(arms)
-    return {
-        **({"growth": growth(arms, table)} if len(table) else {}),
-        "learning_curves_accuracy": learning_curves(study, arms, "val_accuracy", view),
-        "learning_curves_nll": learning_curves(study, arms, "val_nll", view),
-        "steps_to_target": severity_curve(summary, budget),
-        "kaplan_meier": kaplan_meier_curves(arms, budget),
-        "grad_norm_early": grad_norm_curves(study, arms),
-        "performance_profile": performance_profile_plot(performance_profile(arms)),
-    }

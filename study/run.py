@@ -87,6 +87,8 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
             confirm, say, executor) -> StudyResult:
     """Train the arms without a FINISHED run in the store (every arm if ``force``)."""
     # A store that does not exist yet is not created just to learn it holds nothing.
+    if tracker.store_exists():
+        tracker.check_active(config.name)  # an experiment in the trash takes no run
     done = set() if force or not tracker.store_exists() else tracker.patiently(
         lambda: tracker.finished_arms(config.name, digest))
     confirm(estimate(config, splits, len(arms) - len(done), params))  # may stop a big study

@@ -4,9 +4,18 @@ the README cannot promise a row that is not tested."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import re
+import shlex
+import shutil
 import socket
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,17 +47,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _foreign_db(path: Path, journal: str = "delete") -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(f"PRAGMA journal_mode={journal}")
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+
+
+def _bomb() -> str:
+    """361 bytes that a YAML loader without bounds expands to 9**9 values."""
+    text, previous = 'name: a\na: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n', "a"
+    for name in "bcdefghi":
+        text += f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]\n"
+        previous = name
+    return text + f"losses: *{previous}\n"
+
+
+# The files and folders a row may name, made in its working directory before it runs.
+FIXTURES = {
+    "dup.yaml": lambda path: path.write_text("name: a\nname: b\n"),
+    "bomb.yaml": lambda path: path.write_text(_bomb()),
+    "deep.yaml": lambda path: path.write_text("name: " + "[" * 20000 + "]" * 20000 + "\n"),
+    "big.yaml": lambda path: path.write_text("seeds: [" + "0," * 550_000 + "]\n"),
+    "many.yaml": lambda path: path.write_text("seeds: [" + ",".join(["0"] * 400_000) + "]\n"),
+    "latin1.yaml": lambda path: path.write_bytes("name: café\n".encode("latin-1")),
+    "binary.yaml": lambda path: path.write_bytes(bytes(range(256)) * 4),
+    "bigint.yaml": lambda path: path.write_text("name: x\nepochs: " + "9" * 5000 + "\n"),
+    "sqlite:///folder": lambda path: path.mkdir(),
+    "foreign.db": _foreign_db,
+    "foreign-wal.db": lambda path: _foreign_db(path, "wal"),  # read without a -wal or -shm
+    "notes.db": lambda path: path.write_text("my notes\n"),
+    "empty.db": lambda path: path.write_bytes(b""),
+}
+
+
 def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     """The row's arguments with its placeholders made real."""
     replacements = {
         "PORT": str(_free_port()),  # nothing listens there
         "LONG300": "x" * 300,
+        "LONG7000": "x" * 7000,
         "SEEDS20000": str(list(range(20000))).replace(" ", ""),
+        "DEEP20000": "[" * 20000 + "]" * 20000,
     }
     for key, value in replacements.items():
         args = args.replace(key, value)
-    if "dup.yaml" in args:
-        (tmp_path / "dup.yaml").write_text("name: a\nname: b\n")
+    for name, make in FIXTURES.items():
+        if name in args:
+            make(tmp_path / name.removeprefix("sqlite:///"))
     if "dataset=mnist" in args:
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
         if "corrupt" in args:  # a truncated mnist.npz where Keras keeps it
@@ -68,6 +114,13 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
     return argv
 
 
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every file and folder under ``folder``, with each file's size and content hash."""
+    return {str(path.relative_to(folder)): (path.stat().st_size,
+                                            hashlib.sha256(path.read_bytes()).hexdigest())
+            if path.is_file() else "folder" for path in folder.rglob("*")}
+
+
 @pytest.mark.parametrize(("args", "message"), ROWS, ids=[a[:40] for a, _ in ROWS])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
                                                             args, message):
@@ -75,7 +128,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     argv = _arguments(args, tmp_path, monkeypatch)
     if "--tracking-uri" not in argv:
         argv += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = snapshot(tmp_path)
     started = time.monotonic()
     code = main(["run", *argv, "--quiet"])
     seconds = time.monotonic() - started
@@ -83,8 +136,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert message in err[0]
+    assert len(err[0]) <= 400  # the user's input quoted in part, never whole
     assert seconds < 10  # a dead tracking server included
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no file
+    assert snapshot(tmp_path) == before  # no store, no lock file, no change to any file
 
 
 BAD_NAMES = ["..", ".", "../x", "/tmp/abs-study", "x" * 300]
@@ -121,3 +175,114 @@ def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, caps
                for folder in written)
     assert "(experiment '..')" in printed  # the mapping is shown
     assert sorted(p.name for p in (tmp_path / "sandbox").iterdir()) == ["CANARY", "reports"]
+
+
+# ---- the store, for the cases the table cannot set up ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """A new, empty MLflow SQLite store, made by MLflow itself; tests that change it copy it."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _study(*args: str, read_only: tuple[Path, ...] = ()) -> tuple[int, list[str], str]:
+    """``python -m study ARGS`` from the worktree: (exit code, stderr lines, stdout), with the
+    ``read_only`` folders and files made read-only for it. Root writes through permission
+    bits, so under root they are bind-mounted read-only in a mount namespace of the
+    command's own (as on a read-only file system); otherwise their modes are cleared."""
+    command = [sys.executable, "-m", "study", *args]
+    modes = {}
+    if read_only and os.geteuid() == 0:
+        mounts = " && ".join(f"mount --bind -o ro {shlex.quote(str(p))} {shlex.quote(str(p))}"
+                             for p in read_only)
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'{mounts} && exec "$@"', "sh", *command]
+    else:
+        for path in read_only:
+            modes[path] = path.stat().st_mode
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    return done.returncode, done.stderr.strip().splitlines(), done.stdout
+
+
+def test_a_read_only_store_or_folder_exits_2_before_any_file_is_made(tmp_path, mlflow_store):
+    locked, writable = tmp_path / "locked", tmp_path / "writable"
+    for folder in (locked, writable):
+        folder.mkdir()
+        shutil.copy(mlflow_store, folder / "mlflow.db")
+    cases = [(locked / "new.db", f"folder {locked} cannot be written"),
+             (locked / "mlflow.db", f"the store {locked / 'mlflow.db'} cannot be written"),
+             (writable / "mlflow.db", f"the store {writable / 'mlflow.db'} cannot be written")]
+    before = snapshot(tmp_path)
+    for db, message in cases:
+        started = time.monotonic()
+        code, err, _ = _study("run", SMOKE, "--quiet", "--tracking-uri", f"sqlite:///{db}",
+                              read_only=(locked, writable / "mlflow.db"))
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert time.monotonic() - started < 10  # the process's start included
+    assert snapshot(tmp_path) == before  # no lock file, no journal, no table
+
+
+@pytest.mark.parametrize("command", ["report", "ui"])
+def test_report_and_ui_refuse_a_missing_or_foreign_store_and_create_nothing(tmp_path, command):
+    _foreign_db(tmp_path / "foreign.db")
+    (tmp_path / "folder").mkdir()
+    cases = [(f"sqlite:///{tmp_path / 'mlflow.db'}", f"no MLflow store at {tmp_path}/mlflow.db"),
+             (f"sqlite:///{tmp_path / 'new' / 'm.db'}", "no MLflow store at"),
+             (f"sqlite:///{tmp_path / 'foreign.db'}", "is a database of another program"),
+             (f"sqlite:///{tmp_path / 'folder'}/", "ends in '/', a folder"),
+             ("sqlite:///:memory:", "names no file")]
+    before = snapshot(tmp_path)
+    for uri, message in cases:
+        out = ["--out", str(tmp_path / "reports")] if command == "report" else []
+        code, err, stdout = _study(command, "--tracking-uri", uri, *out)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert stdout == ""
+    assert snapshot(tmp_path) == before  # no store, no reports/ folder, the foreign file as it was
+
+
+def test_ui_on_a_busy_port_exits_2_and_names_a_free_one(mlflow_store):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err, stdout = _study("ui", "--tracking-uri", f"sqlite:///{mlflow_store}",
+                                   "--port", str(port))
+        assert code == 2 and len(err) == 1, err
+        assert f"port {port} is in use by another program" in err[0]
+        assert stdout == ""  # no link to whatever owns the port
+        free = int(re.search(r"--port (\d+) \(make ui PORT=\1\)", err[0]).group(1))
+        assert free != port
+        with socket.socket() as probe:  # free indeed
+            probe.bind(("127.0.0.1", free))
+
+
+def test_a_study_into_an_experiment_in_the_trash_exits_2_and_says_how_to_restore_it(
+        tmp_path, mlflow_store, capsys):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_store, store)
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.create_experiment("smoke")
+    client.delete_experiment(experiment)
+    before = snapshot(tmp_path)
+    assert main(["run", SMOKE, "--quiet", "--tracking-uri", f"sqlite:///{store}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: experiment 'smoke' (id {experiment}) is in MLflow's trash: restore "
+                   f"it (mlflow experiments restore --experiment-id {experiment}), or pick "
+                   "another name (--set name=...), or empty the trash for good (mlflow gc)"]
+    assert client.search_runs([experiment], run_view_type=ViewType.ALL) == []
+    after = snapshot(tmp_path)
+    after.pop(".mlflow.db.schema.lock", None)  # the harness's own lock beside its own store
+    assert after == before

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from study.cli import main
 from study.config import load_config
 from study.grid import expand_grid
 from study.losses import LOSSES
+from study.optimizers import OPTIMIZERS
 from study.train import batched, reference
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, tracking_uri
 
 ALL_INITS = "inits={glorot: [], scaled: [3], saturated_wrong: [4], large_normal: []}"
 ALL_LOSSES = f"losses=[{', '.join(LOSSES)}]"
@@ -86,6 +88,130 @@ def test_a_diverging_arm_is_isolated(tf, digits):
     healthy = {key: with_bad[key] for key in without}
     _assert_identical(healthy, harmless)
     _assert_identical(healthy, without)
+
+
+# Every registered optimizer with all the state it can keep (SGD also without any), each at
+# a rate that trains from the saturated start and at 1e30, where that start diverges.
+STATEFUL = {"sgd": [("0.5", ""), ("0.1", ", momentum: 0.9, nesterov: true")],
+            "adam": [("0.003", ", amsgrad: true")], "adamw": [("0.003", ", weight_decay: 0.01")],
+            "rmsprop": [("0.003", ", momentum: 0.5, centered: true")],
+            "adagrad": [("0.1", ", initial_accumulator_value: 0.1")]}
+HUGE = 1e30
+
+
+def _every_optimizer(huge: bool) -> str:
+    rates = {name: [(f"[{lr}, {HUGE:.0e}]" if huge else lr, options)
+                    for lr, options in variants] for name, variants in STATEFUL.items()}
+    return "optimizers=[" + ", ".join(f"{{name: {name}, lr: {lr}{options}}}"
+                                      for name, variants in rates.items()
+                                      for lr, options in variants) + "]"
+
+
+def _stored_arms(uri: str) -> dict[str, tuple[dict, dict]]:
+    """arm key -> (tags, metric -> [(step, value)]) of every child run in the store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                              "tags.`study.arm` LIKE '%'", max_results=1000)
+    return {run.data.tags["study.arm"]: (run.data.tags, {
+        name: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id,
+                                                                           name),
+                                                 key=lambda m: m.step)]
+        for name in run.data.metrics}) for run in runs}
+
+
+@pytest.fixture(scope="module")
+def diverging(tmp_path_factory, tf):
+    """The smoke study's control and saturated starts under every optimizer, run through
+    the CLI twice: with a 1e30 rate beside each optimizer's good one (a diverging arm in
+    every group) and without. Both exit 0; the stores' arms."""
+    assert set(STATEFUL) == set(OPTIMIZERS)  # a new optimizer joins this test
+    stored = {}
+    for huge in (True, False):
+        uri = tracking_uri(tmp_path_factory.mktemp("diverging" if huge else "healthy"))
+        code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "losses=[cce]", "--set",
+                     _every_optimizer(huge), "--tracking-uri", uri, "--quiet"])
+        assert code == 0
+        stored[huge] = _stored_arms(uri)
+    return stored
+
+
+def _diverging_keys(stored) -> list[str]:
+    return [key for key in stored if "saturated_wrong" in key and key.endswith("lr=1e+30")]
+
+
+def test_an_arm_diverging_under_any_optimizer_is_stored_and_the_study_goes_on(diverging):
+    stored = diverging[True]
+    assert len(stored) == 2 * 2 * 6  # two starts, two rates, six optimizers
+    keys = _diverging_keys(stored)
+    assert len(keys) == 6
+    for key in keys:
+        tags, history = stored[key]
+        assert tags["study.diverged"] == "true", key
+        step = int(tags["study.diverged_at_step"])
+        assert step > 0 and history["train_loss"][-1][0] == step, key  # stopped there
+        assert not np.isfinite(history["train_loss"][-1][1]), key
+    assert all(stored[key][0]["study.diverged"] == "false" for key in diverging[False])
+
+
+def test_a_diverging_arm_leaves_the_rest_of_its_group_bit_for_bit(diverging):
+    """Whatever state the optimizer keeps, freezing the diverged arm touches only its own
+    slot: every other arm of its group has the history it has without the diverging arm."""
+    with_bad, without = diverging[True], diverging[False]
+    assert len(without) == 2 * 6 and without.keys() <= with_bad.keys()
+    for key, (_, history) in without.items():
+        assert with_bad[key][1] == history, key
+
+
+@pytest.mark.parametrize("optimizer", [
+    "{name: sgd, lr: [0.1, 0.2], momentum: 0.9}", "{name: adam, lr: [0.01, 0.02], amsgrad: true}",
+    "{name: rmsprop, lr: [0.01, 0.02], momentum: 0.5, centered: true}",
+    "{name: adagrad, lr: [0.1, 0.2], initial_accumulator_value: 0.1}"])
+def test_freezing_a_slot_resets_only_that_slot(tf, digits, optimizer):
+    """After some steps, freezing slot 1 zeroes its rate and weights, puts every per-slot
+    optimizer variable back to its start, and leaves every other slot's bits and the shared
+    iteration counter as they were."""
+    config = _config("epochs=1", "losses=[mse]", f"optimizer={optimizer}")
+    group = batched._Group(16, config, digits, "mse", config.optimizers[0])
+    group.load(expand_grid(config))
+    group.run(tf.constant(0), tf.constant(5))
+    variables = [group.lr, *group.weights, *(v for opt in group.optimizers
+                                             for v in opt.variables)]
+    before = [np.array(v.numpy()) for v in variables]
+    fresh = [np.zeros(group.lr.shape), *(np.zeros(w.shape) for w in group.weights),
+             *(value for state in group.fresh_state for value in state)]
+    group.freeze(1)
+    assert not group.active[1] and group.active[0]
+    per_slot = 0
+    for variable, old, start in zip(variables, before, fresh, strict=True):
+        now = variable.numpy()
+        if now.ndim == 0:  # the iteration counter: shared, untouched
+            assert now == old == 5
+            continue
+        per_slot += 1
+        np.testing.assert_array_equal(now[1], start[1])
+        others = np.arange(len(now)) != 1
+        assert now[others].tobytes() == old[others].tobytes()
+    assert per_slot > 1 + len(group.weights)  # optimizer state was among them
+
+
+def test_the_reference_trainer_records_a_diverged_arm_the_same_way(tf, digits, diverging):
+    """Keras fit stops each arm at the evaluation where the batched trainer stopped it, with
+    the same steps logged. Values are compared at the start only: once the weights are near
+    1e30, sums of squares overflow float32 in either trainer's order of operations."""
+    config = _config("epochs=1", "losses=[cce]", _every_optimizer(huge=True))
+    keys = _diverging_keys(diverging[True])
+    arms = [arm for arm in expand_grid(config) if arm.key in keys]
+    assert len(arms) == 6
+    for arm, result in reference.train_arms(arms, config, digits):
+        tags, history = diverging[True][arm.key]
+        assert result.diverged_at == int(tags["study.diverged_at_step"]), arm.key
+        assert result.history.keys() == history.keys()
+        for name, points in history.items():
+            assert result.steps(name) == [step for step, _ in points], (arm.key, name)
+            assert result.history[name][0][1] == pytest.approx(points[0][1], rel=1e-5)
+        assert not np.isfinite(result.series("train_loss")[-1])
 
 
 @pytest.mark.slow

@@ -101,13 +101,16 @@ def test_bad_ui_input_is_one_line_and_exit_2(argv, message, capsys):
 def test_report_writes_the_answer_and_filters_on_the_parent(smoke_report):
     from mlflow.tracking import MlflowClient
 
+    from study.markup import md_text
+
     uri = smoke_report[0]
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
     parent = client.search_runs([experiment.experiment_id],
                                 "tags.`study.role` = 'parent'")[0]
     note = parent.data.tags["mlflow.note.content"]
-    assert "From saturated_wrong m=4, reaching val_accuracy" in note
+    # Markdown source: the sentence's punctuation escaped (study.markup), shown as typed
+    assert md_text("From saturated_wrong m=4 to val_accuracy 0.5,") in note  # the answer
     assert "tags.start = 'saturated_wrong m=4' and tags.`study.best_lr` = 'true'" in note
     runs = client.search_runs([experiment.experiment_id], "tags.start = 'saturated_wrong m=4' "
                               "and tags.`study.best_lr` = 'true'")
@@ -128,11 +131,13 @@ def test_report_tags_each_losss_best_rate_of_a_grid(tmp_path):
     for loss, lr, steps in [("bce", 1.0, 50), ("bce", 8.0, 20), ("mse", 1.0, 90),
                             ("mse", 8.0, 200)]:
         run_id = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
-        rows.append({"run_id": run_id, "loss": loss, "lr": lr, "init": "glorot",
-                     "severity": 0.0, "time": steps, "final_val_nll": 0.5})
-    study = SimpleNamespace(parent_run_id=parent, config_hash="abc", target=0.9)
-    _annotate_store(client.tracking_uri, study, pd.DataFrame(rows), pd.DataFrame(), tmp_path /
-                    "report.html")
+        rows.append({"run_id": run_id, "loss": loss, "condition": loss, "optimizer": "sgd",
+                     "lr": lr, "init": "glorot", "severity": 0.0, "time": steps,
+                     "final_val_nll": 0.5})
+    study = SimpleNamespace(parent_run_id=parent, config_hash="abc", target=0.9, lr_band=2.0)
+    report = SimpleNamespace(all_arms=pd.DataFrame(rows), answer=pd.DataFrame(
+        columns=["init", "severity", "level", "lr_rule"]))
+    _annotate_store(client.tracking_uri, study, report, tmp_path / "report.html")
     best = {(r["loss"], r["lr"]): client.get_run(r["run_id"]).data.tags["study.best_lr"]
             for r in rows}
     assert best == {("bce", 1.0): "false", ("bce", 8.0): "true", ("mse", 1.0): "true",

@@ -168,3 +168,74 @@ def test_report_renders_title_answer_table_and_figures(browser, smoke_report, sc
         page.screenshot(path=screenshots / "report.png", full_page=False)
     finally:
         page.close()
+
+
+# ---- hostile names: shown as text, never run ------------------------------------------------
+
+LABELS = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
+HOSTILE_NAME = "x`<b>bold</b>`` <script>alert(3)</script> y"  # renamed in MLflow
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory):
+    """configs/smoke.yaml shrunk to one loss under two optimizers labelled with markup (4
+    arms, one epoch), trained, its experiment then renamed in MLflow to a name with a
+    backtick and tags, and reported: (store, parent run id, HTML path)."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from study.cli import main
+    from study.report import build_reports
+
+    folder = tmp_path_factory.mktemp("hostile")
+    config = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    config.pop("optimizer")
+    config.update(name="hostile", losses=["cce"], optimizers=[
+        {"name": "sgd", "lr": 0.5, "label": LABELS[0]},
+        {"name": "sgd", "lr": 0.5, "momentum": 0.5, "label": LABELS[1]}])
+    (folder / "hostile.yaml").write_text(yaml.safe_dump(config))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    assert main(["run", str(folder / "hostile.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hostile")
+    client.rename_experiment(experiment.experiment_id, HOSTILE_NAME)
+    [(_, html)] = build_reports(uri, HOSTILE_NAME, folder / "reports")
+    parent = client.search_runs([experiment.experiment_id],
+                                "tags.`study.role` = 'parent'")[0]
+    return uri, parent.info.run_id, html
+
+
+def test_hostile_names_show_as_text_and_never_run(browser, hostile_report, screenshots):
+    _, _, html = hostile_report
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    try:
+        page.goto(html.as_uri())
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(1000)  # any onerror handler has fired by now
+        text = " ".join(page.locator("body").inner_text().split())
+        assert dialogs == []
+        assert f"Study {HOSTILE_NAME}: 4 arms" in text  # the title's code span, whole
+        for label in LABELS:
+            assert f"cce · {label}" in text  # the answer table and the sentences
+            assert text.count(label) >= 4, label
+        assert page.locator("b", has_text="bold").count() == 0
+        assert page.locator("img[src=x]").count() == 0
+        scripts = page.locator("script").evaluate_all("all => all.map(s => s.text)")
+        assert not any("alert(" in script for script in scripts)
+        page.screenshot(path=screenshots / "report-hostile-names.png")
+    finally:
+        page.close()
+
+
+def test_hostile_names_are_escaped_in_the_parent_runs_note(hostile_report):
+    """The parent run's description, which MLflow's UI renders as Markdown."""
+    from mlflow.tracking import MlflowClient
+
+    from study.markup import md_text
+
+    uri, parent_run_id, _ = hostile_report
+    note = MlflowClient(uri).get_run(parent_run_id).data.tags["mlflow.note.content"]
+    assert "<script>" not in note and "<img" not in note
+    assert all(md_text(f"cce · {label}") in note for label in LABELS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,8 +11,10 @@ import pytest
 import yaml
 
 from study.cli import main
-from study.config import config_hash, load_config
+from study.config import LABEL_MAX, config_hash, load_config, validate
+from study.errors import ConfigError
 from study.grid import expand_grid
+from study.optimizers import COMMON, OPTIMIZERS, RANGES
 from tests.conftest import CONFIGS, ROOT
 
 GOOD = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())
@@ -60,7 +63,8 @@ BAD_CONFIGS = [
     ({"dataset": "cifar10"}, "dataset: unknown dataset 'cifar10'; valid: digits, mnist1d, "
                              "mnist, fashion_mnist"),
     ({"optimizer.lr": -0.1}, "optimizer.lr.0: Input should be greater than 0"),
-    ({"optimizer.momentum": 1.5}, "optimizer: sgd option 'momentum' must be a number in [0, 1)"),
+    ({"optimizer.momentum": 1.5}, "optimizer: sgd option 'momentum' must be a number in [0, 1) "
+                                  "in float32 (the trainers' precision), got 1.5"),
     ({"batch_size": 0}, "batch_size: Input should be greater than 0"),
     ({"epochs": "many"}, "epochs: Input should be a valid integer"),
     ({"target": 1.5}, "target: Input should be less than or equal to 1"),
@@ -176,3 +180,134 @@ def test_neuron_dataset_refuses_softmax_losses(tmp_path, capsys):
     assert main(["show", str(CONFIGS / "neuron.yaml"), "--set", "losses=[cce]"]) == 2
     assert "losses ['cce'] need a softmax over classes (use bce, mse, quadratic)" in \
         capsys.readouterr().err
+
+
+BOUNDED_SCRIPT = """
+import json, sys, time
+import study.config, study.tracking  # imported before the clock starts, as for any config
+from study.cli import main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    started = time.perf_counter()
+    code = main(argv)
+    results.append([code, time.perf_counter() - started])
+print(json.dumps({"results": results, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+def test_bounded_config_errors_come_in_a_second_before_tensorflow(tmp_path):
+    """The hostile configs of the bad-input table and their --set twins, in one process as
+    `python -m study run` would: each exit 2 within a second, and TensorFlow never
+    imported (nor a store made)."""
+    import json
+
+    from tests.test_bad_input import FIXTURES
+
+    names = ["bomb.yaml", "deep.yaml", "big.yaml", "many.yaml", "latin1.yaml", "binary.yaml",
+             "bigint.yaml"]
+    for name in names:
+        FIXTURES[name](tmp_path / name)
+    uri = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    smoke = str(CONFIGS / "smoke.yaml")
+    argvs = [["run", str(tmp_path / name), *uri] for name in names] + [
+        ["run", smoke, "--set", value, *uri] for value in
+        ["seeds=&a [0]", "seeds=" + "[" * 20000 + "]" * 20000, "epochs=" + "x" * 100_000,
+         "seeds=[" + ",".join(["0"] * 100_001) + "]"]]
+    done = subprocess.run([sys.executable, "-c", BOUNDED_SCRIPT], input=json.dumps(argvs),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == len(argvs) and all(len(line) <= 400 for line in lines), lines
+    assert [code for code, _ in report["results"]] == [2] * len(argvs), lines
+    assert max(seconds for _, seconds in report["results"]) < 1.0, report
+    assert not report["tensorflow"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_yaml_that_only_pyyaml_reads_still_reads_and_bounds_hold_for_it():
+    from study.config import read_yaml
+    from study.errors import ConfigError
+
+    assert read_yaml("{scaled:[2,-1]}") == {"scaled": [2, -1]}  # libyaml wants a space
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        read_yaml("{a:[1], b: &x [2], c: *x}")
+    with pytest.raises(ConfigError, match="nested more than 32 levels"):
+        read_yaml("{a:" + "[" * 40 + "]" * 40 + "}")
+    with pytest.raises(ConfigError, match="appears twice"):
+        read_yaml("{a:[1], a:[2]}")
+
+
+def test_error_messages_quote_at_most_80_characters_of_input(tmp_path):
+    from study.errors import quote
+
+    assert quote("x" * 300) == "'" + "x" * 76 + "..." and len(quote("x" * 300)) == 80
+    assert quote(10 ** 5000).startswith("<a number of")  # no repr: more than 4,300 digits
+    for override, key in [("model.builder=" + "y" * 5000, "model.builder"),
+                          ("losses=[" + "z" * 5000 + "]", "losses"),
+                          ("seeds=[" + ",".join(["1"] * 5000) + "]", "seeds"),
+                          ("optimizer.lr=[" + ",".join(["0.5"] * 5000) + "]", "optimizer")]:
+        with pytest.raises(ConfigError) as caught:
+            load_config(CONFIGS / "smoke.yaml", [override])
+        assert str(caught.value).startswith(f"{CONFIGS / 'smoke.yaml'}: {key}")
+        assert len(str(caught.value)) < 80 + 200, str(caught.value)
+
+
+def _optimizer(**optimizer) -> dict:
+    return {**GOOD, "optimizer": {"lr": 0.5, **optimizer}}
+
+
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.401298464324817e-45
+
+
+@pytest.mark.parametrize("lr", [FLOAT32_MAX, FLOAT32_TINY, [0.5, 1e-45], {"bce": 2, "cce": 1,
+                                                                           "scce": 1, "mse": 8}])
+def test_rates_that_float32_holds_are_valid(lr):
+    assert validate(_optimizer(lr=lr)).optimizers[0].lr
+
+
+@pytest.mark.parametrize(("lr", "message"), [
+    (1e300, "optimizer.lr.0: 1e+300 is inf in float32, the precision the trainers compute "
+            "in: use a rate from 1.4e-45 to 3.4e+38"),
+    (3.5e38, "optimizer.lr.0: 3.5e+38 is inf in float32"),
+    ([0.5, 1e-46], "optimizer.lr.1: 1e-46 is 0 in float32"),
+    ({"bce": 1, "cce": 1, "scce": 1, "mse": 1e39}, "optimizer.lr.mse.0: 1e+39 is inf"),
+])
+def test_a_rate_float32_cannot_hold_is_refused(lr, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(_optimizer(lr=lr))
+
+
+def _numeric_options():
+    """(optimizer, option, (low, high)) for every numeric option of every optimizer."""
+    return [(name, option, RANGES[option]) for name, spec in OPTIMIZERS.items()
+            for option in sorted(spec.options | COMMON) if RANGES[option] is not bool]
+
+
+@pytest.mark.parametrize(("name", "option", "bounds"), _numeric_options(),
+                         ids=[f"{n}.{o}" for n, o, _ in _numeric_options()])
+def test_every_float_option_is_checked_as_float32_holds_it(name, option, bounds):
+    low, high = bounds
+    fine = FLOAT32_TINY if low > 0 else 0.0
+    assert validate(_optimizer(name=name, **{option: fine})).optimizers[0].options[option] == fine
+    refused = [1e39, float("nan")]  # inf in float32; no number at all
+    if low > 0:
+        refused.append(1e-300)  # 0 in float32
+    if high is not None:
+        refused.append(0.99999999999)  # 1 in float32
+    for value in refused:
+        with pytest.raises(ConfigError, match=f"{name} option '{option}' must be a number "
+                                              r".* in float32 \(the trainers' precision\)"):
+            validate(_optimizer(name=name, **{option: value}))
+
+
+def test_an_optimizer_label_fits_mlflows_run_names():
+    assert validate(_optimizer(label="x" * LABEL_MAX)).optimizers[0].key == "x" * LABEL_MAX
+    with pytest.raises(ConfigError, match=re.escape(
+            "optimizer.label: 7,000 characters: use at most 100 (it names the optimizer in "
+            "MLflow run names, which hold 250)")):
+        validate(_optimizer(label="x" * 7000))
+    # the tightest of MLflow's limits on what the label reaches, with room for the rest of
+    # the run name: a run name column holds 250 characters, a param 6,000, a tag 8,000
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+    assert LABEL_MAX + 150 <= min(250, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH)

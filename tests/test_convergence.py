@@ -36,7 +36,8 @@ def make_study(arms: list[dict], target: float = 0.9) -> Study:
         if arm.get("diverge_at") is not None:
             curve = [(s, a) for s, a in curve if s < arm["diverge_at"]]
             curve.append((arm["diverge_at"], np.nan))
-        keys = {"run_id": run_id, "loss": arm["loss"], "init": arm["init"],
+        keys = {"run_id": run_id, "loss": arm["loss"],
+                "optimizer": arm.get("optimizer", "sgd"), "init": arm["init"],
                 "severity": float(arm.get("severity", 0.0)), "seed": arm["seed"], "lr": lr}
         arm_rows.append({**keys, "arm": run_id, "diverged": arm.get("diverge_at") is not None})
         for j, (step, accuracy) in enumerate(curve):

@@ -3,6 +3,9 @@ before any MLflow run exists."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -12,7 +15,7 @@ from study.cli import main
 from study.config import ModelConfig
 from study.errors import ConfigError
 from study.models import build_model
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, ROOT
 
 CNN = ModelConfig(kind="cnn", hidden=())
 
@@ -37,6 +40,8 @@ def test_the_cnn_needs_images(tf):
 
 
 BUILDERS = '''
+import sys
+
 import keras
 
 def tiny(input_shape, n_classes, output):
@@ -58,21 +63,52 @@ def batch_norm(input_shape, n_classes, output):
 
 def broken(input_shape, n_classes, output):
     raise RuntimeError("my bug")
+
+def exits(input_shape, n_classes, output):
+    sys.exit(7)
+
+def interrupted(input_shape, n_classes, output):
+    raise KeyboardInterrupt
+
+def wrong_reshape(input_shape, n_classes, output):  # Keras' own error: lines, bold text
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Reshape((7, 7)),
+                             keras.layers.Flatten(),
+                             keras.layers.Dense(n_classes, activation=output)])
+
+class Subclassed(keras.Model):
+    def __init__(self, n_classes, output):
+        super().__init__()
+        self.flatten = keras.layers.Flatten()
+        self.dense = keras.layers.Dense(n_classes, activation=output)
+
+    def call(self, x):
+        return self.dense(self.flatten(x))
+
+def subclassed(input_shape, n_classes, output):  # never called: no output shape yet
+    return Subclassed(n_classes, output)
 '''
+# A module that ends the program as it is imported.
+EXITS_ON_IMPORT = """import sys
+sys.exit(7)
+
+def build(input_shape, n_classes, output):
+    pass
+"""
 
 
 @pytest.fixture
 def user_dir(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(textwrap.dedent(BUILDERS))
+    (tmp_path / "quits_on_import.py").write_text(EXITS_ON_IMPORT)
     monkeypatch.chdir(tmp_path)  # a builder is importable from the working directory
     return tmp_path
 
 
 def _run(user_dir, builder):
     uri = f"sqlite:///{user_dir / 'mlflow.db'}"
+    path = builder if ":" in builder else f"my_models:{builder}"
     code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", f"model={{builder: "
-                 f"'my_models:{builder}'}}", "--set", "epochs=1", "--tracking-uri", uri,
-                 "--quiet"])
+                 f"'{path}'}}", "--set", "epochs=1", "--tracking-uri", uri, "--quiet"])
     return code, uri
 
 
@@ -98,9 +134,43 @@ def test_a_users_own_builder_runs_through_model_builder(tf, user_dir):
     ("batch_norm", "has non-trainable state"),
     ("broken", "failed with RuntimeError: my bug"),
     ("missing", "cannot import 'my_models:missing'"),
+    ("exits", "model.builder 'my_models:exits' called sys.exit(7): a builder must return a "
+              "keras.Model, not end the program"),
+    ("quits_on_import:build", "called sys.exit(7)"),
+    ("wrong_reshape", "failed with ValueError: Exception encountered when calling "
+                      "Reshape.call(). The total size of the tensor must be unchanged. "
+                      "Received: input_shape=(8, 8), target_shape=(7, 7)"),
+    ("subclassed", "returned a model without a known output shape: build it from keras.Input"),
 ])
 def test_a_bad_builder_fails_before_any_run(tf, user_dir, capsys, builder, message):
     code, uri = _run(user_dir, builder)
     err = capsys.readouterr().err
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-    assert MlflowClient(uri).search_experiments(filter_string="name = 'smoke'") == []
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "\x1b" not in err  # no terminal escapes (Keras writes parts of its errors in bold)
+    assert not (user_dir / "mlflow.db").exists()  # no store, so no MLflow run
+
+
+def test_ctrl_c_in_a_builder_interrupts_the_study(tf, user_dir, capsys):
+    code, _ = _run(user_dir, "interrupted")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "interrupted: 0 arms kept, rerun to finish"
+    assert not (user_dir / "mlflow.db").exists()
+
+
+def test_a_builder_cannot_choose_the_programs_exit_code(user_dir):
+    """As a real process: a builder's sys.exit(7) is bad input (exit 2, one line), not the
+    study's exit code. The builders sit in the working directory; PYTHONPATH makes the
+    worktree's code the one that runs."""
+    builder = "my_models:exits"
+    process = subprocess.run(
+        [sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"), "--set",
+         f"model={{builder: '{builder}'}}", "--tracking-uri",
+         f"sqlite:///{user_dir / 'mlflow.db'}", "--quiet"],
+        cwd=user_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=300)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.splitlines() == [
+        f"error: model.builder {builder!r} called sys.exit(7): a builder must return a "
+        "keras.Model, not end the program"]
+    assert [p.name for p in user_dir.iterdir()  # no store, nothing but the user's modules
+            if p.suffix != ".py" and p.name != "__pycache__"] == []

@@ -19,10 +19,13 @@ from scipy import stats
 
 from study.analysis.crossings import crossings
 from study.analysis.load import Study
-from study.inits import start_name
+from study.inits import CONTROL, start_name
 
-CELL = ["loss", "init", "severity"]
-CONTROL = "glorot"
+# A condition is what the study compares: a loss under an optimizer. ``condition`` names it
+# for tables and legends ("mse", or "mse · adam" with several optimizers); ``loss`` and
+# ``optimizer`` stay the facts they are, for everything that looks a loss or optimizer up.
+CELL = ["condition", "init", "severity"]
+UNDER = " · "
 CONFIDENCE = 0.95
 
 
@@ -47,9 +50,16 @@ def arm_metrics(study: Study) -> pd.DataFrame:
                      "escape_reached": not escape["censored"], "escape_low": escape["low"],
                      "escape_time": np.inf if escape["censored"] else escape["step"]})
     measures = pd.DataFrame(rows)
-    keys = ["run_id", "arm", "loss", "init", "severity", "seed", "lr", "diverged"]
-    keys += [c for c in ("optimizer", "loss_name") if c in study.arms]
-    return study.arms[keys].merge(measures, on="run_id")
+    keys = ["run_id", "arm", "loss", "optimizer", "init", "severity", "seed", "lr", "diverged"]
+    arms = study.arms[keys].merge(measures, on="run_id")
+    return arms.assign(condition=condition_names(arms))
+
+
+def condition_names(arms: pd.DataFrame) -> pd.Series:
+    """The loss's name, or "loss · optimizer" when the study has several optimizers."""
+    if arms["optimizer"].nunique() > 1:
+        return arms["loss"] + UNDER + arms["optimizer"]
+    return arms["loss"].copy()
 
 
 def crossing(accuracy: pd.Series, level: float, budget: int, name: str) -> dict:
@@ -94,29 +104,49 @@ def best_lrs(arms: pd.DataFrame) -> pd.Series:
     diverged arm's NaN counts as worst)."""
     scores = lr_scores(arms)
     best = scores.sort_values(["median_steps", "median_final_val_nll"]).groupby(
-        level="loss").head(1)
+        level="condition").head(1)
     return best.reset_index(level="lr")["lr"].rename("lr")
 
 
 def lr_scores(arms: pd.DataFrame) -> pd.DataFrame:
-    """Per (loss, lr) on the control init: median steps to target and median final val_nll,
-    the outcome against the learning rate that the report shows."""
+    """Per (condition, lr) on the control init: median steps to target and median final
+    val_nll, the outcome against the learning rate that the report shows. Only the rates a
+    condition ran from every one of its starts compete: a rate run from a few starts only
+    (the band of ``lr_band``) cannot give a view of the whole study."""
     control = _control_rows(arms)
+    common = common_rates(arms)
+    control = control[[pair in common for pair in zip(control["condition"], control["lr"],
+                                                      strict=True)]]
     control = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
-    return control.groupby(["loss", "lr"]).agg(median_steps=("time", "median"),
-                                               median_final_val_nll=("final_val_nll",
-                                                                     "median"))
+    return control.groupby(["condition", "lr"]).agg(median_steps=("time", "median"),
+                                                    median_final_val_nll=("final_val_nll",
+                                                                          "median"))
+
+
+def common_rates(arms: pd.DataFrame) -> set[tuple[str, float]]:
+    """(condition, lr) pairs that the condition ran from every one of its starts."""
+    starts = arms.groupby("condition")[["init", "severity"]].apply(
+        lambda c: len(c.drop_duplicates()))
+    per_rate = arms.groupby(["condition", "lr"])[["init", "severity"]].apply(
+        lambda c: len(c.drop_duplicates()))
+    return {(condition, lr) for (condition, lr), n in per_rate.items()
+            if n == starts[condition]}
 
 
 def lr_edge_warnings(arms: pd.DataFrame) -> list[str]:
-    """A loss whose best rate is the smallest or largest of the grid may do better outside
-    it: say so."""
-    lrs = sorted(arms["lr"].unique())
-    if len(lrs) < 3:
-        return []
-    return [f"{loss}'s best learning rate, {lr:g}, is at the "
-            f"{'lower' if lr == lrs[0] else 'upper'} edge of the grid: a rate outside it may "
-            "be better" for loss, lr in best_lrs(arms).items() if lr in (lrs[0], lrs[-1])]
+    """A condition whose best rate on the control is the smallest or largest of the rates
+    it ran there may do better outside them: say so, for each condition that ran two or
+    more rates (one pre-tuned rate has no edge to be at)."""
+    control = _control_rows(arms)
+    lines = []
+    for condition, lr in best_lrs(arms).items():
+        rates = sorted(control.loc[control["condition"] == condition, "lr"].unique())
+        if len(rates) >= 2 and lr in (rates[0], rates[-1]):
+            lines.append(f"{condition}'s best learning rate, {lr:g}, is at the "
+                         f"{'lower' if lr == rates[0] else 'upper'} edge of the rates it ran "
+                         f"({', '.join(f'{r:g}' for r in rates)}): a rate outside them may "
+                         "be better")
+    return lines
 
 
 def shared_lr(arms: pd.DataFrame) -> float:
@@ -124,7 +154,7 @@ def shared_lr(arms: pd.DataFrame) -> float:
     smallest median (over losses) ratio of val_nll to that loss's best val_nll."""
     control = _control_rows(arms)
     nll = control.assign(final_val_nll=control["final_val_nll"].fillna(np.inf))
-    medians = nll.groupby(["loss", "lr"])["final_val_nll"].median().unstack("lr")
+    medians = nll.groupby(["condition", "lr"])["final_val_nll"].median().unstack("lr")
     ratio = medians.div(medians.min(axis=1), axis=0)
     return float(ratio.median(axis=0).idxmin())
 
@@ -138,7 +168,7 @@ def select_lr(arms: pd.DataFrame, view: str) -> pd.DataFrame:
     """The arms of one view: ``own`` (each loss at its own best lr) or ``shared``."""
     if view == "own":
         chosen = best_lrs(arms)
-        return arms[arms["lr"] == arms["loss"].map(chosen)].reset_index(drop=True)
+        return arms[arms["lr"] == arms["condition"].map(chosen)].reset_index(drop=True)
     if view == "shared":
         return arms[arms["lr"] == shared_lr(arms)].reset_index(drop=True)
     raise ValueError(f"unknown lr view {view!r}; valid: own, shared")
@@ -181,12 +211,14 @@ def kaplan_meier(times, reached):
 def summarize(arms: pd.DataFrame) -> pd.DataFrame:
     """One row per (loss, init, severity): counts, medians with CIs, KM median, slowdown."""
     rows = []
-    for (loss, init, severity), cell in arms.groupby(CELL):
+    for (condition, init, severity), cell in arms.groupby(CELL):
         median, low, high = median_ci(cell["time"])
         km_median = float(kaplan_meier(cell["time"], cell["reached"]).median_survival_time_)
         final = median_ci(cell["final_val_accuracy"].fillna(0.0))
         rows.append({
-            "loss": loss, "init": init, "severity": severity, "lr": _lrs(cell),
+            "condition": condition, "loss": cell["loss"].iloc[0],
+            "optimizer": cell["optimizer"].iloc[0], "init": init, "severity": severity,
+            "lr": _lrs(cell),
             "seeds": len(cell), "reached": int(cell["reached"].sum()),
             "diverged": int(cell["diverged"].sum()),
             "median_steps": median, "steps_ci_low": low, "steps_ci_high": high,
@@ -225,14 +257,15 @@ def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFram
     the ratio of medians, with a paired bootstrap CI over seeds (a seed shares its control
     weights and minibatch order across inits). ``slowdown_bound`` says how censoring bends it."""
     rows = []
-    for (loss, init, severity), cell in arms.groupby(CELL):
+    for (loss, init, severity), cell in arms.groupby(CELL):  # loss: the condition
         reference = family_reference(arms, init)
         if (init, severity) == reference:
             continue
         control_rows = arms[(arms["init"] == reference[0])
-                            & (arms["severity"] == reference[1])].set_index(["loss", "seed"])
+                            & (arms["severity"] == reference[1])].set_index(["condition",
+                                                                              "seed"])
         control, control_reached = control_rows["time"], control_rows["reached"]
-        if loss not in control.index.get_level_values("loss"):
+        if loss not in control.index.get_level_values("condition"):
             continue
         paired = cell.set_index("seed")["time"].to_frame("bad").join(
             control.loc[loss].rename("control"), how="inner")
@@ -249,7 +282,7 @@ def slowdowns(arms: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFram
             low, high = float(ci.confidence_interval.low), float(ci.confidence_interval.high)
         elif len(paired) >= 2:
             low = high = ratio
-        rows.append({"loss": loss, "init": init, "severity": severity,
+        rows.append({"condition": loss, "init": init, "severity": severity,
                      "reference": start_name(*reference), "slowdown": ratio,
                      "slowdown_ci_low": low, "slowdown_ci_high": high,
                      "slowdown_bound": _bound(median_is_bound(cell["reached"]),
@@ -291,8 +324,8 @@ def performance_profile(arms: pd.DataFrame, taus=None) -> pd.DataFrame:
     the target within a factor tau of the fastest loss on that problem (Dolan-More)."""
     # groupby, not pivot_table: only (init, severity, seed) problems that exist, but every
     # loss as a column even where it never reached the target (all NaN)
-    problems = arms.groupby(["init", "severity", "seed", "loss"])["steps_to_target"].min(
-        ).unstack("loss")
+    problems = arms.groupby(["init", "severity", "seed", "condition"])["steps_to_target"].min(
+        ).unstack("condition")
     best = problems.min(axis=1)
     ratios = problems.div(best.replace(0, 1), axis=0).fillna(np.inf)  # misses never count
     if taus is None:
@@ -309,9 +342,9 @@ _BOUND_SIGN = {"": "", ">=": "≥", "<=": "≤", "?": "? "}
 
 
 def loss_order(losses) -> list[str]:
-    """Losses in the registry's order (bce, cce, scce, mse, ...), each loss's optimizers
-    together, other names after: the same order in every table and sentence."""
-    from study.analysis.load import UNDER
+    """Losses (or conditions) in the registry's order (bce, cce, scce, mse, ...), each
+    loss's optimizers together, other names after: the same order in every table and
+    sentence."""
     from study.losses import LOSSES
 
     known = list(LOSSES)
@@ -342,7 +375,7 @@ def _fastest_words(start: pd.DataFrame) -> str:
     best = fastest(start)
     if best.empty:
         return "No loss reaches the target from this start within the budget for most seeds."
-    names = loss_order(best["loss"])
+    names = loss_order(best["condition"])
     steps = f"median {best['median_steps'].iloc[0]:,.0f} steps"
     if len(names) == 1:
         return f"Fastest from this start: {names[0]} ({steps})."
@@ -360,17 +393,17 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
     for init, severity in start_order(rows):
         start = rows[(rows["init"] == init) & (rows["severity"] == severity)]
         parts = []
-        for loss in loss_order(start["loss"]):
-            row = next(start[start["loss"] == loss].itertuples())
+        for loss in loss_order(start["condition"]):
+            row = next(start[start["condition"] == loss].itertuples())
             if row.slowdown_bound == "?":
-                parts.append(f"{row.loss} unknown (censored from both starts)")
+                parts.append(f"{row.condition} unknown (censored from both starts)")
                 continue
             bound = _BOUND_SIGN[row.slowdown_bound]
             budget_set = getattr(row, "censored_arms", 0) > 0  # an end may be the budget's
             ci = (f" (95% CI {row.slowdown_ci_low:.1f}-{row.slowdown_ci_high:.1f}"
                   f"{', an end set by the budget' if budget_set else ''})"
                   if np.isfinite(row.slowdown_ci_low) else "")
-            parts.append(f"{row.loss} {bound}{row.slowdown:.1f}x{ci}")
+            parts.append(f"{row.condition} {bound}{row.slowdown:.1f}x{ci}")
         lines.append(
             f"From {start_name(init, severity)}, reaching val_accuracy {target:g} takes "
             f"{'; '.join(parts)} the steps it takes from {start['reference'].iloc[0]}. "
@@ -379,20 +412,26 @@ def headline(summary: pd.DataFrame, target: float) -> list[str]:
 
 
 def answer_table(summary: pd.DataFrame):
-    """The answer at a glance: start x loss, median steps to the target over seeds ('≥' where
-    at least half the seeds never reached it, so the median is a lower bound), the fastest
-    loss of each start in bold, every tied loss included. A pandas Styler."""
+    """Median steps to the target over seeds at a glance ('≥' where at least half the seeds
+    never reached it, so the median is a lower bound), the fastest condition of each start
+    in bold, every tie included: start x loss, or with several optimizers (start,
+    optimizer) x loss, so the table stays as wide as the losses. A pandas Styler."""
+    several = summary["optimizer"].nunique() > 1
     losses = loss_order(summary["loss"])
-    starts = start_order(summary)
-    cells = pd.DataFrame("", index=[start_name(*s) for s in starts], columns=losses)
-    bold = pd.DataFrame(False, index=cells.index, columns=losses)
-    for (init, severity), name in zip(starts, cells.index, strict=True):
+    rows = [(start_name(*s), optimizer) for s in start_order(summary)
+            for optimizer in (sorted(summary["optimizer"].unique()) if several else [""])]
+    index = pd.MultiIndex.from_tuples(rows, names=["start", "optimizer"]) if several else \
+        pd.Index([r[0] for r in rows], name="start")
+    cells = pd.DataFrame("", index=index, columns=losses)
+    bold = pd.DataFrame(False, index=index, columns=losses)
+    for init, severity in start_order(summary):
         start = summary[(summary["init"] == init) & (summary["severity"] == severity)]
+        best = set(fastest(start)["condition"])
         for row in start.itertuples():
-            bound = "≥ " if row.steps_bound else ""
-            cells.loc[name, row.loss] = f"{bound}{row.median_steps:,.0f}"
-        bold.loc[name, list(fastest(start)["loss"])] = True
-    cells.index.name = "start"
+            at = (start_name(init, severity), row.optimizer) if several else \
+                start_name(init, severity)
+            cells.loc[at, row.loss] = f"{'≥ ' if row.steps_bound else ''}{row.median_steps:,.0f}"
+            bold.loc[at, row.loss] = row.condition in best
     return cells.style.apply(
         lambda _: np.where(bold, "font-weight: bold; background-color: #e6f0f8", ""), axis=None)
 
@@ -410,7 +449,7 @@ def report_table(summary: pd.DataFrame) -> pd.DataFrame:
     for row in summary.itertuples():
         slowdown = getattr(row, "slowdown", np.nan)
         rows.append({
-            "start": start_name(row.init, row.severity), "loss": row.loss, "lr": row.lr,
+            "start": start_name(row.init, row.severity), "loss": row.condition, "lr": row.lr,
             "reached target": f"{row.reached}/{row.seeds}"
                               + (f" ({row.diverged} diverged)" if row.diverged else ""),
             "median steps [95% CI]": ("≥ " if row.steps_bound else "")

@@ -5,14 +5,18 @@ A report is rebuilt from the store alone: nothing here looks at configs or train
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
-ARM_COLUMNS = ["run_id", "arm", "loss", "init", "severity", "seed", "lr", "diverged"]
+ARM_COLUMNS = ["run_id", "arm", "loss", "optimizer", "init", "severity", "seed", "lr",
+               "diverged"]
+KEYS = ARM_COLUMNS[:8]  # what each row of a history carries of its arm
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,16 @@ class Study:
     target: float  # the val_accuracy threshold for steps-to-target
     escape: float  # the val_accuracy level that ends a stall (escape time)
     arms: pd.DataFrame  # ARM_COLUMNS plus the other params
-    history: pd.DataFrame  # ARM_COLUMNS[:7] + step, metric, value
-    levels: tuple[float, ...] = ()  # levels whose crossings the store holds exactly
+    history: pd.DataFrame  # KEYS + step, metric, value
+    levels: tuple[float, ...] = ()  # val_accuracy levels whose crossings the report gives
+    n_classes: int = 0
+    # init family -> (lowest, highest) severity of the growth fit, as the config declared
+    growth_window: dict[str, tuple[float, float]] = field(default_factory=dict)
+    lr_band: float = 2.0  # the factor of each rate's neighbourhood (x1/2, x2)
+
+    @property
+    def all_levels(self) -> tuple[float, ...]:
+        return self.levels or tuple(sorted({self.escape, self.target}))
 
     def metric(self, name: str) -> pd.DataFrame:
         return self.history[self.history["metric"] == name]
@@ -89,9 +101,16 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
     target = float(parent.data.params.get("target", "nan"))
     if parent.data.params.get("target_mode") == "relative":
         target = relative_target(target, history, int(parent.data.params["n_classes"]))
-    escape = float(parent.data.params.get("escape", "0.5"))
-    levels = tuple(float(v) for v in parent.data.params.get("levels", "").split(",") if v)
-    return Study(experiment, parent.info.run_id, digest, target, escape, arms, history, levels)
+    params = parent.data.params
+    escape = float(params.get("escape", "0.5"))
+    declared = re.findall(r"[0-9.eE+-]+", params.get("levels", ""))  # "[0.5, 0.9]" or "0.5,0.9"
+    levels = tuple(sorted({level for level in (*map(float, declared), escape, target)
+                           if np.isfinite(level)}))
+    window = {init: tuple(bounds) for init, bounds
+              in json.loads(params.get("growth_window", "{}")).items()}
+    band = json.loads(params.get("lr_band", "null")) or {"factor": 2.0}
+    return Study(experiment, parent.info.run_id, digest, target, escape, arms, history,
+                 levels, int(params.get("n_classes", "0")), window, float(band["factor"]))
 
 
 def relative_target(fraction: float, history: pd.DataFrame, n_classes: int) -> float:
@@ -118,28 +137,12 @@ def _arms_table(runs) -> pd.DataFrame:
     for column in ("batch_size", "epochs"):
         if column in table:
             table[column] = table[column].astype(int)
-    table = _losses_under_optimizers(table)
+    if "optimizer" not in table:  # runs stored before optimizers were an axis used SGD
+        table["optimizer"] = "sgd"
+    table["optimizer"] = table["optimizer"].fillna("sgd")
     first = [c for c in ARM_COLUMNS if c in table]
     table = table[first + [c for c in table.columns if c not in first]]
     return table.sort_values(["init", "severity", "loss", "seed", "lr"], ignore_index=True)
-
-
-# Between a loss and its optimizer in a study of several optimizers: "mse · adam".
-UNDER = " · "
-
-
-def _losses_under_optimizers(table: pd.DataFrame) -> pd.DataFrame:
-    """With several optimizers in a study, each (loss, optimizer) is a condition of its own:
-    the ``loss`` column names both, so every view of the report (learning rate tuned per
-    condition, medians, tests) compares them; ``loss_name`` keeps the loss alone. Runs
-    stored before optimizers were an axis used SGD."""
-    if "optimizer" not in table:
-        table["optimizer"] = "sgd"
-    table["optimizer"] = table["optimizer"].fillna("sgd")
-    table["loss_name"] = table["loss"]
-    if table["optimizer"].nunique() > 1:
-        table["loss"] = table["loss"] + UNDER + table["optimizer"]
-    return table
 
 
 def _histories(client, tracking_uri: str, arms: pd.DataFrame) -> pd.DataFrame:
@@ -148,9 +151,9 @@ def _histories(client, tracking_uri: str, arms: pd.DataFrame) -> pd.DataFrame:
         raw = _sqlite_histories(tracking_uri, run_ids)
     else:
         raw = _client_histories(client, run_ids)
-    keys = arms[ARM_COLUMNS[:7]]
+    keys = arms[KEYS]
     history = raw.merge(keys, on="run_id")
-    return history[ARM_COLUMNS[:7] + ["step", "metric", "value"]].sort_values(
+    return history[KEYS + ["step", "metric", "value"]].sort_values(
         ["run_id", "metric", "step"], ignore_index=True)
 
 

@@ -31,26 +31,28 @@ COLUMNS = ["start", "init", "severity", "loss", "versus", "pairs", "censored_pai
 
 def paired_contrasts(arms: pd.DataFrame, reference: str = REFERENCE,
                      time: str = "time", reached: str = "reached") -> pd.DataFrame:
-    """One row per (start, loss other than ``reference``): the paired contrast of ``time``
-    (steps to target by default; ``escape_time`` for the escape) against ``reference``."""
+    """One row per (start, condition whose loss is not ``reference``): the paired contrast
+    of ``time`` (steps to target by default; ``escape_time`` for the escape) against the
+    ``reference`` loss under the same optimizer."""
     from statsmodels.stats.multitest import multipletests
 
     rows = []
-    if reference not in set(arms["loss"]):
-        return pd.DataFrame(columns=COLUMNS)
-    for (init, severity), start in arms.groupby(["init", "severity"]):
+    budget = float(arms["budget"].max()) if len(arms) else 0.0
+    for (init, severity, _), start in arms.groupby(["init", "severity", "optimizer"]):
         base = start[start["loss"] == reference].set_index("seed")
-        for loss, cell in start[start["loss"] != reference].groupby("loss"):
+        if base.empty:
+            continue
+        for condition, cell in start[start["loss"] != reference].groupby("condition"):
             paired = cell.set_index("seed")[[time, reached]].join(
                 base[[time, reached]], rsuffix="_ref", how="inner")
             if len(paired) < 2:
                 continue
-            budget = float(arms["budget"].max())
             mine = paired[time].replace(np.inf, budget).clip(lower=1.0).to_numpy()
             theirs = paired[f"{time}_ref"].replace(np.inf, budget).clip(lower=1.0).to_numpy()
             censored = int((~paired[reached] | ~paired[f"{reached}_ref"]).sum())
             rows.append({"start": start_name(init, severity), "init": init,
-                         "severity": severity, "loss": loss, "versus": reference,
+                         "severity": severity, "loss": condition,
+                         "versus": base["condition"].iloc[0],
                          "pairs": len(paired), "censored_pairs": censored,
                          **_contrast(np.log(mine) - np.log(theirs)),
                          "bound": "censored" if censored >= len(paired) / 2 else ""})

@@ -17,8 +17,9 @@ number of slots is a multiple of 16 (``SLOT_MULTIPLE``), spare slots padded.
 Per-step Python and Keras overhead, not arithmetic, is what a small model costs; here it is
 paid once per evaluation interval for the whole group (``tf.while_loop`` over steps).
 Evaluations run on a second thread, on snapshots of the weights, while training goes on. An
-arm that diverges is evaluated, recorded and then frozen (learning rate 0, weights and
-optimizer state zeroed) so that its NaNs cannot cost time.
+arm that diverges is evaluated, recorded and then frozen (learning rate 0, weights zeroed,
+optimizer state as at the start, whatever the optimizer keeps) so that its NaNs cannot
+cost time.
 
 Crossings are exact: after every step, inside the loop, the slots that still have a level
 of ``crossing_levels`` to cross are gathered and their val_accuracy evaluated (``_cross``),
@@ -342,14 +343,29 @@ class _Group:
                 self.freeze(k)
 
     def freeze(self, k: int) -> None:
-        """Stop arm k: zero its learning rate, weights and optimizer state (NaN costs time,
-        never results)."""
+        """Stop arm k: zero its learning rate and weights and put its optimizer state back to
+        the start (NaN costs time, never results). Keras' own optimizer variables are
+        ``keras.Variable``s, with no scatter update of their own: every slot variable is
+        assigned its value with slot k replaced. Only variables shaped like their weight
+        ([K, ...]) hold slots; the iteration counter is shared by every arm and untouched."""
         self.active[k] = False
-        self.lr.scatter_nd_update([[k]], [0.0])
-        state = [v for opt in self.optimizers for v in opt.variables
-                 if len(v.shape) and v.shape[0] == self.size]
-        for w in self.weights + state:
-            w.scatter_nd_update([[k]], np.zeros([1, *w.shape[1:]], FLOAT))
+        _reset_slot(self.lr, k, 0.0)
+        for w in self.weights:
+            _reset_slot(w, k, 0.0)
+        for opt, fresh, w in zip(self.optimizers, self.fresh_state, self.weights, strict=True):
+            for variable, start in zip(opt.variables, fresh, strict=True):
+                if tuple(variable.shape) == tuple(w.shape):
+                    _reset_slot(variable, k, start[k])
+
+
+def _reset_slot(variable, k: int, value) -> None:
+    """Assign ``value`` to slot k of a stacked variable (a ``tf.Variable`` or a
+    ``keras.Variable``), leaving the other slots' bits as they are."""
+    import tensorflow as tf
+
+    current = tf.convert_to_tensor(variable)
+    row = tf.broadcast_to(tf.cast(value, current.dtype), [1, *current.shape[1:]])
+    variable.assign(tf.tensor_scatter_nd_update(current, [[k]], row))
 
 
 def train_group(group: _Group, arms: list[Arm],
