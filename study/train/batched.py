@@ -25,7 +25,8 @@ Crossings are exact: after every step, inside the loop, the slots that still hav
 of ``crossing_levels`` to cross are gathered and their val_accuracy evaluated (``_cross``),
 and a [K, levels] tensor keeps each level's first step; once no slot has a level left the
 evaluation is skipped (``tf.cond``). Curves are not monotone, so nothing short of looking
-at every step finds the first one (a logged schedule 5% apart was late by a median 10.7%).
+at every step finds the first one (a logged schedule 5% apart was late by a median 6.6%,
+worst 73%, on the default study).
 Every val_accuracy, scheduled or at a crossing, is the same vectorized forward pass
 (``_evaluate_accuracy``), so a crossing's value equals the scheduled one at the same step.
 It costs one forward pass over the validation split (about 7 training steps of an arm)
@@ -33,7 +34,7 @@ per arm and step until the arm has crossed its last level: little for arms that 
 fast, up to twice the training time for a group whose arms stall or never reach 0.9 (mse
 from bad starts); docs/trainers.md has the figures. The dense val_accuracy schedule
 (``Schedule.accuracy_steps``) stays: crossings no longer need it, but it draws the curves,
-and thinning it from 5% to 20% saved 3% of such a group's time (measured).
+and thinning it from 5% to 20% saved no measurable time (mse group: 101 s against 98 s).
 """
 
 from __future__ import annotations
