@@ -178,6 +178,9 @@ class StudyConfig(_Frozen):
     target_mode: Literal["absolute", "relative"] = "absolute"
     # val_accuracy at which a stalled arm has escaped its bad start (the escape time)
     escape: Fraction = 0.5
+    # val_accuracy levels whose crossings (first step at or above) the trainers find exactly;
+    # the target (absolute mode) and escape are crossed too (``crossing_levels``)
+    levels: tuple[Fraction, ...] = (0.5, 0.7, 0.8, 0.9)
     # The analysis' choices, declared before the data are seen. growth_window: per init
     # family, the [lowest, highest] severity the growth law T(s) = T0 + c e^(b s) is fitted
     # over (default: every severity the study runs).
@@ -276,6 +279,19 @@ class StudyConfig(_Frozen):
                 _unique(f"inits.{name}", severities)
         return value
 
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if list(value) != sorted(set(value)):
+            raise ValueError(f"must be unique and in increasing order, got {list(value)}")
+        return value
+
+    @property
+    def crossing_levels(self) -> tuple[float, ...]:
+        """Every val_accuracy level whose first crossing is found: ``levels``, ``escape`` and
+        an absolute ``target`` (a relative one is known only once the controls have run)."""
+        extra = {self.escape} | ({self.target} if self.target_mode == "absolute" else set())
+        return tuple(sorted(set(self.levels) | extra))
     @model_validator(mode="after")
     def _windows_of_families(self) -> StudyConfig:
         for init, (low, high) in self.growth_window.items():

@@ -692,6 +692,7 @@ class StudyTracker:
                     Param("executor", config.executor),
                     Param("target", f"{config.target:g}"),
                     Param("escape", f"{config.escape:g}"),
+                    Param("levels", ",".join(f"{v:g}" for v in config.crossing_levels)),
                     Param("target_mode", config.target_mode),
                     Param("growth_window", json.dumps(config.growth_window)),
                     Param("lr_band", json.dumps(config.lr_band.model_dump()

@@ -61,3 +61,26 @@ def sgd(weights, batches, x, y, loss: str, lr: float):
         _, grads = loss_and_grads(weights, x[idx], y[idx], loss)
         weights = [w - lr * g for w, g in zip(weights, grads, strict=True)]
         yield weights
+
+
+def outputs(weights, x, loss: str):
+    """The model's outputs (after the loss spec's output activation) on inputs x."""
+    h = x
+    for i in range(0, len(weights) - 2, 2):
+        h = _sigmoid(h @ weights[i] + weights[i + 1])
+    z = h @ weights[-2] + weights[-1]
+    return _softmax(z) if loss in ("cce", "scce", "mse_softmax") else _sigmoid(z)
+
+
+def accuracy_every_step(weights, batches, x, y, x_val, y_val, loss: str, lr: float):
+    """val_accuracy before training and after every SGD step: an array [len(batches) + 1]."""
+    weights = [w.astype("float64") for w in weights]
+    trajectory = [weights, *sgd(weights, batches, x, y, loss, lr)]
+    return np.array([np.mean(outputs(w, x_val, loss).argmax(axis=1) == y_val)
+                     for w in trajectory])
+
+
+def first_crossings(accuracy, levels) -> dict[float, int]:
+    """Level -> the first step at which accuracy >= level (levels never reached: absent)."""
+    return {level: int(np.argmax(accuracy >= level)) for level in levels
+            if (accuracy >= level).any()}

@@ -224,7 +224,7 @@ def test_an_arms_values_do_not_depend_on_its_group(tf, digits, model):
     epochs = 15 if model == "mlp" else 3
     config = load_config(CONFIGS / "default.yaml", [
         "losses=[mse, cce]", "inits={scaled: [4], saturated_wrong: [4], large_normal: []}",
-        "seeds=[0, 1, 2, 3]", "optimizer.lr=[8, 32]", f"epochs={epochs}",
+        "seeds=[0, 1, 2, 3]", "optimizer.lr=[8, 32]", f"epochs={epochs}", "lr_band=null",
         *([CNN, "optimizer.lr=[0.5, 2]"] if model == "cnn" else [])])
     arms = expand_grid(config)
     assert len(arms) == 48

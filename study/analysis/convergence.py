@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from study.analysis.crossings import crossings
 from study.analysis.load import Study
 from study.inits import CONTROL, start_name
 
@@ -34,13 +35,20 @@ CONFIDENCE = 0.95
 def arm_metrics(study: Study) -> pd.DataFrame:
     """One row per arm: the arm's keys and its convergence measures."""
     budget = int(study.history["step"].max())
+    found = crossings(study).set_index(["run_id", "level"])
     rows = []
     for run_id, history in study.history.groupby("run_id"):
         wide = history.pivot(index="step", columns="metric", values="value")
         # val_accuracy at its own (denser) steps, a diverged arm's NaN kept
         accuracy = history[history["metric"] == "val_accuracy"].set_index("step")["value"]
-        rows.append({"run_id": run_id, **_convergence(wide, accuracy, study.target, budget),
-                     **crossing(accuracy, study.escape, budget, "escape")})
+        target, escape = found.loc[(run_id, study.target)], found.loc[(run_id, study.escape)]
+        rows.append({"run_id": run_id, **_convergence(wide, accuracy, budget),
+                     "reached": not target["censored"], "steps_to_target": target["step"],
+                     # for survival analysis: the event time, or the censoring time (the
+                     # whole budget)
+                     "time": float(budget if target["censored"] else target["step"]),
+                     "escape_reached": not escape["censored"], "escape_low": escape["low"],
+                     "escape_time": np.inf if escape["censored"] else escape["step"]})
     measures = pd.DataFrame(rows)
     keys = ["run_id", "arm", "loss", "optimizer", "init", "severity", "seed", "lr", "diverged"]
     arms = study.arms[keys].merge(measures, on="run_id")
@@ -68,20 +76,14 @@ def crossing(accuracy: pd.Series, level: float, budget: int, name: str) -> dict:
             f"{name}_time": float(steps[first])}
 
 
-def _convergence(wide: pd.DataFrame, accuracy: pd.Series, target: float, budget: int) -> dict:
+def _convergence(wide: pd.DataFrame, accuracy: pd.Series, budget: int) -> dict:
     accuracy = accuracy.sort_index()
-    reached_at = accuracy.index[accuracy.to_numpy() >= target]
-    reached = len(reached_at) > 0
     steps = accuracy.index.to_numpy()
     error = (1.0 - accuracy).fillna(1.0).to_numpy()
     if steps[-1] < budget:  # diverged: the worst error for the rest of the budget
         steps, error = np.append(steps, budget), np.append(error, 1.0)
     full = wide.dropna(subset=["val_nll"])  # the steps with every measure
     return {
-        "reached": reached,
-        "steps_to_target": float(reached_at[0]) if reached else np.nan,
-        # for survival analysis: the event time, or the censoring time (the whole budget)
-        "time": float(reached_at[0]) if reached else float(budget),
         "budget": budget,
         "auc_val_error": float(np.trapezoid(error, steps) / budget) if budget else np.nan,
         "final_val_accuracy": accuracy.iloc[-1],

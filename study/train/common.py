@@ -13,8 +13,8 @@ NEURON_METRICS = ("output", "weight", "bias", "grad_w", "grad_b")
 
 
 # val_accuracy alone is also taken between the full evaluations, at steps at most this far
-# apart relative to the step (every step early on), so that the first step at which an arm
-# reaches an accuracy level is known to within 5%: it lies between two logged steps.
+# apart relative to the step (every step early on), so that the curves are drawn finely.
+# The crossings of accuracy levels do not rely on it: the trainers find them exactly.
 CROSSING_RESOLUTION = 0.05
 
 
@@ -93,6 +93,11 @@ def neuron_metrics(outputs, kernel, bias, grad_kernel, grad_bias) -> dict:
             "grad_w": grad_kernel[..., 0, 0], "grad_b": grad_bias[..., 0]}
 
 
+def crossing_key(level: float) -> str:
+    """The metric that holds a level's first crossing step: ``crossing_0.9``."""
+    return f"crossing_{level:g}"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -123,6 +128,20 @@ class ArmResult:
             self.history.setdefault(name, []).append((step, float(value)))
         if not math.isfinite(values.get("train_loss", 0.0)) and not self.diverged:
             self.diverged_at = step
+
+    def add_crossings(self, crossings: dict[float, tuple[int, float]]) -> None:
+        """Log each level's first crossing: ``crossing_<level>`` = the step, at that step,
+        and val_accuracy there (so the curve passes through it). A crossing after the step
+        at which the arm was found diverged is dropped: the arm stopped there."""
+        accuracy = dict(self.history.get("val_accuracy", []))
+        for level, (step, value) in sorted(crossings.items()):
+            if self.diverged and step > self.diverged_at:
+                continue
+            self.history[crossing_key(level)] = [(step, float(step))]
+            accuracy.setdefault(step, value)
+            self.step_ms.setdefault(step, min((ms for s, ms in self.step_ms.items()
+                                               if s >= step), default=now_ms()))
+        self.history["val_accuracy"] = sorted(accuracy.items())
 
     def series(self, name: str) -> np.ndarray:
         """Values of one metric, in step order."""

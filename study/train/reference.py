@@ -3,7 +3,9 @@ arm's stock Keras optimizer.
 
 It is the ground truth that faster trainers are checked against, so it does nothing clever:
 one ``fit`` over all epochs, fed the arm's minibatch order through ``tf.data``, with a
-callback that evaluates the arm at the scheduled steps.
+callback that evaluates the arm at the scheduled steps and, while a level of
+``crossing_levels`` is still to be crossed, val_accuracy after every batch: the crossings
+are the first steps an every-step evaluation finds.
 """
 
 from __future__ import annotations
@@ -43,19 +45,22 @@ class _Evaluator:
         self.y_train = tf.constant(y_train_encoded)
         self.x_val = tf.constant(splits.inputs("val"))
         self.single_neuron = is_single_neuron(model)
+        # The model's forward pass over the validation split as one graph: the crossings
+        # call it after every step, where an eager call's overhead would dominate.
+        self.val_outputs = tf.function(lambda: self.model(self.x_val, training=False))
 
     def __call__(self, full: bool = True) -> dict[str, float]:
         import tensorflow as tf
 
         if not full:
-            val_outputs = self.model(self.x_val, training=False).numpy()
+            val_outputs = self.val_outputs().numpy()
             return {"val_accuracy": accuracy(val_outputs, self.splits.y_val)}
 
         with tf.GradientTape() as tape:
             outputs = self.model(self.x_train, training=False)
             loss = self.loss_fn(self.y_train, outputs)
         grads = tape.gradient(loss, self.model.trainable_variables)
-        val_outputs = self.model(self.x_val, training=False).numpy()
+        val_outputs = self.val_outputs().numpy()
         values = {
             "train_loss": float(loss),
             "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
@@ -70,7 +75,20 @@ class _Evaluator:
         return values
 
 
-def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
+class Crossings:
+    """First steps at which val_accuracy reaches each level: level -> (step, accuracy)."""
+
+    def __init__(self, levels):
+        self.pending, self.found = sorted(levels), {}
+
+    def see(self, step: int, accuracy: float) -> None:
+        for level in [v for v in self.pending if accuracy >= v]:
+            self.found[level] = (step, accuracy)
+            self.pending.remove(level)
+
+
+def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult,
+                   crossings: Crossings):
     import keras
 
     due = dict(schedule.all_steps)  # step -> full evaluation?
@@ -82,10 +100,15 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult):
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            if self.step in due:
-                result.record(self.step, evaluate(full=due[self.step]))
-                if result.diverged:
-                    self.model.stop_training = True
+            values = evaluate(full=due[self.step]) if self.step in due else None
+            if values is not None:
+                result.record(self.step, values)
+            if crossings.pending:
+                accuracy = values["val_accuracy"] if values else evaluate(full=False)[
+                    "val_accuracy"]
+                crossings.see(self.step, accuracy)
+            if result.diverged:
+                self.model.stop_training = True
 
     return EvaluateOnSchedule()
 
@@ -114,12 +137,16 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     evaluate = _Evaluator(model, loss_fn, splits, y_train)
     result = ArmResult(started_ms=now_ms())
     result.record(0, evaluate())
+    crossings = Crossings(config.crossing_levels)
+    crossings.see(0, result.history["val_accuracy"][0][1])
     # One fit over all epochs, fed our minibatch order; with steps_per_epoch set, Keras keeps
     # one iterator across epochs, so epoch e trains on exactly order[e].
     if not result.diverged:
         batches = _minibatches(splits.inputs("train"), y_train, order)
         model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
-                  shuffle=False, verbose=0, callbacks=[_make_callback(evaluate, schedule, result)])
+                  shuffle=False, verbose=0,
+                  callbacks=[_make_callback(evaluate, schedule, result, crossings)])
+    result.add_crossings(crossings.found)
     result.finished_ms = now_ms()
     return result
 
