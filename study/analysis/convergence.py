@@ -180,8 +180,12 @@ def describe_view(arms: pd.DataFrame, view: str) -> str:
     if view == "shared":
         return f"every loss at the shared learning rate {shared_lr(arms):g}"
     chosen = best_lrs(arms)
-    return "each loss at its own best learning rate on the control init (" + ", ".join(
-        f"{loss} {lr:g}" for loss, lr in chosen.items()) + ")"
+    chosen = chosen.reindex(loss_order(chosen.index))
+    rates = ", ".join(f"{loss} {lr:g}" for loss, lr in chosen.items())
+    common = common_rates(arms)
+    if all(sum(c == condition for c, _ in common) == 1 for condition in chosen.index):
+        return f"each loss at the one rate it ran from every start ({rates})"
+    return f"each loss at its own best learning rate on the control init ({rates})"
 
 
 # ---- per cell -----------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def title(report: Report) -> str:
     levels = ", ".join(f"{level:g}" for level in study.all_levels)
     return (f"{name}: {len(report.all_arms):,} arms, {report.all_arms['seed'].nunique()} "
             f"seeds, a budget of {budget:,} steps; val_accuracy levels {levels} (target "
-            f"{study.target:g}, escape {study.escape:g}). "
-            f"{md_text(describe_view(report.all_arms, report.view))}.")
+            f"{study.target:g}, escape {study.escape:g}). After the answer, the tables and "
+            f"figures show {md_text(describe_view(report.all_arms, report.view))}.")
 
 
 def answer_words(report: Report) -> str:
