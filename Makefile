@@ -55,7 +55,7 @@ $(CHROMIUM):
 		{ echo "make test needs $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; }
 
 test: lint $(CHROMIUM) ## lint, then the test suite (a few minutes; installs chromium once)
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest --durations=15
 
 clean: ## remove the virtual environment and caches (keeps mlflow.db)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
