@@ -212,3 +212,9 @@ def test_the_median_table_stays_as_wide_as_the_losses_with_several_optimizers():
     assert list(table.columns) == ["bce", "cce", "mse"]
     assert list(table.index) == [("glorot", "adam"), ("glorot", "sgd")]
     assert table.loc[("glorot", "sgd"), "cce"] == "64"
+
+
+def test_a_study_without_equivalent_losses_has_an_empty_equivalence_table():
+    times = times_of([("cce", "glorot", 0, 1, [60, 70]), ("bce", "glorot", 0, 16, [60, 80])])
+    table = answers.equivalences(times, n_classes=10)
+    assert table.empty and "level" in table.columns

@@ -346,6 +346,9 @@ def answer_at_a_glance(table: pd.DataFrame, rule: str = "tuned_on_control") -> p
 
 # ---- losses that are the same update ----------------------------------------------------------
 
+EQUIVALENCE_COLUMNS = ["loss", "lr", "same_as", "same_as_lr", "optimizer", "level", "ratio",
+                       "ci_low", "ci_high", "bound", "censored", "n_seeds", "same_step"]
+
 
 def equivalences(times: pd.DataFrame, n_classes: int) -> pd.DataFrame:
     """For each loss that is another's update up to the rate (``LossSpec.same_update_as``),
@@ -376,4 +379,4 @@ def equivalences(times: pd.DataFrame, n_classes: int) -> pd.DataFrame:
                              "same_as_lr": lr * factor, "optimizer": optimizer,
                              "level": level, **paired_ratio(pair, matched),
                              "same_step": float((both["time"] == both["time_other"]).mean())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=EQUIVALENCE_COLUMNS)

@@ -99,6 +99,8 @@ def equivalence_words(report: Report) -> str:
     if not report.ok:
         return ""
     table = answers.equivalences(report.times, report.study.n_classes)
+    if table.empty:  # no two losses of the study are one update at matched rates
+        return ""
     table = table[table["level"] == report.study.target]
     lines = []
     for (loss, other), rows in table.groupby(["loss", "same_as"]):
