@@ -317,6 +317,7 @@ def test_the_same_arm_gets_the_same_gradient_in_every_slot(tf, digits, batch, mo
             assert all(v.tobytes() == value[0].tobytes() for v in value), (arm.key, weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", LARGE_BATCHES)
 def test_an_arms_history_does_not_depend_on_its_slot_at_large_batches(tf, digits, batch):
     """Every arm under SGD, momentum, Adam and Adagrad, at an ordinary and a high rate, from
@@ -335,3 +336,18 @@ def test_an_arms_history_does_not_depend_on_its_slot_at_large_batches(tf, digits
     _assert_identical({a.key: forward[a.key] for a in high}, _train(batched, config, digits, high))
     moving = [np.ptp(forward[a.key].series("val_accuracy")) > 0.05 for a in high]
     assert sum(moving) >= len(high) // 2  # they train, not sit still
+
+
+@pytest.mark.parametrize(("grad", "shape"), [
+    ((4, 5, 6), (4, 1, 6)), ((4, 5, 6, 3), (4, 1, 1, 3)), ((4, 5, 6, 3), (1, 5, 1, 3)),
+    ((4, 5, 6), (4, 5, 1)), ((4, 5, 6), (6,)), ((4, 5, 6), ()), ((4, 5, 6), (4, 5, 6))])
+def test_an_adds_gradient_is_summed_over_the_axes_its_input_was_broadcast_along(tf, grad, shape):
+    """The bias add's shape (a middle run of axes), a run and an axis apart, innermost, leading
+    axes, everything, nothing: the sums NumPy gives."""
+    values = np.random.default_rng(0).standard_normal(grad)
+    full = (1,) * (len(grad) - len(shape)) + shape
+    axes = tuple(i for i, (g, s) in enumerate(zip(grad, full, strict=True)) if g != s)
+    expected = values.sum(axis=axes, keepdims=True).reshape(shape)
+    actual = batched._sum_to(tf.constant(values), tf.TensorShape(shape)).numpy()
+    assert actual.shape == shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-12)

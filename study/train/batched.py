@@ -132,22 +132,21 @@ def chunk_size(config: StudyConfig, splits: Splits, n_arms: int) -> int:
     return -(-n_arms // chunks)                   # a study whose 16 slots do not fit)
 
 
-# A bias add vectorized over arms is x [K, B, C] + b [K, 1, C]; its gradient sums [K, B, C]
-# over the batch axis (a convolution's: [K, B, H, W, F] over B, H, W). Summed as one tensor
-# (TensorFlow's own gradient), Eigen computes the [K, C] sums in SIMD packets of 8 outputs:
-# a packet inside one arm's row of C adds up the batch with four interleaved accumulators
-# once B >= 16, a packet across two rows with one, and which of an arm's columns fall in
-# which depends on where its row starts (k * C), so an arm's sums depended on its slot when
-# C is not a multiple of 8. Measured before: one arm in all 16 slots, batch 16 or 32, its
-# output-bias gradient (C = 10) differed from slot 0's by up to 1.8e-7 at the first step in
-# every slot but 0, 4, 8 and 12; the mnist1d study's curves (batch 32, C = 100 and 10)
-# depended on the slot under SGD, Adam and Adagrad. Batch 10 (the default) was safe: below
-# 16 both paths add in batch order. Threads play no part (one thread per op).
-# So the gradient of every add in the vectorized loss is overridden: each input's sum goes
-# through ``segment_sum`` with one segment per arm, which reduces each arm's [B, C] block by
-# itself, the packets starting at its column 0: every arm is summed as slot 0 always was.
-# Measured after: every slot's gradient the same bits at batch 16 and 32 (MLP, CNN); the
-# values at batch 10, and in slot 0 at any batch, unchanged bit for bit; the step as fast.
+# A bias add vectorized over arms is x [K, B, C] + b [K, 1, C]; its gradient sums over the
+# batch axis (a convolution's over B, H and W). TensorFlow's own gradient makes that one Eigen
+# sum of [K, B, C], computed in SIMD packets of 8 outputs: a packet inside one arm's row of C
+# adds the batch up with four interleaved accumulators once B >= 16, a packet across two rows
+# with one, and which of an arm's columns fall in which depends on where its row starts
+# (k * C). Measured before: one arm in all 16 slots at batch 16 or 32, its output-bias
+# gradient (C = 10) differed from slot 0's by up to 1.8e-7 at the first step in every slot
+# but 0, 4, 8 and 12, and whole histories differed between slots under SGD, momentum, Adam
+# and Adagrad. (Below batch 16 both paths add in batch order; threads play no part, one per
+# op.) So the adds in the vectorized loss get their own gradient: ``segment_sum`` with one
+# segment per arm reduces each arm's [B, C] block by itself, packets from its column 0, so
+# every arm is summed as slot 0 always was. Measured after: every slot the same bits at
+# batch 16 and 32 (MLP, CNN); values in slot 0, and the MLP's at batch 10, unchanged; a
+# 64-arm group's steps per second new/old 0.96-1.03 for the MLP (batch 10 and 32, SGD and
+# Adam), 1.02-1.28 for the CNN: median of 21 alternating runs, two sittings.
 @functools.cache
 def _slot_safe_gradients() -> dict[str, str]:
     """The graph's gradient override map for the vectorized loss (its gradient registered
@@ -169,8 +168,8 @@ def _sum_to(grad, shape):
     if None in dims + shape:
         raise ValueError(f"the batched trainer needs static shapes, got {grad.shape}")
     target = [1] * (len(dims) - len(shape)) + shape
-    broadcast = [i for i, (d, t) in enumerate(zip(dims, target, strict=True)) if d != t]
-    for start, stop in reversed(_runs(broadcast)):
+    runs = _runs([i for i, (d, t) in enumerate(zip(dims, target, strict=True)) if d != t])
+    for start, stop in reversed(runs):
         rows, n, cols = (math.prod(dims[:start]), math.prod(dims[start:stop]),
                          math.prod(dims[stop:]))
         if cols == 1:  # one contiguous row per output: Eigen sums each row the same way
@@ -179,7 +178,8 @@ def _sum_to(grad, shape):
             grad = tf.math.segment_sum(tf.reshape(grad, [rows * n, cols]),
                                        np.repeat(np.arange(rows, dtype="int32"), n))
         dims = dims[:start] + dims[stop:]
-        grad = tf.reshape(grad, dims)
+        if start > runs[0][0]:  # runs before this one still to sum: their axes back
+            grad = tf.reshape(grad, dims)
     return tf.reshape(grad, shape)
 
 
