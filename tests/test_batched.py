@@ -288,3 +288,66 @@ def test_fixed_starts_on_the_single_neuron_match_the_reference_trainer(tf):
     expected, actual = _train(reference, config, neuron), _train(batched, config, neuron)
     assert "grad_w" in actual[next(iter(actual))].history
     _assert_same_curves(expected, actual, 1e-5)
+
+
+# Slot independence at batch sizes of 16 and more, where Eigen sums a [K, B, C] tensor's
+# batch axis with four interleaved accumulators for some outputs and one for others, by their
+# place in the tensor: before ``batched._sum_to``, an arm's bias gradient depended on its slot
+# (by up to 1.8e-7 at the first step, then growing).
+LARGE_BATCHES = [16, 32]
+SLOT_OPTIMIZERS = ("optimizers=[{name: sgd, lr: [0.5, 8]}, "
+                   "{name: sgd, lr: [0.1, 1], momentum: 0.9}, "
+                   "{name: adam, lr: [0.003, 0.1]}, {name: adagrad, lr: [0.1, 2]}]")
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("batch", LARGE_BATCHES)
+def test_the_same_arm_gets_the_same_gradient_in_every_slot(tf, digits, batch, model):
+    """One arm in all 16 slots of a group: the first step's gradients are the same bits in
+    every slot, for layer widths that are not multiples of the SIMD width (100, 12, 10)."""
+    config = _config(f"batch_size={batch}", "losses=[cce, mse]", "inits={saturated_wrong: [4]}",
+                     "model.hidden=[100]", *([CNN, "model.filters=[12]"] if model == "cnn" else []))
+    for arm in expand_grid(config):
+        group = batched._Group(16, config, digits, arm.loss, config.optimizers[0])
+        group.load([arm] * 16)
+        losses, grads = tf.function(lambda group=group: group._gradients(tf.constant(0)),
+                                    autograph=False)()
+        for value, weight in zip([losses, *grads], ["loss", *group.weights], strict=True):
+            value = value.numpy()
+            assert all(v.tobytes() == value[0].tobytes() for v in value), (arm.key, weight)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", LARGE_BATCHES)
+def test_an_arms_history_does_not_depend_on_its_slot_at_large_batches(tf, digits, batch):
+    """Every arm under SGD, momentum, Adam and Adagrad, at an ordinary and a high rate, from
+    the control and the saturated start, over two epochs: trained in grid order, in reverse
+    order (every arm in another slot), and the high-rate saturated arms by themselves (other
+    groups, other slots), the histories are the same bits."""
+    config = _config("epochs=2", f"batch_size={batch}", "losses=[cce, mse]", "seeds=[0, 1]",
+                     SLOT_OPTIMIZERS)
+    arms = expand_grid(config)
+    assert len(arms) == 2 * 2 * 2 * 8
+    forward = _train(batched, config, digits, arms)
+    _assert_identical(forward, _train(batched, config, digits, arms[::-1]))
+    high = [a for a in arms if a.init == "saturated_wrong"
+            and a.lr == max(b.lr for b in arms if b.group == a.group)]
+    assert len(high) == 2 * 2 * 4
+    _assert_identical({a.key: forward[a.key] for a in high}, _train(batched, config, digits, high))
+    moving = [np.ptp(forward[a.key].series("val_accuracy")) > 0.05 for a in high]
+    assert sum(moving) >= len(high) // 2  # they train, not sit still
+
+
+@pytest.mark.parametrize(("grad", "shape"), [
+    ((4, 5, 6), (4, 1, 6)), ((4, 5, 6, 3), (4, 1, 1, 3)), ((4, 5, 6, 3), (1, 5, 1, 3)),
+    ((4, 5, 6), (4, 5, 1)), ((4, 5, 6), (6,)), ((4, 5, 6), ()), ((4, 5, 6), (4, 5, 6))])
+def test_an_adds_gradient_is_summed_over_the_axes_its_input_was_broadcast_along(tf, grad, shape):
+    """The bias add's shape (a middle run of axes), a run and an axis apart, innermost, leading
+    axes, everything, nothing: the sums NumPy gives."""
+    values = np.random.default_rng(0).standard_normal(grad)
+    full = (1,) * (len(grad) - len(shape)) + shape
+    axes = tuple(i for i, (g, s) in enumerate(zip(grad, full, strict=True)) if g != s)
+    expected = values.sum(axis=axes, keepdims=True).reshape(shape)
+    actual = batched._sum_to(tf.constant(values), tf.TensorShape(shape)).numpy()
+    assert actual.shape == shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-12)
