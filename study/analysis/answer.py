@@ -284,7 +284,7 @@ def answer_sentences(table: pd.DataFrame, level: float, factor: float) -> list[s
             text += (" At each loss's best rate from this start the fastest is the same."
                      if best == fastest else " At each loss's best rate from this start the "
                      f"fastest is {' and '.join(best)}: the verdict depends on the rate rule.")
-        if rows["ratio_low"].ne(rows["ratio_high"]).any():
+        if factor > 1 and rows["ratio_low"].ne(rows["ratio_high"]).any():
             text += " " + _band_words(rows, found[rule], several, factor)
         lines.append(text)
     return lines

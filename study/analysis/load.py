@@ -34,7 +34,8 @@ class Study:
     n_classes: int = 0
     # init family -> (lowest, highest) severity of the growth fit, as the config declared
     growth_window: dict[str, tuple[float, float]] = field(default_factory=dict)
-    lr_band: float = 2.0  # the factor of each rate's neighbourhood (x1/2, x2)
+    # the factor of each rate's neighbourhood the study ran (2: x1/2 and x2); 1 without a band
+    lr_band: float = 2.0
 
     @property
     def all_levels(self) -> tuple[float, ...]:
@@ -108,7 +109,7 @@ def load_study(tracking_uri: str, experiment: str, parent_run_id: str | None = N
                            if np.isfinite(level)}))
     window = {init: tuple(bounds) for init, bounds
               in json.loads(params.get("growth_window", "{}")).items()}
-    band = json.loads(params.get("lr_band", "null")) or {"factor": 2.0}
+    band = json.loads(params.get("lr_band", "null")) or {"factor": 1.0}
     return Study(experiment, parent.info.run_id, digest, target, escape, arms, history,
                  levels, int(params.get("n_classes", "0")), window, float(band["factor"]))
 
