@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from study.analysis import Study, kaplan_meier, start_name
-from study.analysis.convergence import loss_order, median_ci, start_order
+from study.analysis.convergence import condition_name, loss_order, median_ci, start_order
 from study.palette import LOSS_COLOURS, colour
 
 # One colour per loss across every figure (study.palette); scce's line is dashed over cce's
@@ -345,7 +345,7 @@ def answer_by_level(table: pd.DataFrame, rule: str = "tuned_on_control") -> Figu
         cell = table[(table["init"] == init) & (table["severity"] == severity)
                      & (table["lr_rule"] == rule)]
         for (loss, optimizer), rows in cell.groupby(["loss", "optimizer"]):
-            name = f"{loss} · {optimizer}" if several else loss
+            name = condition_name(loss, optimizer, several)
             style = loss_style(name)
             rows = rows.sort_values("level")
             ax.plot(rows["level"], rows["ratio"], label=name, lw=1.5, **style)

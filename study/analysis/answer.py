@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from study.analysis.convergence import CONFIDENCE, loss_order
+from study.analysis.convergence import CONFIDENCE, condition_name, loss_order
 from study.analysis.load import Study
 from study.inits import CONTROL, INITS, start_name
 
@@ -227,7 +227,7 @@ RULE_WORDS = {"tuned_on_control": "each loss at the rate tuned on the control st
 
 
 def _names(conditions: list[tuple[str, str]], several: bool) -> list[str]:
-    names = [f"{loss} · {optimizer}" if several else loss for loss, optimizer in conditions]
+    names = [condition_name(loss, optimizer, several) for loss, optimizer in conditions]
     return loss_order(names)
 
 
@@ -313,7 +313,7 @@ def _band_words(rows: pd.DataFrame, found: dict, several: bool, factor: float) -
 
 
 def _label(row, several: bool) -> str:
-    return f"{row.loss} · {row.optimizer}" if several else row.loss
+    return condition_name(row.loss, row.optimizer, several)
 
 
 def _ordered(rows: pd.DataFrame, several: bool):

@@ -55,6 +55,11 @@ def arm_metrics(study: Study) -> pd.DataFrame:
     return arms.assign(condition=condition_names(arms))
 
 
+def condition_name(loss: str, optimizer: str, several: bool) -> str:
+    """How tables and legends name a (loss, optimizer) condition."""
+    return f"{loss}{UNDER}{optimizer}" if several else loss
+
+
 def condition_names(arms: pd.DataFrame) -> pd.Series:
     """The loss's name, or "loss · optimizer" when the study has several optimizers."""
     if arms["optimizer"].nunique() > 1:
