@@ -14,6 +14,7 @@ first: a failed, interrupted or corrupt download leaves nothing in the cache.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -97,4 +98,8 @@ def _offline(dataset: str, target: Path, origin: str, reason: str) -> ConfigErro
 
 def _reason(err: Exception) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
-    return text.split(" -- ", 1)[-1][:120]  # get_file's "URL fetch failure on URL: n -- why"
+    fetch = re.search(r": (\S+) -- (.*)$", text)  # get_file's "URL fetch failure on URL: n -- why"
+    if fetch:
+        code, why = fetch.groups()
+        text = why if code == "None" else f"HTTP {code} {why}"
+    return text[:120]
