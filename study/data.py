@@ -174,10 +174,10 @@ DATASETS: dict[str, Dataset] = {
     for d in [
         Dataset("digits", load_digits, "scikit-learn's 1,797 8x8 digits (embedded, the default)"),
         Dataset("mnist1d", load_mnist1d, "MNIST-1D: 5,000 40-point 1D digits, generated locally"),
-        Dataset("mnist", load_mnist, "MNIST 28x28, from mnist.npz in the Keras cache",
-                _mnist_npz),
-        Dataset("fashion_mnist", load_fashion_mnist,
-                "Fashion-MNIST 28x28, from the Keras cache's fashion-mnist/ files", _fashion_files),
+        Dataset("mnist", load_mnist,
+                "MNIST 28x28: mnist.npz in the Keras cache, downloaded if missing", _mnist_npz),
+        Dataset("fashion_mnist", load_fashion_mnist, "Fashion-MNIST 28x28: the Keras cache's "
+                "fashion-mnist/ files, downloaded if missing", _fashion_files),
         Dataset("neuron", load_neuron, "Nielsen's single neuron: input 1, target 0 (ch. 3)"),
     ]
 }
