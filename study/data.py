@@ -229,8 +229,13 @@ def load_own(name: str, data_seed: int, scale=None, classes: int | None = None) 
     x_test, y_test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else empty
     subtract, divide = _scaling(scale)
     scaled = lambda a: (np.asarray(a, "float64") - subtract) / divide  # noqa: E731
-    splits = _splits(scaled(x_train), y_train, scaled(x_val), y_val, scaled(x_test), y_test,
-                     n_classes)
+    with np.errstate(over="ignore"):  # a value too big for float32 is refused just below
+        splits = _splits(scaled(x_train), y_train, scaled(x_val), y_val, scaled(x_test),
+                         y_test, n_classes)
+    for split in ("train", "val", "test"):  # finite in float64, inf in the trainers' float32
+        if not np.isfinite(getattr(splits, f"x_{split}")).all():
+            raise ConfigError(f"dataset {name}: x_{split} has values beyond float32's range "
+                              "(3.4e38), the precision the trainers compute in; scale them")
     shape = tuple(int(n) for n in x.shape[1:])
     return replace(splits, image_shape=shape if len(shape) > 1 else None,
                    source_sha256=sha256)

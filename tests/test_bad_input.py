@@ -87,6 +87,7 @@ FIXTURES = {
                                                         np.nan, np.ones((100, 8, 8)))),
     "strings.npz": lambda path: _npz(path, x_train=np.full((100, 2), "a")),
     "pickle.npz": lambda path: _npz(path, x_train=np.array([[1], [1, 2]] * 50, dtype=object)),
+    "huge.npz": lambda path: _npz(path, x_train=np.full((100, 8, 8), 1e300)),
     "tiny.npz": lambda path: _npz(path, x_train=np.ones((5, 8, 8)), y_train=np.arange(5)),
     "notzip.npz": lambda path: path.write_text("x_train,y_train\n1,0\n"),
 }
