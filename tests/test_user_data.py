@@ -159,3 +159,27 @@ def test_a_loader_that_fails_is_one_line(loader_module, name, message):
     with pytest.raises(ConfigError, match="^" + message) as err:
         load_dataset(name, 0)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_the_same_bytes_anywhere_and_retrains_changed_ones(tmp_path):
+    """In the store: the study over a moved copy of the file is the one already trained;
+    over a changed file it is another study, trained again."""
+    from study.run import run_study
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x_train=rng.random((60, 4, 4)), y_train=np.arange(60) % 3)
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "a.npz").write_bytes((tmp_path / "a.npz").read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def run(path):
+        config = _config(tmp_path, path, "losses=[cce]", "inits={glorot: []}")
+        return run_study(config, uri, progress=False)
+
+    first = run("a.npz")
+    assert len(first.results) == 1 and not first.skipped
+    assert run("moved/a.npz").skipped == list(first.results)  # same bytes: nothing to train
+    np.savez(tmp_path / "moved" / "a.npz", x_train=rng.random((60, 4, 4)),
+             y_train=np.arange(60) % 3)
+    assert len(run("moved/a.npz").results) == 1  # other bytes: another study, trained
