@@ -35,8 +35,9 @@ class Splits:
     # Explicit target rows for datasets whose targets are not one class per example (the
     # single neuron's target 0); None means: encode the labels as each loss expects.
     t_train: np.ndarray | None = None
-    # Inputs are stored flat, [N, features]; images keep their (H, W) here, and models see
-    # each example in this shape (an MLP flattens it again, a CNN convolves it).
+    # Inputs are stored flat, [N, features]; images (and a user's inputs of any shape that is
+    # not flat) keep their shape here, (H, W) or more, and models see each example in this
+    # shape (an MLP flattens it again, a CNN convolves an (H, W)).
     image_shape: tuple[int, ...] | None = None
     # The sha256 of a user's data (file bytes or a loader's arrays): the data's identity in
     # the study's config hash. None for built-in datasets, which their name identifies.
