@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from study.config import load_config
-from study.data import load_dataset
+from study.data import load_study_data
 from study.grid import expand_grid
 from study.train.common import Schedule, steps_per_epoch
 
@@ -92,7 +92,7 @@ def _warm_up() -> None:
     from study.train import batched, reference
 
     config = load_config(ROOT / "configs" / "smoke.yaml", ["losses=[mse]", "inits={glorot: []}"])
-    splits = load_dataset(config.dataset, config.data_seed)
+    splits = load_study_data(config)
     for module in (batched, reference):
         time_trainer(module, expand_grid(config), config, splits)
 
@@ -104,7 +104,7 @@ def compare(name: str, overrides: list[str], reference_arms: int) -> dict:
     config = load_config(DEFAULT, ["losses=[mse]", f"seeds={list(range(16))}",
                                    "inits={glorot: [], scaled: [2], saturated_wrong: [4], "
                                    "large_normal: []}", "optimizer.lr=2.0", *overrides])
-    splits = load_dataset(config.dataset, config.data_seed)
+    splits = load_study_data(config)
     arms = expand_grid(config)
     steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
                      config.epochs).total_steps
@@ -132,11 +132,11 @@ def peak_memory_mb(n_arms: int) -> float:
     was forked from, i.e. this one)."""
     seeds = list(range(-(-n_arms // 36)))  # 36 arms per seed in the default grid (one lr)
     code = (
-        "from study.config import load_config; from study.data import load_dataset; "
+        "from study.config import load_config; from study.data import load_study_data; "
         "from study.grid import expand_grid; from study.train import batched; "
         f"c = load_config({str(DEFAULT)!r}, ['epochs=1', 'optimizer.lr=2.0', "
         f"'seeds={seeds}']); a = expand_grid(c)[:{n_arms}]; assert len(a) == {n_arms}; "
-        "list(batched.train_arms(a, c, load_dataset(c.dataset, c.data_seed))); "
+        "list(batched.train_arms(a, c, load_study_data(c))); "
         "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
     done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                           stdout=subprocess.PIPE, text=True)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The default study's grid as a study trains it (6 loss groups of 90, in chunks), at one
     # learning rate so that no arm diverges: 15 seeds instead of 5 seeds x 3 rates.
     config = load_config(DEFAULT, ["optimizer.lr=2.0", f"seeds={list(range(15))}"])
-    splits = load_dataset(config.dataset, config.data_seed)
+    splits = load_study_data(config)
     arms = expand_grid(config)
     steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
                      config.epochs).total_steps

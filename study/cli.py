@@ -96,7 +96,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "ui":
         return _ui(args)
     from study.config import load_config
-    from study.data import DATASETS
+    from study.data import make_available
     from study.grid import expand_grid
 
     try:
@@ -108,7 +108,7 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "show":
             _show(config, arms)
             return 0
-        DATASETS[config.dataset].check_available()
+        make_available(config.dataset)  # a missing Keras file is downloaded here
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from study.errors import ConfigError, check_name, quote
 from study.inits import INITS
 from study.losses import LOSSES
 from study.optimizers import OPTIMIZERS, check_rate
+from study.user_data import is_own
 
 
 class _Frozen(BaseModel):
@@ -151,6 +152,12 @@ class OptimizerConfig(BaseModel):
         return f"{self.name}({options})" if options else self.name
 
 
+class Scale(_Frozen):
+    # inputs become (x - subtract) / divide, e.g. {subtract: 33.3, divide: 78.6} standardizes
+    subtract: Annotated[float, Strict(), Field(allow_inf_nan=False)] = 0.0
+    divide: PositiveFloat = 1.0
+
+
 class LrBand(_Frozen):
     factor: Annotated[float, Strict(), Field(gt=1, le=16, allow_inf_nan=False)] = 2.0
     starts: Literal["worst", "all"] = "worst"
@@ -158,8 +165,15 @@ class LrBand(_Frozen):
 
 class StudyConfig(_Frozen):
     name: str
+    # a built-in dataset's name, a .npz file (relative: to the config's folder; given with
+    # --set: to the working directory) or a "module:function" returning the arrays
     dataset: str = "digits"
     data_seed: Seed = 0
+    # Your own data only (the built-in datasets are scaled to [0, 1] already): how to scale
+    # its inputs (a number divides them: 255 for bytes; or {subtract, divide}), and its
+    # number of classes when the labels do not show them all (default: largest label + 1).
+    scale: PositiveFloat | Scale | None = None
+    classes: Annotated[int, Strict(), Field(ge=2)] | None = None
     model: ModelConfig = ModelConfig()
     losses: tuple[str, ...]
     # scheme name -> severities; a scheme without a severity (glorot) takes [] or null;
@@ -223,7 +237,21 @@ class StudyConfig(_Frozen):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return check_name("dataset", value, DATASETS)
+        if is_own(value):
+            return value
+        try:
+            return check_name("dataset", value, DATASETS)
+        except ConfigError as err:
+            raise ConfigError(f"{err}, or your own: a file.npz or 'module:function'") from None
+
+    @model_validator(mode="after")
+    def _own_data_keys(self) -> StudyConfig:
+        given = [key for key in ("scale", "classes") if getattr(self, key) is not None]
+        if given and not is_own(self.dataset):
+            raise ValueError(f"{given[0]} only applies to your own dataset (a .npz file or "
+                             f"'module:function'); {self.dataset!r} is built in, already "
+                             "scaled to [0, 1]")
+        return self
 
     @field_validator("losses")
     @classmethod
@@ -486,10 +514,21 @@ def load_config(path: str | Path, overrides: list[str] = (),
             from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+    _resolve_dataset(raw, path.resolve().parent)
     for item in overrides:
         _apply_override(raw, item)
+        if item.partition("=")[0] == "dataset":
+            _resolve_dataset(raw, Path.cwd())
     raw.update(settings or {})
     return validate(raw, source=str(path))
+
+
+def _resolve_dataset(raw: dict, folder: Path) -> None:
+    """A relative .npz path made absolute: a path in a file is relative to that file's
+    folder, one typed on the command line to the working directory."""
+    value = raw.get("dataset")
+    if isinstance(value, str) and value.endswith(".npz"):
+        raw["dataset"] = str(folder / Path(value).expanduser())
 
 
 def validate(raw: dict, source: str = "config") -> StudyConfig:
@@ -553,7 +592,7 @@ def _first_error(err: ValidationError) -> str:
                 key=lambda e: len(e["loc"]))
     # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
     key = ".".join(str(p) for p in first["loc"]
-                   if not re.match(r"(tuple|dict|list|constrained-|function-)", str(p)))
+                   if not re.match(r"(tuple|dict|list|constrained-|function-|Scale$)", str(p)))
     key = key or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -576,7 +615,15 @@ def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:
     return f"; valid keys: {', '.join(model.model_fields)}"
 
 
-def config_hash(config: StudyConfig) -> str:
-    """A stable short hash of the validated config: same settings, same hash."""
-    text = json.dumps(config.model_dump(mode="json", exclude=WHERE_KEYS), sort_keys=True)
+def config_hash(config: StudyConfig, data_sha256: str | None = None) -> str:
+    """A stable short hash of the validated config: same settings, same hash. For a user's
+    own data, ``data_sha256`` (its content's hash, ``Splits.source_sha256``) stands for the
+    dataset in place of its path: a changed file is another study, a moved one the same."""
+    settings = config.model_dump(mode="json", exclude=WHERE_KEYS)
+    for key in ("scale", "classes"):  # keys of user data only: built-in studies keep
+        if settings[key] is None:  # the hashes they had before these keys existed
+            del settings[key]
+    if data_sha256 is not None:
+        settings["dataset"] = {"sha256": data_sha256}
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,23 +1,26 @@
-"""Datasets: a registry of loaders, each giving fixed train/val/test splits scaled to [0, 1].
+"""Datasets: a registry of loaders, each giving fixed train/val/test splits scaled to [0, 1],
+and the user's own data (``study.user_data``), split the same way and scaled as asked.
 
 The split depends only on the dataset and ``data_seed``, never on the arm, so every arm of a
 study sees the same examples. The test split is returned for completeness and is never used
 for training, early stopping or selection: the yardsticks use the validation split.
-Nothing is downloaded: ``digits`` ships with scikit-learn, ``mnist1d`` is generated locally,
-and ``mnist``/``fashion_mnist`` read the files Keras keeps in its cache.
+``digits`` ships with scikit-learn, ``mnist1d`` is generated locally, and
+``mnist``/``fashion_mnist`` read the files of the Keras cache, downloaded by Keras when
+missing (``study.keras_files``).
 """
 
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from study import keras_files, user_data
 from study.errors import ConfigError
+from study.keras_files import keras_datasets_dir
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,13 @@ class Splits:
     # Explicit target rows for datasets whose targets are not one class per example (the
     # single neuron's target 0); None means: encode the labels as each loss expects.
     t_train: np.ndarray | None = None
-    # Inputs are stored flat, [N, features]; images keep their (H, W) here, and models see
-    # each example in this shape (an MLP flattens it again, a CNN convolves it).
-    image_shape: tuple[int, int] | None = None
+    # Inputs are stored flat, [N, features]; images (and a user's inputs of any shape that is
+    # not flat) keep their shape here, (H, W) or more, and models see each example in this
+    # shape (an MLP flattens it again, a CNN convolves an (H, W)).
+    image_shape: tuple[int, ...] | None = None
+    # The sha256 of a user's data (file bytes or a loader's arrays): the data's identity in
+    # the study's config hash. None for built-in datasets, which their name identifies.
+    source_sha256: str | None = None
 
     @property
     def n_features(self) -> int:
@@ -55,21 +62,11 @@ class Dataset:
     name: str
     load: Callable[[int], Splits]  # data_seed -> splits
     summary: str
-    required_files: Callable[[], list[Path]] = lambda: []
+    required_files: Callable[[], list[Path]] = lambda: []  # in the Keras cache
 
-    def check_available(self) -> None:
-        missing = [p for p in self.required_files() if not p.is_file()]
-        if missing:
-            raise ConfigError(
-                f"dataset {self.name!r} needs {', '.join(map(str, missing))}: this machine has no "
-                f"network, so copy the standard Keras file(s) there (KERAS_HOME moves the cache)"
-            )
-
-
-def keras_datasets_dir() -> Path:
-    """Where keras.utils.get_file caches datasets: $KERAS_HOME/datasets, else ~/.keras/datasets."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "datasets"
+    def make_available(self) -> None:
+        """Download the files of the Keras cache that are missing, with Keras' get_file."""
+        keras_files.ensure(self.name, self.required_files())
 
 
 def _stratified_splits(x, y, data_seed: int, val: float, test: float) -> tuple:
@@ -83,7 +80,8 @@ def _stratified_splits(x, y, data_seed: int, val: float, test: float) -> tuple:
 
 
 def _splits(x_train, y_train, x_val, y_val, x_test, y_test, n_classes: int) -> Splits:
-    as_x = lambda a: np.ascontiguousarray(a, dtype="float32").reshape(len(a), -1)  # noqa: E731
+    as_x = lambda a: np.ascontiguousarray(a, dtype="float32").reshape(  # noqa: E731
+        len(a), int(np.prod(np.shape(a)[1:])))  # not -1: a user's test split may be empty
     as_y = lambda a: np.asarray(a, dtype="int64")  # noqa: E731
     return Splits(as_x(x_train), as_y(y_train), as_x(x_val), as_y(y_val),
                   as_x(x_test), as_y(y_test), n_classes)
@@ -177,18 +175,35 @@ DATASETS: dict[str, Dataset] = {
     for d in [
         Dataset("digits", load_digits, "scikit-learn's 1,797 8x8 digits (embedded, the default)"),
         Dataset("mnist1d", load_mnist1d, "MNIST-1D: 5,000 40-point 1D digits, generated locally"),
-        Dataset("mnist", load_mnist, "MNIST 28x28, from mnist.npz in the Keras cache",
-                _mnist_npz),
-        Dataset("fashion_mnist", load_fashion_mnist,
-                "Fashion-MNIST 28x28, from the Keras cache's fashion-mnist/ files", _fashion_files),
+        Dataset("mnist", load_mnist,
+                "MNIST 28x28: mnist.npz in the Keras cache, downloaded if missing", _mnist_npz),
+        Dataset("fashion_mnist", load_fashion_mnist, "Fashion-MNIST 28x28: the Keras cache's "
+                "fashion-mnist/ files, downloaded if missing", _fashion_files),
         Dataset("neuron", load_neuron, "Nielsen's single neuron: input 1, target 0 (ch. 3)"),
     ]
 }
 
 
-def load_dataset(name: str, data_seed: int) -> Splits:
+def make_available(name: str) -> None:
+    """A built-in dataset's files downloaded if missing, a user's file found: before any run
+    exists, so that a dataset that cannot be had is bad input (exit 2, nothing written)."""
+    if user_data.is_own(name):
+        user_data.check_exists(name)
+    else:
+        DATASETS[name].make_available()
+
+
+def load_study_data(config) -> Splits:
+    """The splits a study trains on: its dataset, data seed, scaling and classes."""
+    return load_dataset(config.dataset, config.data_seed, scale=config.scale,
+                        classes=config.classes)
+
+
+def load_dataset(name: str, data_seed: int, *, scale=None, classes: int | None = None) -> Splits:
+    if user_data.is_own(name):
+        return load_own(name, data_seed, scale, classes)
     dataset = DATASETS[name]
-    dataset.check_available()
+    dataset.make_available()
     files = dataset.required_files()
     if not files:
         return dataset.load(data_seed)
@@ -198,3 +213,38 @@ def load_dataset(name: str, data_seed: int) -> Splits:
         reason = str(err).splitlines()[0][:100] if str(err) else type(err).__name__
         raise ConfigError(f"dataset {name!r}: cannot read {', '.join(map(str, files))} "
                           f"({reason}); replace it with the standard Keras file") from None
+
+
+def load_own(name: str, data_seed: int, scale=None, classes: int | None = None) -> Splits:
+    """A user's file or loader (``study.user_data``), checked; without x_val a sixth of the
+    training examples held out as for mnist; inputs scaled only as ``scale`` says: a number
+    divides them, a mapping ``{subtract, divide}`` computes (x - subtract) / divide."""
+    arrays, sha256 = user_data.read(name)
+    arrays, n_classes = user_data.check(arrays, name, classes)
+    x, y = arrays["x_train"], arrays["y_train"]
+    if "x_val" in arrays:
+        x_train, y_train, x_val, y_val = x, y, arrays["x_val"], arrays["y_val"]
+    else:
+        x_train, x_val, y_train, y_val = _holdout(x, y, len(x) // 6, data_seed)
+    empty = np.zeros((0, *x.shape[1:]), x.dtype), np.zeros(0, "int64")
+    x_test, y_test = (arrays["x_test"], arrays["y_test"]) if "x_test" in arrays else empty
+    subtract, divide = _scaling(scale)
+    scaled = lambda a: (np.asarray(a, "float64") - subtract) / divide  # noqa: E731
+    with np.errstate(over="ignore"):  # a value too big for float32 is refused just below
+        splits = _splits(scaled(x_train), y_train, scaled(x_val), y_val, scaled(x_test),
+                         y_test, n_classes)
+    for split in ("train", "val", "test"):  # finite in float64, inf in the trainers' float32
+        if not np.isfinite(getattr(splits, f"x_{split}")).all():
+            raise ConfigError(f"dataset {name}: x_{split} has values beyond float32's range "
+                              "(3.4e38), the precision the trainers compute in; scale them")
+    shape = tuple(int(n) for n in x.shape[1:])
+    return replace(splits, image_shape=shape if len(shape) > 1 else None,
+                   source_sha256=sha256)
+
+
+def _scaling(scale) -> tuple[float, float]:
+    if scale is None:
+        return 0.0, 1.0
+    if isinstance(scale, int | float):
+        return 0.0, float(scale)
+    return float(scale.subtract), float(scale.divide)

@@ -49,18 +49,18 @@ class LocalExecutor:
 
 
 @functools.cache
-def _splits(dataset: str, data_seed: int) -> Splits:
+def _splits(dataset: str, data_seed: int, scale, classes) -> Splits:
     """A worker's copy of the data, loaded once per worker process (deterministic)."""
     from study.data import load_dataset
 
-    return load_dataset(dataset, data_seed)
+    return load_dataset(dataset, data_seed, scale=scale, classes=classes)
 
 
 def train_chunk(config: StudyConfig, arms: list[Arm]) -> list[tuple[Arm, ArmResult]]:
     """What a Ray task runs: one chunk of arms, trained whole by the config's trainer."""
     from study.train import trainer
 
-    splits = _splits(config.dataset, config.data_seed)
+    splits = _splits(config.dataset, config.data_seed, config.scale, config.classes)
     return list(trainer(config).train_arms(arms, config, splits))
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
-from study.data import DATASETS, load_dataset
+from study.data import load_study_data, make_available
 from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
@@ -73,12 +73,12 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     ``study.executors``) trains them.
     """
     tracker = StudyTracker(tracking_uri, store_timeout)  # an unusable store fails first
-    DATASETS[config.dataset].check_available()  # before any run is created
-    splits = load_dataset(config.dataset, config.data_seed)
+    make_available(config.dataset)  # before any run is created
+    splits = load_study_data(config)
     check_fits_data(config, splits)
     check_memory(config, splits)
     model, params = check_model_and_starts(config, splits)
-    digest = config_hash(config)
+    digest = config_hash(config, splits.source_sha256)
     arms = expand_grid(config)
     with tracker.requests_once():
         return _resume(config, tracker, splits, arms, digest, model, params, progress, force,

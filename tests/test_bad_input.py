@@ -78,7 +78,25 @@ FIXTURES = {
     "foreign-wal.db": lambda path: _foreign_db(path, "wal"),  # read without a -wal or -shm
     "notes.db": lambda path: path.write_text("my notes\n"),
     "empty.db": lambda path: path.write_bytes(b""),
+    # a user's own .npz files, each wrong in one way (study.user_data)
+    "nolabels.npz": lambda path: _npz(path, y_train=None),
+    "mismatch.npz": lambda path: _npz(path, y_train=np.arange(99) % 10),
+    "toomany.npz": lambda path: _npz(path),  # labels 0-9, with classes: 5
+    "fraction.npz": lambda path: _npz(path, y_train=np.full(100, 0.5)),
+    "nan.npz": lambda path: _npz(path, x_train=np.where(np.arange(100)[:, None, None] == 3,
+                                                        np.nan, np.ones((100, 8, 8)))),
+    "strings.npz": lambda path: _npz(path, x_train=np.full((100, 2), "a")),
+    "pickle.npz": lambda path: _npz(path, x_train=np.array([[1], [1, 2]] * 50, dtype=object)),
+    "huge.npz": lambda path: _npz(path, x_train=np.full((100, 8, 8), 1e300)),
+    "tiny.npz": lambda path: _npz(path, x_train=np.ones((5, 8, 8)), y_train=np.arange(5)),
+    "notzip.npz": lambda path: path.write_text("x_train,y_train\n1,0\n"),
 }
+
+
+def _npz(path: Path, **arrays) -> None:
+    """100 8x8 examples of 10 classes, with ``arrays`` replaced (None: left out)."""
+    arrays = {"x_train": np.ones((100, 8, 8)), "y_train": np.arange(100) % 10} | arrays
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
 
 
 def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
@@ -97,6 +115,8 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
             make(tmp_path / name.removeprefix("sqlite:///"))
     if "dataset=mnist" in args:
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        # offline: Keras' download is pointed at a loopback port where nothing listens
+        monkeypatch.setattr("study.keras_files.ORIGIN", f"http://127.0.0.1:{_free_port()}/")
         if "corrupt" in args:  # a truncated mnist.npz where Keras keeps it
             (tmp_path / "keras" / "datasets").mkdir(parents=True)
             np.savez(tmp_path / "keras" / "datasets" / "mnist.npz", x_train=np.zeros(3))

@@ -111,11 +111,14 @@ def test_missing_config_file(capsys):
 
 def test_missing_mnist_file_exits_2_naming_where_to_put_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("study.keras_files.ORIGIN", "http://nowhere.invalid/")  # offline
     code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "dataset=mnist",
                  "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     err = capsys.readouterr().err
     assert code == 2
-    assert f"dataset 'mnist' needs {tmp_path / 'keras' / 'datasets' / 'mnist.npz'}" in err
+    assert (f"dataset 'mnist': {tmp_path / 'keras' / 'datasets' / 'mnist.npz'} is not in the "
+            "Keras cache and the download from http://nowhere.invalid/mnist.npz failed") in err
+    assert err.count("\n") == 1
     assert not (tmp_path / "m.db").exists()
 
 

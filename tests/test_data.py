@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import socket
 
 import numpy as np
 import pytest
 
+from study import keras_files
 from study.data import DATASETS, load_dataset
 from study.errors import ConfigError
 from study.train.common import Schedule, batch_order
@@ -85,10 +87,14 @@ def test_fashion_mnist_reads_the_keras_cache_files(tmp_path, monkeypatch):
     np.testing.assert_array_equal(s.y_test, yt)
 
 
-def test_missing_cache_file_is_a_config_error_naming_the_path(tmp_path, monkeypatch):
+def test_missing_cache_file_offline_is_a_config_error_naming_the_path(tmp_path, monkeypatch):
     _keras_home(tmp_path, monkeypatch)
-    with pytest.raises(ConfigError, match="fashion-mnist/train-labels-idx1-ubyte.gz"):
-        DATASETS["fashion_mnist"].check_available()
+    with socket.socket() as s:  # a loopback port where nothing listens: no network
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(keras_files, "ORIGIN", f"http://127.0.0.1:{s.getsockname()[1]}/")
+    with pytest.raises(ConfigError, match="fashion-mnist/train-labels-idx1-ubyte.gz is not "
+                                          "in the Keras cache and the download from"):
+        DATASETS["fashion_mnist"].make_available()
 
 
 def test_schedule_has_step_0_log_spaced_steps_and_epoch_ends():
