@@ -1,6 +1,6 @@
-"""Retrying a tracking server that stops answering, with one clock per outage: every write
-that fails while the server is away counts against the same budget (``Outage``), and the
-first answer starts a new one."""
+"""Retrying a tracking server that stops answering (with ``tenacity``), one clock per outage:
+every call that fails while the server is away counts against the same budget (``Outage``),
+and the first answer starts a new one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import tenacity
 
 from study.tracking.faults import environment
 
@@ -44,27 +46,39 @@ class Outage:
     def call(self, attempt: Callable[[], T], retryable: Callable[[Exception], bool],
              give_up: Callable[[Exception], Exception],
              waiting: Callable[[float, float], None]) -> T:
-        """``attempt()``, tried again with backoff while it fails with a ``retryable`` error,
-        until the outage has lasted ``budget`` seconds: then ``give_up(error)`` is raised.
-        ``waiting`` hears every second how long the outage has lasted, and the budget."""
-        delays = iter(BACKOFF_S)
-        while True:
+        """``attempt()``, tried again with backoff (``BACKOFF_S``) while it fails with a
+        ``retryable`` error, until the outage has lasted ``budget`` seconds: then
+        ``give_up(error)`` is raised. ``waiting`` hears every second how long the outage
+        has lasted, and the budget."""
+        tried = 0.0
+
+        def timed() -> T:
+            nonlocal tried
             tried = time.monotonic()
-            try:
-                value = attempt()
-            except Exception as err:
-                if not retryable(err):
-                    raise
-                now = time.monotonic()
-                if self.since is None:  # a hung server's first silence counts too
-                    self.since = tried
-                deadline = self.since + self.budget
-                if now >= deadline or self.stopped:
-                    raise give_up(err) from None
-                retry_at = min(now + next(delays, BACKOFF_S[-1]), deadline)
-                while (left := retry_at - time.monotonic()) > 0 and not self.stopped:
-                    waiting(time.monotonic() - self.since, self.budget)
-                    time.sleep(min(1.0, left))
-                continue
-            self.since = None  # the server answers: a later outage has a new budget
-            return value
+            return attempt()
+
+        def started(state: tenacity.RetryCallState) -> None:
+            if self.since is None:  # a hung server's first silence counts too
+                self.since = tried
+
+        def over(state: tenacity.RetryCallState) -> bool:
+            return time.monotonic() >= self.since + self.budget or self.stopped
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            backoff = BACKOFF_S[min(state.attempt_number, len(BACKOFF_S)) - 1]
+            return max(0.0, min(backoff, self.since + self.budget - time.monotonic()))
+
+        def sleep(seconds: float) -> None:  # in slices, saying so, stopping when told
+            until = time.monotonic() + seconds
+            while (left := until - time.monotonic()) > 0 and not self.stopped:
+                waiting(time.monotonic() - self.since, self.budget)
+                time.sleep(min(1.0, left))
+
+        def failed(state: tenacity.RetryCallState) -> T:
+            raise give_up(state.outcome.exception()) from None
+
+        value = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(retryable), after=started, stop=over, wait=wait,
+            sleep=sleep, retry_error_callback=failed)(timed)
+        self.since = None  # the server answers: a later outage has a new budget
+        return value
