@@ -8,6 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+# The harness's repository (this file is study/tracking/context.py).
+HARNESS = Path(__file__).resolve().parents[2]
 PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "scikit-learn", "mnist1d", "pandas")
 
 
@@ -21,24 +23,24 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_state() -> tuple[str, bool]:
-    """The harness's commit and whether its work tree has uncommitted changes (the store's
-    own files are ignored by .gitignore, so writing a study does not make it dirty)."""
-    root = Path(__file__).resolve().parents[2]
+def git_state(root: Path = HARNESS) -> tuple[str, bool]:
+    """The commit of the repository at ``root`` (the harness's own by default) and whether
+    its tracked files have uncommitted changes. Untracked files do not count: a store, a
+    report or a scratch file beside the code does not change what ran."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
-    return commit, bool(dirty)
+    return commit, bool(dirty.strip())
 
 
 def context_tags() -> dict[str, str]:
     """Who ran the study, from what, at which commit: MLflow's own context providers (user,
-    source name and type, and git when the entry point sits in a repository), plus the
-    harness's commit and whether it had uncommitted changes."""
+    source name and type, and git when the entry point sits in a repository), as its fluent
+    API tags a run, plus the harness's commit and whether it had uncommitted changes."""
     from mlflow.tracking.context.registry import resolve_tags
 
     commit, dirty = git_state()
@@ -46,3 +48,8 @@ def context_tags() -> dict[str, str]:
     tags["study.git_dirty"] = str(dirty).lower()
     return tags
 
+
+def mlflow_tags(tags: dict[str, str]) -> dict[str, str]:
+    """MLflow's own among ``tags`` (``mlflow.user``, ``mlflow.source.*``): what every child
+    run carries too, so MLflow's UI shows who made it and from what."""
+    return {key: value for key, value in tags.items() if key.startswith("mlflow.")}

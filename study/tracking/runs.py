@@ -16,7 +16,14 @@ from study.config import StudyConfig
 from study.errors import ConfigError, StoreFull, StoreUnreachable
 from study.grid import Arm, exact, optimizer_of
 from study.tracking.connection import StoreConnection
-from study.tracking.context import context_tags, package_versions
+from study.tracking.context import context_tags, mlflow_tags, package_versions
+from study.tracking.describe import (
+    NOTE_HASH_TAG,
+    NOTE_TAG,
+    experiment_note,
+    may_write_note,
+    note_hash,
+)
 from study.tracking.faults import REACH_TIMEOUT_S, environment, out_of_room, unreachable
 from study.tracking.retries import STORE_TIMEOUT_S
 from study.tracking.store import sqlite_path
@@ -60,6 +67,7 @@ class StudyTracker(StoreConnection):
         self.config_hash: str | None = None
         self.best_lr: bool | None = None  # the child runs' study.best_lr tag, if known
         self.several_optimizers = False  # then run names say the optimizer
+        self.run_context: dict[str, str] = {}  # MLflow's user and source tags
 
     @contextlib.contextmanager
     def study(self, config: StudyConfig, config_yaml: str, config_hash: str,
@@ -68,9 +76,12 @@ class StudyTracker(StoreConnection):
         from mlflow.entities import Param, RunTag
 
         self._open_experiment(config.name)
+        self.patiently(lambda: self._describe(config, arms))
         self.config_hash = config_hash
-        tags = {"study.role": "parent", "study.config_hash": config_hash,
-                **context_tags(), **this_process()}
+        context = context_tags()
+        self.run_context = mlflow_tags(context)  # who and from what, on every child run too
+        tags = {"study.role": "parent", "study.config_hash": config_hash, **context,
+                **this_process()}
         run = self.patiently(lambda: self.client.create_run(
             self.experiment_id, run_name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             tags=tags))
@@ -110,6 +121,14 @@ class StudyTracker(StoreConnection):
             reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
             raise ConfigError(f"MLflow store {self.uri} cannot be written ({reason})") \
                 from None
+
+    def _describe(self, config: StudyConfig, arms: list[Arm]) -> None:
+        """The experiment's description, unless someone wrote their own in MLflow."""
+        tags = self.client.get_experiment(self.experiment_id).tags
+        if may_write_note(tags):
+            note = experiment_note(config, arms)
+            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, note)
+            self.client.set_experiment_tag(self.experiment_id, NOTE_HASH_TAG, note_hash(note))
 
     def _close_parent(self, status: str) -> None:
         """Delete the children this invocation left unfinished (a try whose delete failed, a
@@ -163,7 +182,8 @@ class StudyTracker(StoreConnection):
             self.client.delete_run(self.abandoned[-1])
             self.abandoned.pop()
 
-        tags = {"mlflow.parentRunId": self.parent_run_id, "study.arm": arm.key,
+        tags = {**self.run_context, "mlflow.parentRunId": self.parent_run_id,
+                "study.arm": arm.key,
                 "study.config_hash": self.config_hash,
                 "study.diverged": str(result.diverged).lower(),
                 **arm_tags(arm, self.best_lr)}
