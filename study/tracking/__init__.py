@@ -8,7 +8,9 @@
   ``server_claim``: one process at a time writes a study into a server;
 - ``runs``: the parent run and one child run per arm (``StudyTracker``);
   ``writer``: the background thread that writes them (``ArmWriter``);
-- ``context``: git and package tags; ``artifacts``: where a SQLite store's artifacts live.
+- ``context``: who ran it, from what (git, MLflow's user and source tags, package
+  versions); ``describe``: the experiment's description; ``artifacts``: where a SQLite
+  store's artifacts live.
 
 The saved views the runs are browsed with are ``study.browse``.
 """
