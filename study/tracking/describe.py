@@ -40,8 +40,8 @@ def experiment_note(config: StudyConfig, arms: list[Arm]) -> str:
         f"(the stall is over) and {config.target:g} (the target), each loss's against the "
         "fastest loss's from the same start. The view menu's saved views, *losses from "
         "...*, show one start each, every loss at its own best learning rate, with "
-        "`val_accuracy` and `val_nll` against step; the link the study prints opens the "
-        "first bad start. Each parent run is one invocation of `study run` and holds the "
+        "`val_accuracy` and `val_nll` against step; the link the study prints opens one of "
+        "them. Each parent run is one invocation of `study run` and holds the "
         "config (`config.yaml`) and package versions.", "",
         f"**Report**: make report EXPERIMENT={md_text(config.name)} writes "
         f"reports/{md_text(config.name)}/report.html with the answer, the ratios' "
