@@ -75,12 +75,14 @@ def schema_lock(db: Path | None):
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), None if it is gone."""
+    """The process's start time (seconds since the epoch, as psutil has it), None if it is
+    gone: with the pid, it names one process, as a pid alone does not (pids are reused)."""
+    import psutil
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def this_process() -> dict[str, str]:

@@ -51,7 +51,7 @@ def _keras(class_name: str) -> Callable[[], object]:
     def make():
         import keras
 
-        return getattr(keras.losses, class_name)()
+        return keras.losses.get(class_name)  # a fresh instance of the class of that name
 
     return make
 

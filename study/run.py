@@ -11,7 +11,7 @@ import yaml
 
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
-from study.data import load_study_data, make_available
+from study.data import Splits, load_study_data, make_available
 from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
@@ -38,6 +38,18 @@ class StudyResult:
     @property
     def diverged(self) -> list[str]:
         return [key for key, result in self.results.items() if result.diverged]
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks before training found, built once and passed on."""
+
+    config: StudyConfig
+    splits: Splits
+    arms: list[Arm]
+    digest: str  # the config's hash: which stored arms belong to this study
+    model: str  # the model's name, for the child runs' params
+    params: int  # its parameter count, for the size estimate
 
 
 def check_model_and_starts(config: StudyConfig, splits) -> str:
@@ -78,22 +90,24 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     check_fits_data(config, splits)
     check_memory(config, splits)
     model, params = check_model_and_starts(config, splits)
-    digest = config_hash(config, splits.source_sha256)
-    arms = expand_grid(config)
+    pre = Preflight(config, splits, expand_grid(config),
+                    config_hash(config, splits.source_sha256), model, params)
     with tracker.requests_once():
-        return _resume(config, tracker, splits, arms, digest, model, params, progress, force,
-                       confirm, say, executor)
+        return _resume(pre, tracker, progress=progress, force=force, confirm=confirm, say=say,
+                       executor=executor)
 
 
-def _resume(config, tracker, splits, arms, digest, model, params, progress, force,
-            confirm, say, executor) -> StudyResult:
+def _resume(pre: Preflight, tracker: StudyTracker, *, progress: bool, force: bool,
+            confirm: Callable[[Estimate], None], say: Callable[[str], None],
+            executor) -> StudyResult:
     """Train the arms without a FINISHED run in the store (every arm if ``force``)."""
+    config, splits, arms, digest = pre.config, pre.splits, pre.arms, pre.digest
     # A store that does not exist yet is not created just to learn it holds nothing.
     if tracker.store_exists():
         tracker.check_active(config.name)  # an experiment in the trash takes no run
     done = set() if force or not tracker.store_exists() else tracker.patiently(
         lambda: tracker.finished_arms(config.name, digest))
-    confirm(estimate(config, splits, len(arms) - len(done), params))  # may stop a big study
+    confirm(estimate(config, splits, len(arms) - len(done), pre.params))  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     db = sqlite_path(tracker.uri)
@@ -117,8 +131,7 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
                                tracker.patiently(lambda: tracker.experiment_of(config.name)),
                                "", skipped=[arm.key for arm in arms])
         try:
-            result = _train_and_log(config, tracker, splits, todo, arms, done, digest,
-                                    config_yaml, model, progress, trains)
+            result = _train_and_log(pre, tracker, todo, done, config_yaml, progress, trains)
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
@@ -130,9 +143,11 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
         return result
 
 
-def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
-                   progress, executor) -> StudyResult:
+def _train_and_log(pre: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
+                   config_yaml: str, progress: bool, executor) -> StudyResult:
     from tqdm.auto import tqdm
+
+    config, splits, arms, digest, model = pre.config, pre.splits, pre.arms, pre.digest, pre.model
 
     with tracker.study(config, config_yaml, digest, arms, splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,

@@ -133,6 +133,34 @@ def test_the_exact_sign_flip_p_value_and_its_floor():
     assert sign_flip_p(np.array([1.0, 2.0, -0.5])) == pytest.approx(0.5)
 
 
+def _every_sign_pattern_p(values: np.ndarray) -> float:
+    """The reference: mean |flipped mean| >= |observed mean| over all 2^n sign patterns,
+    enumerated by brute force (the harness's own test before scipy's permutation_test)."""
+    import itertools
+
+    signs = np.array(list(itertools.product([1.0, -1.0], repeat=len(values))))
+    means = np.abs(signs @ values / len(values))
+    return float(np.mean(means >= abs(values.mean()) - 1e-12))
+
+
+def test_the_sign_flip_p_value_equals_a_brute_force_enumeration():
+    """Same p-values as enumerating every sign pattern, ties included: censored times at
+    the budget, integer step counts, means that are 0 but for rounding."""
+    from study.analysis.paired import sign_flip_p
+
+    rng = np.random.default_rng(1)
+    cases = [np.zeros(5), np.full(5, np.log(2)), np.array([np.log(2), -np.log(2)] * 3),
+             np.array([0.6, -0.2, -1.1, 0.1, 0.4, 0.2])]  # a mean of 0 up to rounding
+    for n in (2, 3, 5, 8, 12, 16):
+        mine = rng.integers(50, 200, n).astype(float)
+        theirs = rng.integers(50, 200, n).astype(float)
+        mine[rng.random(n) < 0.3] = theirs[rng.random(n) < 0.3] = 300.0  # the budget
+        cases += [np.log(mine) - np.log(theirs), rng.normal(0.3, 1.0, n),
+                  np.round(rng.normal(0.0, 1.0, n), 1)]
+    for values in cases:
+        assert sign_flip_p(values) == _every_sign_pattern_p(values), values
+
+
 def test_paired_contrasts_find_a_real_slowdown_with_15_seeds():
     """mse takes 1.3x cce's steps on every seed (plus noise): with 15 pairs the exact test
     can and does reach significance after Holm; with 5 it cannot (floor 0.0625)."""
