@@ -132,14 +132,15 @@ def _resume(config, tracker, splits, arms, digest, model, params, progress, forc
 
 def _train_and_log(config, tracker, splits, todo, arms, done, digest, config_yaml, model,
                    progress, executor) -> StudyResult:
-    from tqdm.auto import tqdm
+    from study.progress import progress as progress_of
 
     with tracker.study(config, config_yaml, digest, arms, splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
-        bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}"
-                              "{postfix}]")
+        # a bar on a terminal, a line every tenth of the arms in a log (study.progress)
+        bar = progress_of(len(todo), config.name, "arm", disable=not progress,
+                          bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}"
+                                     "{postfix}]")
         started = time.perf_counter()
         # MLflow may still be writing when training ends: the bar says how far it has got
         with bar, ArmWriter(tracker, bar.set_postfix_str) as writer:
