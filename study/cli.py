@@ -391,7 +391,8 @@ def _report(args) -> int:
     _quiet_when_interrupted()
     try:
         check_store(uri, must_exist=True)  # a store that is not there is not made
-        paths = build_reports(uri, args.experiment, Path(args.out))
+        paths = build_reports(uri, args.experiment, Path(args.out),
+                              say=lambda line: print(line, flush=True), progress=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
