@@ -69,10 +69,12 @@ class Lines:
         """papermill sets ``n`` to the total when a notebook ends; ``close`` says it."""
 
     def close(self) -> None:
+        """The last line, once the work is all done; work stopped short (Ctrl-C, an error)
+        gets none: the one line that says why is the caller's."""
         with self.lock:
-            if not self.closed:
-                self.closed = True
-                self._line(self.clock(), last=True)
+            if not self.closed and self._share() >= 1:
+                self._line(self.clock())
+            self.closed = True
 
     def __enter__(self) -> Lines:
         return self
@@ -80,15 +82,15 @@ class Lines:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _line(self, now: float, last: bool = False) -> None:
+    def _line(self, now: float) -> None:
         elapsed = now - self.started
         done = f"{self.n:,.0f}/{self.total:,.0f} {self.unit}s"
         share = self._share()
-        if last and share >= 1:
+        if share >= 1:
             text = f"{self.desc}: {done} in {duration(elapsed)}"
         else:
             text = f"{self.desc}: {done} ({share:.0%}), {duration(elapsed)} so far"
-            if 0 < share < 1 and not last:
+            if share > 0:
                 text += f", about {duration(elapsed * (1 - share) / share)} left"
         if self.postfix:
             text += f", {self.postfix}"

@@ -83,9 +83,8 @@ def test_a_line_says_the_share_done_and_the_time_left_at_the_rate_so_far():
                        "37 stored\n"
     clock.now = 104.0
     lines.update(30)  # 65%: a tenth crossed, 4 s after the last line
-    lines.close()  # stopped short: where it got, no time left
-    assert log.text.splitlines()[1:] == [
-        "default: 130/200 arms (65%), 1 min 44 s so far, 37 stored"]
+    lines.close()  # stopped short (Ctrl-C, an error): the caller's line says why
+    assert len(log.text.splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
