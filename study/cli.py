@@ -156,7 +156,7 @@ def _show(config, arms, every_arm: bool) -> None:
     """The study's size first: arms by start and loss (a table that fits a terminal), then
     steps per arm, estimated time and store, as ``run`` estimates them before it starts;
     the arms themselves with ``--arms``."""
-    from study.data import DATASETS, load_dataset
+    from study.data import load_dataset
     from study.inits import start_name
     from study.plan import estimate
     from study.run import check_model_and_starts
@@ -169,7 +169,6 @@ def _show(config, arms, every_arm: bool) -> None:
     print(_arms_table(arms, config.losses, start_name))
     print("(arms per start and loss: seeds x learning rates"
           + (" x optimizers)" if len(optimizers) > 1 else ")"), flush=True)
-    DATASETS[config.dataset].check_available()
     splits = load_dataset(config.dataset, config.data_seed)  # the estimate's step count
     _, params = check_model_and_starts(config, splits)  # and the model's size
     print(estimate(config, splits, len(arms), params).describe())
