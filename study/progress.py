@@ -37,8 +37,11 @@ def is_terminal(file) -> bool:
 
 
 class Lines:
-    """Progress as whole lines, e.g. ``default: 342/1140 arms (30%), 61 s so far, about
-    2 min left, 330 stored``. The time left is the rate so far applied to what is left."""
+    """Progress as whole lines, e.g. ``default: 342/1,140 arms (30%), 61 s so far, about
+    2 min 22 s left, 330 stored``. The time left is the rate since the previous line applied
+    to what is left, so the first line has none: what comes before it is often start-up
+    (a notebook's first cells load the store and compute the whole analysis, then the rest
+    draws figures in seconds), and a rate that includes it can be ten times too slow."""
 
     def __init__(self, total: float, desc: str, unit: str, file, clock=time.monotonic):
         self.total, self.desc, self.unit, self.file, self.clock = total, desc, unit, file, clock
@@ -46,6 +49,7 @@ class Lines:
         self.postfix = ""
         self.started = self.last_line = clock()
         self.tenths = 0  # of the work, when the last line was written
+        self.share_then = None  # the share done at the last line (None: no line yet)
         self.closed = False
         self.lock = threading.Lock()  # the MLflow writer thread sets the postfix
 
@@ -90,12 +94,13 @@ class Lines:
             text = f"{self.desc}: {done} in {duration(elapsed)}"
         else:
             text = f"{self.desc}: {done} ({share:.0%}), {duration(elapsed)} so far"
-            if share > 0:
-                text += f", about {duration(elapsed * (1 - share) / share)} left"
+            if self.share_then is not None and share > self.share_then:
+                rate = (share - self.share_then) / (now - self.last_line)
+                text += f", about {duration((1 - share) / rate)} left"
         if self.postfix:
             text += f", {self.postfix}"
         print(text, file=self.file, flush=True)
-        self.last_line = now
+        self.last_line, self.share_then = now, share
         self.tenths = self._tenths()
 
     def _share(self) -> float:

@@ -68,9 +68,9 @@ def test_lines_are_a_tenth_at_a_time_however_big_the_study(total, seconds, updat
         assert len(lines) >= 10
 
 
-def test_a_line_says_the_share_done_and_the_time_left_at_the_rate_so_far():
+def test_a_line_says_the_share_done_and_the_time_left_at_the_recent_rate():
     clock, log = Clock(), Log()
-    lines = Lines(200, "default", "arm", log, clock)
+    lines = Lines(200, "report", "cell", log, clock)
     clock.now = 5.0
     lines.update(19)  # 9.5%: no tenth crossed yet
     clock.now = 8.0
@@ -78,13 +78,15 @@ def test_a_line_says_the_share_done_and_the_time_left_at_the_rate_so_far():
     assert log.text == ""
     clock.now = 100.0
     lines.set_postfix_str("37 stored")
-    lines.update(60)  # half of it in 100 s: 100 s to go at that rate
-    assert log.text == "default: 100/200 arms (50%), 1 min 40 s so far, about 1 min 40 s left, " \
-                       "37 stored\n"
-    clock.now = 104.0
-    lines.update(30)  # 65%: a tenth crossed, 4 s after the last line
+    lines.update(60)  # half of it: the first line, no rate known beyond start-up
+    clock.now = 150.0
+    lines.update(50)  # 25% more in 50 s: the last 25% takes 50 s at that rate
+    clock.now = 154.0
+    lines.update(20)  # 85%: a tenth crossed, 4 s after the last line
     lines.close()  # stopped short (Ctrl-C, an error): the caller's line says why
-    assert len(log.text.splitlines()) == 1
+    assert log.text.splitlines() == [
+        "report: 100/200 cells (50%), 1 min 40 s so far, 37 stored",
+        "report: 150/200 cells (75%), 2 min 30 s so far, about 50 s left, 37 stored"]
 
 
 @pytest.fixture(scope="module")
