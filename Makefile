@@ -38,8 +38,8 @@ report: $(INSTALLED) ## render reports/<experiment>/ from the store (EXPERIMENT=
 bench: $(INSTALLED) ## batched vs reference trainer, logging share, memory (reports/bench.json)
 	$(PYTHON) -m study.bench
 
-ui: $(INSTALLED) ## print each study's link, then browse the store on http://127.0.0.1:PORT
-	$(PYTHON) -m study ui --tracking-uri $(TRACKING_URI) --port $(PORT)
+ui: $(INSTALLED) ## print each study's link, then browse the store on http://127.0.0.1:PORT (VERBOSE=1: access log)
+	$(PYTHON) -m study ui --tracking-uri $(TRACKING_URI) --port $(PORT) $(if $(VERBOSE),--verbose)
 
 server: $(INSTALLED) ## a tracking server for workers and users on 127.0.0.1:PORT over the store
 	$(VENV)/bin/mlflow server --backend-store-uri $(TRACKING_URI) \

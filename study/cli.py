@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         "classification loss from good and bad starts, and log every curve to MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in [("run", "train every arm of a study and log it to MLflow"),
-                       ("show", "print the expanded grid of arms without training")]:
+                       ("show", "print a study's size (arms by start and loss, steps, "
+                                "estimated time and store) without training")]:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("config", help="a study YAML file, e.g. configs/default.yaml")
         command.add_argument("--set", dest="overrides", action="append", default=[],
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                          "sqlite:///mlflow.db)")
     ui.add_argument("--port", type=_port, default=None,
                     help="port to serve on (default: $PORT, else 5000)")
+    ui.add_argument("--verbose", action="store_true",
+                    help="print the server's access log too (a line per HTTP request)")
+    commands.choices["show"].add_argument("--arms", action="store_true",
+                                          help="list every arm after the summary")
     run = commands.choices["run"]
     run.add_argument("--port", type=_port, default=None,
                      help="the port of `make ui` in the printed link (default: $PORT, else "
@@ -106,7 +111,7 @@ def _main(argv: list[str] | None) -> int:
             args.store_timeout = _store_timeout(args.store_timeout)
             _check_store(args.tracking_uri)
         if args.command == "show":
-            _show(config, arms)
+            _show(config, arms, args.arms)
             return 0
         make_available(config.dataset)  # a missing Keras file is downloaded here
     except ConfigError as err:
@@ -147,13 +152,49 @@ def _store_timeout(text: str | None) -> float:
     return seconds
 
 
-def _show(config, arms) -> None:
-    print(f"study {config.name!r}: {len(arms)} arms on {config.dataset}, "
-          f"{config.epochs} epochs at batch size {config.batch_size}")
-    print(f"{'loss':<12} {'init':<16} {'severity':>8} {'seed':>5} {'lr':>8}  key")
+def _show(config, arms, every_arm: bool) -> None:
+    """The study's size first: arms by start and loss (a table that fits a terminal), then
+    steps per arm, estimated time and store, as ``run`` estimates them before it starts;
+    the arms themselves with ``--arms``."""
+    from study.data import load_study_data
+    from study.inits import start_name
+    from study.plan import estimate
+    from study.run import check_model_and_starts
+
+    optimizers = sorted({arm.optimizer for arm in arms})
+    print(f"study {config.name!r}: {len(arms):,} arms on {config.dataset}, "
+          f"{config.epochs} epoch{'s' if config.epochs != 1 else ''} at batch size "
+          f"{config.batch_size}, "
+          f"optimizer{'s' if len(optimizers) > 1 else ''} {', '.join(optimizers)}")
+    print(_arms_table(arms, config.losses, start_name))
+    print("(arms per start and loss: seeds x learning rates"
+          + (" x optimizers)" if len(optimizers) > 1 else ")"), flush=True)
+    splits = load_study_data(config)  # the estimate's step count
+    _, params = check_model_and_starts(config, splits)  # and the model's size
+    print(estimate(config, splits, len(arms), params).describe())
+    if not every_arm:
+        print("--arms lists every arm")
+        return
+    print(f"\n{'loss':<12} {'init':<16} {'severity':>8} {'seed':>5} {'lr':>8}  key")
     for arm in arms:
         print(f"{arm.loss:<12} {arm.init:<16} {arm.severity:>8g} {arm.seed:>5} {arm.lr:>8g}"
               f"  {arm.key}")
+
+
+def _arms_table(arms, losses, start_name) -> str:
+    """Rows: the starts in the config's order; columns: the losses; cells: arm counts."""
+    from collections import Counter
+
+    starts = list(dict.fromkeys((arm.init, arm.severity) for arm in arms))
+    counts = Counter((arm.init, arm.severity, arm.loss) for arm in arms)
+    names = [start_name(*start) for start in starts]
+    first = max(len("start"), *map(len, names))
+    columns = [(loss, max(len(loss), 4)) for loss in losses]
+    lines = ["start".ljust(first) + "".join(f"  {loss:>{w}}" for loss, w in columns)]
+    for name, start in zip(names, starts, strict=True):
+        lines.append(name.ljust(first) + "".join(
+            f"  {counts[(*start, loss)]:>{w}}" for loss, w in columns))
+    return "\n".join(lines)
 
 
 def _interruptible() -> list[int]:
@@ -281,8 +322,10 @@ def _ui(args) -> int:
     print(f"serving {uri} on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    # uvicorn's access log is a line per request, hundreds per page: off unless asked for
+    quiet = [] if args.verbose else ["--uvicorn-opts", "--no-access-log"]
     os.execvp(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                      "--port", str(port), "--workers", "1"])
+                      "--port", str(port), "--workers", "1", *quiet])
 
 
 def _check_port_free(port: int) -> None:
@@ -347,7 +390,8 @@ def _report(args) -> int:
     _quiet_when_interrupted()
     try:
         check_store(uri, must_exist=True)  # a store that is not there is not made
-        paths = build_reports(uri, args.experiment, Path(args.out))
+        paths = build_reports(uri, args.experiment, Path(args.out),
+                              say=lambda line: print(line, flush=True), progress=True)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from study import markup, report_files
@@ -49,13 +50,18 @@ def report_folder(out_dir: Path, experiment: str) -> Path:
     return folder
 
 
-def build_report(tracking_uri: str, experiment: str, out_dir: Path, scratch: Path) -> Path:
-    """Write ``out_dir/<experiment>/`` (the notebook's HTML, summary.csv, figures/, the
-    marker); returns the HTML path. It is built in ``scratch`` (a folder of this run's inside
-    ``out_dir``) and renamed into place only when whole."""
+def build_report(tracking_uri: str, experiment: str, out_dir: Path, scratch: Path,
+                 say: Callable[[str], None] = lambda line: None,
+                 progress: bool = False) -> Path:
+    """Write ``out_dir/<experiment>/`` (the notebook's HTML, the executed notebook,
+    summary.csv, figures/, the marker); returns the HTML path. It is built in ``scratch`` (a
+    folder of this run's inside ``out_dir``) and renamed into place only when whole. ``say``
+    hears each stage; with ``progress``, the notebook's cells are counted on stderr
+    (``study.progress``: a bar on a terminal, a line per tenth elsewhere)."""
     from study.analysis import nothing_to_report
     from study.tracking import StudyTracker
 
+    say(f"report {experiment!r}: loading the store")
     study = load_study(tracking_uri, experiment)
     notebook = notebook_for(study)
     final = report_folder(out_dir, experiment)
@@ -63,15 +69,18 @@ def build_report(tracking_uri: str, experiment: str, out_dir: Path, scratch: Pat
     folder = scratch / final.name
     (folder / "figures").mkdir(parents=True)
     report_files.write_marker(folder, experiment, study.parent_run_id)
+    say(f"report {experiment!r}: executing {notebook} (it computes the analysis)")
     _execute(NOTEBOOKS / notebook, folder, {"tracking_uri": tracking_uri,
-                                           "experiment": experiment})
+                                           "experiment": experiment}, say, progress)
     report_files.replace(final, folder, experiment, scratch)
+    say(f"report {experiment!r}: logging the report on the study's parent run")
     StudyTracker(tracking_uri).log_report(study.parent_run_id, sorted(
         p for p in final.rglob("*.*") if p.name != report_files.MARKER))
     html = final / notebook.replace(".ipynb", ".html")
     if notebook == "report.ipynb" and nothing_to_report(study) is None:
         from study.analysis import sections
 
+        say(f"report {experiment!r}: noting the answer on the study's runs")
         _annotate_store(tracking_uri, study, sections.build(study), html)
     return html
 
@@ -136,10 +145,12 @@ class NotebookFailed(RuntimeError):
     """The report notebook raised: which cell and what, in one line."""
 
 
-def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
-    """Run the notebook into ``folder``: its HTML (code hidden), and each figure it drew,
-    from the cells tagged ``figure:<name>``, as figures/<name>.png: taken from the
-    notebook's own output, so no figure is drawn twice. A study with nothing to compare
+def _execute(notebook: Path, folder: Path, parameters: dict,
+             say: Callable[[str], None] = lambda line: None, progress: bool = False) -> None:
+    """Run the notebook into ``folder``: its HTML (code hidden), the executed notebook
+    itself (outputs kept, to open and re-run in Jupyter), and each figure it drew, from the
+    cells tagged ``figure:<name>``, as figures/<name>.png: taken from the notebook's own
+    output, so no figure is drawn twice. A study with nothing to compare
     (``study.analysis.NothingToReport``) ends the notebook at that cell, which says why."""
     import base64
 
@@ -147,13 +158,19 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
     import papermill
     from nbconvert import HTMLExporter
 
-    with report_files.scratch(Path(tempfile.gettempdir()), report_files.KERNEL_PREFIX) as tmp:
+    from study.progress import progress as progress_of
+
+    with report_files.scratch(Path(tempfile.gettempdir()), report_files.KERNEL_PREFIX) as tmp, \
+            progress_of(len(nbformat.read(notebook, as_version=4).cells) + 1,  # + papermill's
+                        f"{parameters['experiment']}: {notebook.name}", "cell",  # parameters
+                        disable=not progress) as cells:
         executed = tmp / notebook.name
         try:
             papermill.execute_notebook(str(notebook), str(executed),
                                        parameters={**parameters,
                                                    "out_dir": str(folder.resolve())},
                                        cwd=str(tmp), progress_bar=False, kernel_name="python3",
+                                       engine_name=_counting_engine(cells),
                                        kernel_manager_class=_ipc_kernel_manager(
                                            tmp, RUNNING_KERNELS))
             node = nbformat.read(executed, as_version=4)
@@ -174,10 +191,44 @@ def _execute(notebook: Path, folder: Path, parameters: dict) -> None:
                 if "image/png" in o.get("data", {})]
         if names and pngs:
             (folder / "figures" / f"{names[0]}.png").write_bytes(base64.b64decode(pngs[0]))
+    say(f"report {parameters['experiment']!r}: writing "
+        f"{notebook.with_suffix('.html').name} and {notebook.name}")
     exporter = HTMLExporter(template_name="lab", exclude_input=True,
                             exclude_input_prompt=True, exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(node)
     (folder / notebook.with_suffix(".html").name).write_text(body)
+    nbformat.write(_rerunnable(node, parameters), folder / notebook.name)
+
+
+def _rerunnable(node, parameters: dict):
+    """The executed notebook as a user re-runs it from Jupyter: its parameters cell names
+    the store and the experiment (absolute, as the report ran), and ``out_dir`` is empty,
+    so a re-run redraws the figures without overwriting the report's tables."""
+    from papermill.translators import PythonTranslator
+
+    for cell in node.cells:
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            cell.source = PythonTranslator.codify(
+                {**parameters, "out_dir": ""},
+                "Parameters of `make report` (out_dir empty: a re-run writes no tables)")
+    return node
+
+
+def _counting_engine(cells) -> str:
+    """papermill's own engine, counting the notebook's cells on ``cells`` (a bar on a
+    terminal, a line per tenth in a log: ``study.progress``) instead of papermill's own
+    tqdm bar, which redraws hundreds of times into a log."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Counting(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            cells.total = len(nb_man.nb.cells)
+            nb_man.pbar = cells  # papermill updates it after each cell and closes it
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("study-counting", Counting)
+    return "study-counting"
 
 
 # The kernel managers of the notebook running now: a stopped report ends their kernels from
@@ -210,10 +261,12 @@ def _ended_early(node, err):
     return node
 
 
-def build_reports(tracking_uri: str, experiment: str | None,
-                  out_dir: Path) -> list[tuple[str, Path]]:
+def build_reports(tracking_uri: str, experiment: str | None, out_dir: Path,
+                  say: Callable[[str], None] = lambda line: None,
+                  progress: bool = False) -> list[tuple[str, Path]]:
     """(experiment, HTML path) of every report written. Every report's folder is checked
-    before any is built, so a refused one leaves ``out_dir`` as it was."""
+    before any is built, so a refused one leaves ``out_dir`` as it was. ``say`` and
+    ``progress``: as ``build_report``."""
     from study.tracking import absolute_uri
 
     tracking_uri = absolute_uri(tracking_uri)
@@ -225,4 +278,5 @@ def build_reports(tracking_uri: str, experiment: str | None,
         report_files.check_replaceable(report_folder(out_dir, name), name)
     with report_files.out_folder(out_dir), \
             report_files.scratch(out_dir, report_files.SCRATCH_PREFIX) as scratch:
-        return [(name, build_report(tracking_uri, name, out_dir, scratch)) for name in names]
+        return [(name, build_report(tracking_uri, name, out_dir, scratch, say, progress))
+                for name in names]

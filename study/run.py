@@ -145,16 +145,17 @@ def _resume(pre: Preflight, tracker: StudyTracker, *, progress: bool, force: boo
 
 def _train_and_log(pre: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
                    config_yaml: str, progress: bool, executor) -> StudyResult:
-    from tqdm.auto import tqdm
+    from study.progress import progress as progress_of
 
     config, splits, arms, digest, model = pre.config, pre.splits, pre.arms, pre.digest, pre.model
 
     with tracker.study(config, config_yaml, digest, arms, splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,
                              skipped=[arm.key for arm in arms if arm.key in done])
-        bar = tqdm(total=len(todo), desc=config.name, unit="arm", disable=not progress,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}"
-                              "{postfix}]")
+        # a bar on a terminal, a line every tenth of the arms in a log (study.progress)
+        bar = progress_of(len(todo), config.name, "arm", disable=not progress,
+                          bar_format="{l_bar}{bar}| {n:.0f}/{total} arms [{elapsed}<{remaining}"
+                                     "{postfix}]")
         started = time.perf_counter()
         # MLflow may still be writing when training ends: the bar says how far it has got
         with bar, ArmWriter(tracker, bar.set_postfix_str) as writer:

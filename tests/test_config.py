@@ -163,7 +163,7 @@ def test_grid_is_the_full_product_and_show_prints_it(capsys):
     assert len(arms) == 4 * 2 * 2 * 2 == len({arm.key for arm in arms})
     assert {arm.severity for arm in arms if arm.init == "glorot"} == {0.0}
     assert main(["show", str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1]",
-                 "--set", "optimizer.lr=[0.1, 0.5]"]) == 0
+                 "--set", "optimizer.lr=[0.1, 0.5]", "--arms"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("study 'smoke': 32 arms on digits")
     assert "bce|saturated_wrong:4|seed=1|sgd|lr=0.5" in out

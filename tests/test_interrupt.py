@@ -47,7 +47,8 @@ def test_a_signal_keeps_finished_arms_and_marks_the_parent_killed(tmp_path, sent
 
 def test_a_closed_pipe_ends_quietly():
     shown = subprocess.run(f"{sys.executable} -m study show {CONFIGS / 'default.yaml'} | head -1",
-                           shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           shell=True, cwd=ROOT, capture_output=True, text=True,
+                           timeout=180)  # show loads the data and model for its estimate
     assert shown.stdout.startswith("study 'default'") and shown.stderr == ""
 
 
