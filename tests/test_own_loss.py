@@ -194,3 +194,20 @@ def test_focal_loss_differs_from_cce(batched_results):
     """The test above is not comparing cce with itself: focal's curves are its own."""
     for mine, theirs in _same_start(batched_results, "focal", "cce"):
         assert not np.allclose(mine.series("train_loss"), theirs.series("train_loss"))
+
+
+def test_a_losss_colour_is_stable_across_processes_and_not_a_built_ins():
+    """Chosen by a checksum of the name: a fresh interpreter (another hash seed) agrees."""
+    import subprocess
+    import sys
+
+    from study.palette import LOSS_COLOURS, colour
+    from tests.conftest import ROOT
+
+    names = ["focal", "keras_focal", "cce_logits"]
+    code = f"from study.palette import colour; print([colour(n) for n in {names!r}])"
+    other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, env={"PYTHONHASHSEED": "123"}, check=True).stdout
+    assert other.strip() == str([colour(n) for n in names])
+    assert len({colour(n) for n in names}) == 3  # the example's three: three colours
+    assert not {colour(n) for n in names} & set(LOSS_COLOURS.values())
