@@ -122,8 +122,9 @@ class CustomLoss(_Frozen):
     @field_validator("fn")
     @classmethod
     def _module_colon_attribute(cls, value: str) -> str:
-        if not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"must be 'package.module:function_or_class', got {quote(value)}")
+        if not re.fullmatch(r"[\w.]+:\w+", value) or len(value) > LABEL_MAX:
+            raise ValueError(f"must be 'package.module:function_or_class' (at most "
+                             f"{LABEL_MAX} characters), got {quote(value)}")
         return value
 
 

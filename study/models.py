@@ -7,6 +7,9 @@ Keras model: ``mlp`` and ``cnn`` here, or a user's own through ``model.builder:
 on stacked weights, so a model must be a pure function of its trainable weights: no
 non-trainable state (BatchNormalization's moving statistics) and no random layers (Dropout).
 
+A model's last layer must apply ``output_activation`` (checked, not added: see
+``_check_output_activation``); ``study.plugins`` imports a user's builder.
+
 A builder is the user's code, run like a plugin: whatever it raises at import or when called,
 ``sys.exit`` included (Ctrl-C excepted), is bad input, reported in one plain line.
 """

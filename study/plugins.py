@@ -13,8 +13,6 @@ import sys
 
 from study.errors import ConfigError
 
-# Terminal escapes (Keras prints parts of its errors in bold) and the arguments Keras appends
-# to an error raised inside a layer's call: neither belongs in a one-line message.
 MESSAGE_MAX = 300
 
 
@@ -22,6 +20,8 @@ def one_line(err: BaseException) -> str:
     """An exception's message as one plain line of at most ``MESSAGE_MAX`` characters."""
     import re
 
+    # Terminal escapes (Keras prints parts of its errors in bold) and the arguments Keras
+    # appends to an error raised inside a layer's call: neither belongs in one line.
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err)).split("Arguments received by")[0]
     text = " ".join(text.split())
     return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX - 3] + "..."
