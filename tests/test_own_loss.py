@@ -211,3 +211,16 @@ def test_a_losss_colour_is_stable_across_processes_and_not_a_built_ins():
     assert other.strip() == str([colour(n) for n in names])
     assert len({colour(n) for n in names}) == 3  # the example's three: three colours
     assert not {colour(n) for n in names} & set(LOSS_COLOURS.values())
+
+
+def test_a_config_with_own_losses_dumps_and_validates_again(own_config):
+    """The parent run stores the dumped config: losses by name, the user's in
+    custom_losses, which validates to the same config (and hash)."""
+    from study.config import config_hash, validate
+
+    raw = own_config.model_dump(mode="json")
+    assert raw["losses"][:3] == ["cce", "scce", "fn_cce"]
+    assert raw["custom_losses"][0] == {"name": "fn_cce", "fn": f"{MODULE}:cce",
+                                       "output": "softmax", "targets": "one_hot"}
+    again = validate(raw)
+    assert again == own_config and config_hash(again) == config_hash(own_config)
