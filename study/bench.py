@@ -51,7 +51,7 @@ def keras_fit_ms_per_step(arm, config, splits, epochs: int = 2) -> float:
 
     from study.backend import native_stderr_silenced
     from study.grid import optimizer_of
-    from study.losses import LOSSES
+    from study.losses import loss_spec
     from study.optimizers import OPTIMIZERS
     from study.train.common import training_targets
     from study.train.reference import build_arm_model
@@ -60,7 +60,7 @@ def keras_fit_ms_per_step(arm, config, splits, epochs: int = 2) -> float:
     optimizer = optimizer_of(config, arm)
     model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
                   loss=loss)
-    x, y = splits.inputs("train"), training_targets(LOSSES[arm.loss], splits)
+    x, y = splits.inputs("train"), training_targets(loss_spec(config, arm.loss), splits)
     keras.utils.set_random_seed(0)  # fit shuffles; op determinism wants a seed
     with native_stderr_silenced():  # tf.data's first shuffle logs a harmless "E0000" line
         model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)

@@ -103,9 +103,12 @@ def _main(argv: list[str] | None) -> int:
     from study.config import load_config
     from study.data import make_available
     from study.grid import expand_grid
+    from study.plugins import add_to_path
 
     try:
         config = load_config(args.config, args.overrides, _flags(args))
+        # the user's modules (model.builder, a loss's fn) may sit beside the config
+        add_to_path(os.path.dirname(args.config) or ".")
         arms = expand_grid(config)
         if args.command == "run":
             args.store_timeout = _store_timeout(args.store_timeout)

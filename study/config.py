@@ -96,6 +96,39 @@ class ModelConfig(_Frozen):
         return self
 
 
+# A loss's name goes into params, tags, run names and the report's tables, like a built-in's.
+LOSS_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_\-]{0,39}"
+
+
+class CustomLoss(_Frozen):
+    """A loss of the user's own: ``{name, fn: "module:attr", output, targets}``, where
+    ``fn`` is a Keras loss (a function f(y_true, y_pred), a keras.losses.Loss subclass or
+    instance). Imported and probed at the run's pre-flight (``study.losses.probe``)."""
+
+    name: str
+    fn: str
+    output: Literal["sigmoid", "softmax", "linear"]  # the activation the loss expects
+    targets: Literal["one_hot", "sparse"]  # how it expects the labels
+
+    @field_validator("name")
+    @classmethod
+    def _a_new_name(cls, value: str) -> str:
+        if not re.fullmatch(LOSS_NAME_PATTERN, value):
+            raise ValueError(f"{quote(value)} cannot name a loss: use 1-40 letters, digits, "
+                             "'_' or '-', starting with a letter or '_'")
+        if value in LOSSES:
+            raise ValueError(f"{quote(value)} is a built-in loss; give yours another name")
+        return value
+
+    @field_validator("fn")
+    @classmethod
+    def _module_colon_attribute(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.]+:\w+", value) or len(value) > LABEL_MAX:
+            raise ValueError(f"must be 'package.module:function_or_class' (at most "
+                             f"{LABEL_MAX} characters), got {quote(value)}")
+        return value
+
+
 class OptimizerConfig(BaseModel):
     # Keras keyword arguments (momentum, beta_1, ...) sit beside name and lr; the registry
     # checks them. A list of learning rates makes lr a grid axis: the nuisance
@@ -175,7 +208,10 @@ class StudyConfig(_Frozen):
     scale: PositiveFloat | Scale | None = None
     classes: Annotated[int, Strict(), Field(ge=2)] | None = None
     model: ModelConfig = ModelConfig()
+    # loss names: registered ones, and those of ``custom_losses``; a config writes its own
+    # losses in this list as mappings, which validation moves to ``custom_losses``
     losses: tuple[str, ...]
+    custom_losses: tuple[CustomLoss, ...] = ()
     # scheme name -> severities; a scheme without a severity (glorot) takes [] or null;
     # ``fixed`` takes a mapping severity label -> the weights [kernel, bias, ...].
     inits: dict[str, tuple[Severity, ...] | dict[Severity, tuple[Any, ...]]]
@@ -225,6 +261,20 @@ class StudyConfig(_Frozen):
             value["optimizers"] = [value.pop("optimizer")]
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_losses(cls, value: Any) -> Any:
+        """``losses: [cce, {name: focal, fn: ...}]``: the mapping to ``custom_losses``, its
+        name left in ``losses``."""
+        if isinstance(value, dict) and isinstance(value.get("losses"), list | tuple):
+            value = dict(value)
+            own = [entry for entry in value["losses"] if isinstance(entry, dict)]
+            value["custom_losses"] = [*value.get("custom_losses", ()), *own]
+            # a mapping without a name is reported by custom_losses, as the missing key
+            value["losses"] = [str(entry.get("name", "")) if isinstance(entry, dict)
+                               else entry for entry in value["losses"]]
+        return value
+
     @field_validator("name")
     @classmethod
     def _a_safe_folder_name(cls, value: str) -> str:
@@ -258,9 +308,26 @@ class StudyConfig(_Frozen):
     def _known_losses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("must list at least one loss")
-        for name in value:
-            check_name("loss", name, LOSSES)
         return _unique("losses", value)
+
+    @model_validator(mode="after")
+    def _known_losses_or_own(self) -> StudyConfig:
+        own = [custom.name for custom in self.custom_losses]
+        _unique("losses", tuple(own))
+        for name in self.losses:
+            try:
+                check_name("loss", name, [*LOSSES, *own])
+            except ConfigError as err:  # a model validator's error has no key: name it
+                raise ValueError(f"losses: {err}") from None
+        unused = set(own) - set(self.losses)
+        if unused:
+            raise ValueError(f"custom_losses: {sorted(unused)} not in losses")
+        return self
+
+    def loss_output(self, name: str) -> str:
+        """The output activation a loss of this study needs."""
+        own = {custom.name: custom.output for custom in self.custom_losses}
+        return own[name] if name in own else LOSSES[name].output
 
     @field_validator("optimizers")
     @classmethod
@@ -349,7 +416,7 @@ class StudyConfig(_Frozen):
     @model_validator(mode="after")
     def _losses_fit_the_dataset(self) -> StudyConfig:
         if self.dataset == "neuron":  # one sigmoid output with target 0: no softmax, no labels
-            bad = [n for n in self.losses if LOSSES[n].output != "sigmoid"]
+            bad = [n for n in self.losses if self.loss_output(n) != "sigmoid"]
             if bad:
                 raise ValueError(f"dataset 'neuron' has one output with target 0; losses "
                                  f"{bad} need a softmax over classes (use bce, mse, quadratic)")
@@ -535,7 +602,7 @@ def validate(raw: dict, source: str = "config") -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as err:
-        message = _first_error(err)
+        message = _first_error(err, raw)
         if isinstance(raw, dict) and "optimizer" in raw and "optimizers" not in raw:
             message = re.sub(r"^optimizers\.0\b", "optimizer", message)  # the user's key
         raise ConfigError(f"{source}: {message}") from None
@@ -583,7 +650,7 @@ def _one_optimizer_spelling(raw: dict, key: str) -> str:
     return key
 
 
-def _first_error(err: ValidationError) -> str:
+def _first_error(err: ValidationError, raw: Any = None) -> str:
     """One line for the first problem: the dotted key, then what is wrong or valid."""
     errors = err.errors()
     # A value that fits no member of a union (lr: a list or a mapping) fails each member in
@@ -593,8 +660,10 @@ def _first_error(err: ValidationError) -> str:
     # pydantic names the member of a union it tried ("tuple[...]"): not a key of the user's
     key = ".".join(str(p) for p in first["loc"]
                    if not re.match(r"(tuple|dict|list|constrained-|function-|Scale$)", str(p)))
-    key = key or "config"
     message = first["msg"].removeprefix("Value error, ")
+    if not key and re.match(r"[a-z_]+: ", message):  # a model validator that names its key
+        key, message = message.split(": ", 1)
+    key = _own_loss_key(raw, key or "config")
     if first["type"] == "extra_forbidden":
         message = "unknown key" + _valid_keys_hint(err, first["loc"])
     elif first["type"] == "literal_error":
@@ -605,8 +674,21 @@ def _first_error(err: ValidationError) -> str:
     return quote(f"{key}: {message}", limit=MESSAGE_MAX, quoted=False)
 
 
+def _own_loss_key(raw: Any, key: str) -> str:
+    """``custom_losses.N...`` as the user wrote it: ``losses.M...``, the Nth mapping in the
+    config's ``losses`` list."""
+    found = re.match(r"custom_losses\.(\d+)", key)
+    listed = raw.get("losses") if isinstance(raw, dict) else None
+    if not found or "custom_losses" in raw or not isinstance(listed, list):
+        return key
+    where = [i for i, entry in enumerate(listed) if isinstance(entry, dict)]
+    return f"losses.{where[int(found[1])]}" + key[found.end():]
+
+
 def _valid_keys_hint(err: ValidationError, loc: tuple) -> str:
     model: type[BaseModel] = StudyConfig
+    if loc[:1] == ("custom_losses",):  # a list of models: the walk below needs no list
+        return f"; valid keys: {', '.join(CustomLoss.model_fields)}"
     for part in loc[:-1]:
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

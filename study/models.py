@@ -7,20 +7,20 @@ Keras model: ``mlp`` and ``cnn`` here, or a user's own through ``model.builder:
 on stacked weights, so a model must be a pure function of its trainable weights: no
 non-trainable state (BatchNormalization's moving statistics) and no random layers (Dropout).
 
+A model's last layer must apply ``output_activation`` (checked, not added: see
+``_check_output_activation``); ``study.plugins`` imports a user's builder.
+
 A builder is the user's code, run like a plugin: whatever it raises at import or when called,
 ``sys.exit`` included (Ctrl-C excepted), is bad input, reported in one plain line.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
-import re
-import sys
 from collections.abc import Callable
 
 from study.errors import ConfigError
+from study.plugins import import_object, one_line
 
 
 def build_mlp(config, input_shape: tuple[int, ...], n_classes: int, output: str):
@@ -61,19 +61,9 @@ MODELS: dict[str, Callable] = {"mlp": build_mlp, "cnn": build_cnn}
 
 
 def import_builder(path: str) -> Callable:
-    """``package.module:function``, importable from the working directory."""
-    module_name, _, function = path.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        builder = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"model.builder: cannot import {path!r} ({one_line(err)}); give "
-                          "'package.module:function', importable from the working "
-                          "directory") from None
-    if not callable(builder):
-        raise ConfigError(f"model.builder: {path!r} is not callable")
-    return builder
+    """``package.module:function``, importable from the working directory or the config's
+    folder."""
+    return import_object("model.builder", path)
 
 
 def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: str):
@@ -100,6 +90,7 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
         what = f"model.kind {config.kind!r}"
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{what} returned {type(model).__name__}, not a keras.Model")
+    _build_sequential(model, what, input_shape)
     try:
         shape = tuple(model.output_shape)
     except (AttributeError, ValueError):  # a subclassed model, never called: no known output
@@ -108,6 +99,7 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
     if shape != (None, n_classes):
         raise ConfigError(f"{what}: output shape {shape}, the dataset needs "
                           f"(None, {n_classes})")
+    _check_output_activation(model, what, output)
     if model.non_trainable_variables:
         names = sorted({v.path for v in model.non_trainable_variables})[:3]
         raise ConfigError(f"{what} has non-trainable state ({', '.join(names)}): every arm "
@@ -119,18 +111,49 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
     return model
 
 
-# Terminal escapes (Keras prints parts of its errors in bold) and the arguments Keras appends
-# to an error raised inside a layer's call: neither belongs in a one-line message.
-_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_KERAS_ARGUMENTS = "Arguments received by"
-MESSAGE_MAX = 300
+def _build_sequential(model, what: str, input_shape: tuple[int, ...]) -> None:
+    """A Sequential given without ``keras.Input`` has no weights until it sees an input:
+    build it on the dataset's input shape, as Keras' own ``fit`` would on its first batch."""
+    import keras
+
+    if not isinstance(model, keras.Sequential) or model.built:
+        return
+    try:
+        model.build((None, *input_shape))
+    except Exception as err:
+        raise ConfigError(f"{what}: its Sequential cannot take inputs of shape "
+                          f"{tuple(input_shape)} ({type(err).__name__}: {one_line(err)})"
+                          ) from None
 
 
-def one_line(err: BaseException) -> str:
-    """An exception's message as one plain line of at most ``MESSAGE_MAX`` characters."""
-    text = _ESCAPES.sub("", str(err)).split(_KERAS_ARGUMENTS)[0]
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX - 3] + "..."
+def output_activation(model) -> str | None:
+    """The name of the activation the model's last layer applies (softmax, sigmoid, linear),
+    None when that layer has no known one."""
+    import keras
+
+    layer = model.layers[-1] if model.layers else None
+    while isinstance(layer, keras.Model) and layer.layers:  # a model nested as the last layer
+        layer = layer.layers[-1]
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    function = getattr(layer, "activation", None)
+    name = getattr(function, "__name__", None)
+    return {"softmax_v2": "softmax"}.get(name, name)  # tf.nn.softmax's own name
+
+
+def _check_output_activation(model, what: str, output: str) -> None:
+    """Refused, not wrapped: a model whose last layer is not the activation its loss needs
+    (logits for cce, a sigmoid for a softmax loss) would train the wrong maths in silence,
+    and adding the activation behind the user's back would make the model that trains differ
+    from the one they wrote (and double an activation they applied some other way). The
+    builder is told the activation, so one argument fixes it."""
+    found = output_activation(model)
+    if found != output:
+        layer = model.layers[-1].name if model.layers else "none"
+        raise ConfigError(f"{what}: its last layer ({layer!r}) applies "
+                          f"{found or 'no activation the harness can read'}, the loss needs "
+                          f"{output} outputs: end the model with Dense(n_classes, "
+                          "activation=output_activation), the builder's third argument")
 
 
 def _has_random_layers(model) -> bool:

@@ -6,6 +6,8 @@ maths; the report dashes its line over cce's, and gives it a colour of its own f
 which draws no dashes.
 """
 
+import zlib
+
 LOSS_COLOURS = {
     "bce": "#56B4E9",  # sky blue
     "cce": "#0072B2",  # blue
@@ -14,13 +16,18 @@ LOSS_COLOURS = {
     "mse_softmax": "#E69F00",  # orange
     "quadratic": "#CC79A7",  # reddish purple
 }
-# Any other loss (a registry entry of the user's own), in turn.
-OTHER_COLOURS = ["#000000", "#F0E442", "#777777", "#882255", "#44AA99", "#332288"]
+# Any other loss (a user's own), by its name. Paul Tol's muted and dark colours, black and
+# grey: none is an Okabe-Ito colour above, and none is too light to see on white (Okabe and
+# Ito's yellow was). Ten, so that two losses of one study rarely share one; their legends
+# tell them apart when they do.
+OTHER_COLOURS = ["#000000", "#777777", "#332288", "#882255", "#44AA99", "#117733", "#999933",
+                 "#AA4499", "#88CCEE", "#661100"]
 
 
 def colour(loss: str) -> str:
     """The one colour of a loss, in every figure and in MLflow: its own for a registered
-    loss, else one of the others chosen by its name, so it is the same in every process."""
+    loss, else one of the others chosen by a checksum of its name (not Python's hash, which
+    differs between processes), so it is the same in every process and every report."""
     if loss in LOSS_COLOURS:
         return LOSS_COLOURS[loss]
-    return OTHER_COLOURS[sum(map(ord, loss)) % len(OTHER_COLOURS)]
+    return OTHER_COLOURS[zlib.crc32(loss.encode()) % len(OTHER_COLOURS)]

@@ -55,10 +55,13 @@ class Preflight:
 def check_model_and_starts(config: StudyConfig, splits) -> str:
     """Build the model and draw every start once, so that a model builder that fails or
     given weights of the wrong shape stop as a ConfigError before any MLflow run exists.
-    Returns the model's name for the child runs' params and its parameter count."""
-    from study.losses import LOSSES
+    Returns the model's name for the child runs' params and its parameter count.
+    The user's own losses are made and probed here too (``study.losses.probe``)."""
+    from study.losses import loss_spec, probe
 
-    outputs = {LOSSES[loss].output for loss in config.losses}
+    for custom in config.custom_losses:
+        probe(loss_spec(config, custom.name), splits.n_classes)
+    outputs = {config.loss_output(loss) for loss in config.losses}
     models = [build_model(config.model, splits.input_shape, splits.n_classes, output)
               for output in sorted(outputs)]
     starts = Starts(models[0], config.inits.get("fixed"))

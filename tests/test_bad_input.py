@@ -63,8 +63,32 @@ def _bomb() -> str:
     return text + f"losses: *{previous}\n"
 
 
+# A user's module for the rows on own losses and model.builder (named for this test only:
+# modules are cached per process).
+PLUGINS = """
+import keras
+from keras import ops
+
+def focal(y_true, y_pred):
+    return -ops.sum(y_true * ops.square(1 - y_pred) * ops.log(ops.clip(y_pred, 1e-7, 1)), -1)
+
+def mean(y_true, y_pred):
+    return ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
+
+def centred(y_true, y_pred):
+    values = keras.losses.categorical_crossentropy(y_true, y_pred)
+    return values - ops.mean(values)
+
+three = 3
+
+def logits(input_shape, n_classes, output):
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(n_classes, name="logits")])
+"""
+
 # The files and folders a row may name, made in its working directory before it runs.
 FIXTURES = {
+    "table_plugins": lambda path: path.with_suffix(".py").write_text(PLUGINS),
     "dup.yaml": lambda path: path.write_text("name: a\nname: b\n"),
     "bomb.yaml": lambda path: path.write_text(_bomb()),
     "deep.yaml": lambda path: path.write_text("name: " + "[" * 20000 + "]" * 20000 + "\n"),
@@ -123,6 +147,8 @@ def _arguments(args: str, tmp_path, monkeypatch) -> list[str]:
             data = (tmp_path / "keras" / "datasets" / "mnist.npz").read_bytes()
             (tmp_path / "keras" / "datasets" / "mnist.npz").write_bytes(data[:200])
             args = args.replace(" corrupt", "")
+    if "table_plugins" in args:  # Python's own cache of the module is not the harness's
+        monkeypatch.setattr(sys, "dont_write_bytecode", True)
     monkeypatch.chdir(tmp_path)  # relative files (dup.yaml) and nothing written elsewhere
     if args == "configs":
         return [str(CONFIGS)]

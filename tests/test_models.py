@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from study.config import ModelConfig
 from study.errors import ConfigError
-from study.models import build_model
+from study.models import build_model, output_activation
 from tests.conftest import CONFIGS, ROOT
 
 CNN = ModelConfig(kind="cnn", hidden=())
@@ -86,6 +86,23 @@ class Subclassed(keras.Model):
 
 def subclassed(input_shape, n_classes, output):  # never called: no output shape yet
     return Subclassed(n_classes, output)
+
+def no_input(input_shape, n_classes, output):  # no keras.Input: Keras builds on first use
+    return keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(12, activation="tanh"),
+                             keras.layers.Dense(n_classes, activation=output)])
+
+def logits(input_shape, n_classes, output):  # the activation left out: the issue's trap
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(n_classes)])
+
+def softmax_layer(input_shape, n_classes, output):  # functional, a Softmax layer last
+    x = keras.Input(input_shape)
+    z = keras.layers.Dense(n_classes)(keras.layers.Flatten()(x))
+    return keras.Model(x, keras.layers.Softmax()(z))
+
+def no_such_shape(input_shape, n_classes, output):  # no keras.Input, and wrong for 8x8
+    return keras.Sequential([keras.layers.Reshape((7, 7)), keras.layers.Flatten(),
+                             keras.layers.Dense(n_classes, activation=output)])
 '''
 # A module that ends the program as it is imported.
 EXITS_ON_IMPORT = """import sys
@@ -141,6 +158,7 @@ def test_a_users_own_builder_runs_through_model_builder(tf, user_dir):
                       "Reshape.call(). The total size of the tensor must be unchanged. "
                       "Received: input_shape=(8, 8), target_shape=(7, 7)"),
     ("subclassed", "returned a model without a known output shape: build it from keras.Input"),
+    ("logits", "model.builder 'my_models:logits': its last layer ('dense"),
 ])
 def test_a_bad_builder_fails_before_any_run(tf, user_dir, capsys, builder, message):
     code, uri = _run(user_dir, builder)
@@ -174,3 +192,30 @@ def test_a_builder_cannot_choose_the_programs_exit_code(user_dir):
         "keras.Model, not end the program"]
     assert [p.name for p in user_dir.iterdir()  # no store, nothing but the user's modules
             if p.suffix != ".py" and p.name != "__pycache__"] == []
+
+
+def test_the_builder_is_told_the_output_activation_and_its_last_layer_is_checked(tf, user_dir):
+    """The activation the loss needs is the builder's third argument; a last layer that
+    applies another (logits where a softmax is needed, a softmax where a sigmoid is) is
+    refused, whatever layer applies it."""
+    def build(name, output):
+        return build_model(ModelConfig(builder=f"my_models:{name}"), (8, 8), 10, output)
+
+    for output in ("sigmoid", "softmax", "linear"):
+        assert output_activation(build("tiny", output)) == output
+    with pytest.raises(ConfigError, match="its last layer \\('dense.*'\\) applies linear, the "
+                       "loss needs softmax outputs: end the model with Dense\\(n_classes, "
+                       "activation=output_activation\\), the builder's third argument"):
+        build("logits", "softmax")
+    assert output_activation(build("softmax_layer", "softmax")) == "softmax"
+    with pytest.raises(ConfigError, match="applies softmax, the loss needs sigmoid outputs"):
+        build("softmax_layer", "sigmoid")
+
+
+def test_a_sequential_without_an_input_is_built_on_the_datasets_input_shape(tf, user_dir):
+    model = build_model(ModelConfig(builder="my_models:no_input"), (8, 8), 10, "softmax")
+    assert model.output_shape == (None, 10)
+    assert model.count_params() == 64 * 12 + 12 + 12 * 10 + 10
+    with pytest.raises(ConfigError, match="its Sequential cannot take inputs of shape "
+                                          "\\(8, 8\\) \\(ValueError: "):
+        build_model(ModelConfig(builder="my_models:no_such_shape"), (8, 8), 10, "softmax")

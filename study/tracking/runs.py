@@ -37,7 +37,10 @@ def arm_params(arm: Arm, config: StudyConfig, model: str) -> dict[str, str]:
             "optimizer_name": optimizer.name, "lr": exact(arm.lr), "dataset": config.dataset,
             "model": model, "batch_size": str(config.batch_size), "epochs": str(config.epochs),
             "trainer": config.trainer,
-            **{f"optimizer.{key}": str(value) for key, value in optimizer.options.items()}}
+            **{f"optimizer.{key}": str(value) for key, value in optimizer.options.items()},
+            **{f"loss.{key}": value for custom in config.custom_losses  # the user's own loss
+               if custom.name == arm.loss for key, value in custom.model_dump().items()
+               if key != "name"}}
 
 
 def parent_params(config: StudyConfig, config_hash: str, arms: list[Arm],

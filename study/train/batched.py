@@ -53,7 +53,7 @@ from study.config import OptimizerConfig, StudyConfig
 from study.data import Splits
 from study.grid import Arm, optimizer_of
 from study.inits import Starts
-from study.losses import LOSSES
+from study.losses import loss_spec
 from study.models import build_model
 from study.optimizers import OPTIMIZERS
 from study.train.common import (
@@ -82,7 +82,8 @@ def lanes_for(n_val: int) -> int:
 
 def _model_size(config: StudyConfig, splits: Splits) -> tuple[int, int]:
     """(parameters, activations per example) of the study's model."""
-    model = build_model(config.model, splits.input_shape, splits.n_classes, "sigmoid")
+    model = build_model(config.model, splits.input_shape, splits.n_classes,
+                        config.loss_output(config.losses[0]))
     units = sum(math.prod(layer.output.shape[1:]) for layer in model.layers)
     return model.count_params(), units
 
@@ -204,11 +205,12 @@ class _Group:
         import tensorflow as tf
 
         self.size, self.config, self.splits = size, config, splits
-        spec = LOSSES[loss]
+        spec = loss_spec(config, loss)
         self.model = build_model(config.model, splits.input_shape, splits.n_classes,
                                  spec.output)
         self.starts = Starts(self.model, config.inits.get("fixed"))
         self.loss_fn = spec.make()
+        self.logits = spec.output == "linear"  # the yardsticks read them through a softmax
         self.weights = [tf.Variable(tf.zeros((size, *v.shape)), name=v.name)
                         for v in self.model.trainable_variables]
         self.lr = tf.Variable(tf.zeros(size))
@@ -322,6 +324,8 @@ class _Group:
             loss = self.loss_fn(self.y_train, outputs)
         grads = tape.gradient(loss, weights)
         val_outputs, _ = self.model.stateless_call(weights, [], self.x_val)
+        if self.logits:
+            val_outputs = tf.nn.softmax(val_outputs)
         metrics = {"train_loss": loss,
                    "train_accuracy": accuracy_tf(outputs, self.labels_train),
                    **yardsticks_tf(val_outputs, self.labels_val, "val"),

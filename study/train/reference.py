@@ -17,7 +17,7 @@ from study.config import StudyConfig
 from study.data import Splits
 from study.grid import Arm, optimizer_of
 from study.inits import Starts
-from study.losses import LOSSES
+from study.losses import loss_spec
 from study.models import build_model
 from study.optimizers import OPTIMIZERS
 from study.train.common import (
@@ -30,17 +30,18 @@ from study.train.common import (
     steps_per_epoch,
     training_targets,
 )
-from study.yardsticks import accuracy, yardsticks
+from study.yardsticks import accuracy, softmax, yardsticks
 
 
 class _Evaluator:
     """Evaluates one arm on the full training set (its own loss, accuracy, gradient norm)
     and on the validation set (the yardsticks)."""
 
-    def __init__(self, model, loss_fn, splits: Splits, y_train_encoded):
+    def __init__(self, model, loss_fn, splits: Splits, y_train_encoded, logits: bool = False):
         import tensorflow as tf
 
         self.model, self.loss_fn, self.splits = model, loss_fn, splits
+        self.logits = logits  # linear outputs: the yardsticks read them through a softmax
         self.x_train = tf.constant(splits.inputs("train"))
         self.y_train = tf.constant(y_train_encoded)
         self.x_val = tf.constant(splits.inputs("val"))
@@ -61,6 +62,8 @@ class _Evaluator:
             loss = self.loss_fn(self.y_train, outputs)
         grads = tape.gradient(loss, self.model.trainable_variables)
         val_outputs = self.val_outputs().numpy()
+        if self.logits:
+            val_outputs = softmax(val_outputs)
         values = {
             "train_loss": float(loss),
             "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
@@ -115,7 +118,7 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult,
 
 def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
     """The arm's Keras model at its starting weights, and its Keras loss."""
-    spec = LOSSES[arm.loss]
+    spec = loss_spec(config, arm.loss)
     model = build_model(config.model, splits.input_shape, splits.n_classes, spec.output)
     starts = Starts(model, config.inits.get("fixed"))
     for variable, value in zip(model.trainable_variables,
@@ -129,12 +132,13 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     optimizer = optimizer_of(config, arm)
     model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
                   loss=loss_fn)
-    y_train = training_targets(LOSSES[arm.loss], splits)
+    y_train = training_targets(loss_spec(config, arm.loss), splits)
     n_train, batch = len(splits.x_train), config.batch_size
     schedule = Schedule(steps_per_epoch(n_train, batch), config.epochs)
     order = batch_order(arm.seed, n_train, batch, config.epochs)
 
-    evaluate = _Evaluator(model, loss_fn, splits, y_train)
+    evaluate = _Evaluator(model, loss_fn, splits, y_train,
+                          logits=loss_spec(config, arm.loss).output == "linear")
     result = ArmResult(started_ms=now_ms())
     result.record(0, evaluate())
     crossings = Crossings(config.crossing_levels)
