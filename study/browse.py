@@ -2,13 +2,22 @@
 
 MLflow 3.17's runs page reads a saved view from an experiment tag
 ``mlflow.sharedViewState.<key>`` when the URL carries ``?viewStateShareKey=<key>``: the
-search filter, the table's columns, and the chart cards. We write one saved view per start
-of the study (the first bad start is the link's), filtered to that start and to each loss at
-its own best learning rate, with line charts of ``val_accuracy`` and ``val_nll`` against
-step. Runs are coloured by loss with MLflow's own run tag ``mlflow.runColor``, in the
-report's colours. The JSON shape written here is what the front end of the MLflow range
-pinned in pyproject.toml reads; tests/test_browser.py opens it in Chromium and fails when a
-new MLflow stops honouring it.
+search filter, the table's columns, the chart cards and the grouping. We write one saved view
+per start of the study (the link's is the worst start of the first family that saturates the
+output: the stall the study is about), filtered to that start and to each loss at its own best
+learning rate, runs grouped by loss (MLflow draws one line per group, the mean over its seeds,
+with a band from their min to their max), ``val_accuracy`` then ``val_nll`` against step. A
+loss that is another's update exactly (``LossSpec.same_update_as`` with factor 1: scce is cce)
+is folded into it, and the view's name says so, since its line would lie on the other's.
+
+Runs carry the report's colour of their loss in MLflow's run tag ``mlflow.runColor``. A
+group's colour, the workflow (GenAI or model training), the chart/table mode and the
+Assistant panel MLflow 3.17 keeps in the browser (local storage, e.g. ``experimentRunColors``
+keyed by the group id ``param.loss.<name>``; the URL's ``workflowType`` and
+``compareRunsMode``), not in a saved view: the printed link carries the URL's part, the rest
+this module cannot set. The JSON shape written here is what the front end of the MLflow
+range pinned in pyproject.toml reads; tests/test_browser.py opens it in Chromium and fails
+when a new MLflow stops honouring it.
 """
 
 from __future__ import annotations
@@ -25,7 +34,12 @@ from study.palette import colour as loss_colour
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
 VIEW_URL_PARAM = "viewStateShareKey"
 LINK_VIEW_TAG = "study.view"  # the experiment's saved view that printed links open
-METRICS = ("val_accuracy", "val_nll")
+METRICS = ("val_accuracy", "val_nll")  # charted, in this order
+# The study's other metrics (study.train.common.METRICS, NEURON_METRICS) get cards in a
+# collapsed section: MLflow would otherwise add a drawn card for each.
+OTHER_METRICS = ("train_loss", "train_accuracy", "val_brier", "grad_norm", "output", "weight",
+                 "bias", "grad_w", "grad_b")
+GROUP_KEY = "loss"  # the run parameter the view groups by
 DEFAULT_PORT = 5000
 
 
@@ -55,21 +69,52 @@ def one_rate_per_loss(arms: Iterable[Arm]) -> bool:
     return all(len(lrs) == 1 for lrs in rates.values())
 
 
-def starts_of(arms: Iterable[Arm]) -> list[tuple[str, float]]:
-    """The study's starts in grid order."""
-    return list(dict.fromkeys((arm.init, arm.severity) for arm in arms))
+def starts_of(arms: Iterable[Arm]) -> StudyStarts:
+    """The study's starts in grid order (and its losses, for the views' grouping)."""
+    arms = list(arms)
+    return StudyStarts(dict.fromkeys((arm.init, arm.severity) for arm in arms),
+                       dict.fromkeys(arm.loss for arm in arms))
 
 
 def default_start(starts: list[tuple[str, float]]) -> tuple[str, float]:
-    """The start the link opens on: the first bad one (not the control, nor a family's own
-    reference such as saturated_wrong m=0), else the first."""
+    """The start the link opens on: the worst (highest) severity of the first family that
+    saturates the output (the stall the study is about), else of the first family that is
+    not the control, else the first start."""
     from study.inits import INITS
 
-    for init, severity in starts:
-        scheme = INITS.get(init)
-        if init != "glorot" and (scheme is None or severity != scheme.reference):
-            return init, severity
-    return starts[0]
+    families = list(dict.fromkeys(init for init, _ in starts
+                                  if init not in INITS or not INITS[init].control))
+    if not families:
+        return starts[0]
+    saturating = [init for init in families if init in INITS and INITS[init].saturates_output]
+    family = (saturating or families)[0]
+    return family, max(severity for init, severity in starts if init == family)
+
+
+def folded_losses(losses: Iterable[str]) -> dict[str, str]:
+    """The study's losses that are another of its losses' update exactly (same maths, same
+    rate: ``same_update_as`` with factor 1), each mapped to that loss: {'scce': 'cce'}."""
+    from study.losses import LOSSES
+
+    present = set(losses)
+    folded = {}
+    for name in present:
+        spec = LOSSES.get(name)
+        if spec is None or spec.same_update_as is None:
+            continue
+        other, factor = spec.same_update_as
+        # factor 1 at any number of classes: the updates are equal, not just proportional
+        if other in present and all(factor(n) == 1.0 for n in (2, 10, 100)):
+            folded[name] = other
+    return folded
+
+
+class StudyStarts(list):
+    """The study's starts in grid order, with the losses the views group by."""
+
+    def __init__(self, starts: Iterable[tuple[str, float]], losses: Iterable[str] = ()):
+        super().__init__(starts)
+        self.losses = tuple(losses)
 
 
 def view_key(start: str) -> str:
@@ -77,14 +122,26 @@ def view_key(start: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "-", start.replace("=", "")).strip("-") or "start"
 
 
-def comparison_filter(start: str, best_lr: bool = True, config_hash: str | None = None) -> str:
+def comparison_filter(start: str, best_lr: bool = True, config_hash: str | None = None,
+                      folded: Iterable[str] = ()) -> str:
     """The runs filter of one start's comparison, as typed in MLflow's search box."""
     parts = [f"tags.start = '{start}'"]
     if best_lr:
         parts.append("tags.`study.best_lr` = 'true'")
     if config_hash:
         parts.append(f"tags.`study.config_hash` = '{config_hash}'")
+    parts += [f"params.{GROUP_KEY} != '{loss}'" for loss in sorted(folded)]
     return " and ".join(parts)
+
+
+def group_by(best_lr: bool) -> dict:
+    """MLflow's RunsGroupByConfig: by loss, the mean line (MLflow offers min, mean and max; no
+    median) and the band from min to max. While a loss runs at several rates whose pick is not
+    known yet (before `make report`), by loss and rate, so no line mixes rates."""
+    keys = [{"mode": "param", "groupByData": GROUP_KEY}]
+    if not best_lr:
+        keys.append({"mode": "param", "groupByData": "lr"})
+    return {"aggregateFunction": "average", "groupByKeys": keys}
 
 
 def _line_chart(metric: str, section: str) -> dict:
@@ -101,11 +158,16 @@ def _line_chart(metric: str, section: str) -> dict:
             "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None}}
 
 
-def view_state(search_filter: str) -> dict:
+def _section(uuid: str, name: str, display: bool, **layout) -> dict:
+    return {"uuid": uuid, "name": name, "display": display, "isReordered": True,
+            "deleted": False, "isGenerated": False, **layout}
+
+
+def view_state(search_filter: str, best_lr: bool = True) -> dict:
     """The saved view's state: the search facets and the UI state fields MLflow's experiment
     page takes from a shared view (pinned and expanded runs are not among them: MLflow drops
     them, so the filter leaves the parent run out and its children show as rows)."""
-    section = "study-comparison"
+    shown, other = "study-comparison", "study-other"
     return {
         # search facets (EXPERIMENT_PAGE_QUERY_PARAM_KEYS)
         "searchFilter": search_filter,
@@ -118,14 +180,19 @@ def view_state(search_filter: str) -> dict:
                             "metrics.`val_nll`"],
         # room for the run names and starts (MLflow's default is 190 and 100 px)
         "columnWidths": {"attributes.`Run Name`": 320, "tags.`start`": 170},
-        "runsHiddenMode": "SHOW_ALL",  # chart every run of the filter, not the first 10
-        "compareRunCharts": [_line_chart(metric, section) for metric in METRICS],
-        # reordered: MLflow appends the study's other metrics after these two charts
-        "compareRunSections": [{"uuid": section, "name": "Model metrics", "display": True,
-                                "isReordered": True, "deleted": False,
-                                "isGenerated": False}],
-        "isAccordionReordered": False,
-        "groupBy": None, "groupsExpanded": {}, "useGroupedValuesInCharts": True,
+        "runsHiddenMode": "SHOW_ALL",  # every group of the filter, not the first 10
+        # the two charts first, two a row, tall enough for a key line per loss; every other
+        # metric in a collapsed section, not drawn until opened. That section is named as
+        # MLflow's default one, so MLflow puts the cards it makes for metrics that have none
+        # (the study's crossing_<level>) there too.
+        "compareRunCharts": [_line_chart(metric, shown) for metric in METRICS]
+        + [_line_chart(metric, other) for metric in OTHER_METRICS],
+        "compareRunSections": [_section(shown, "Each loss from this start", True, columns=2,
+                                        cardHeight=440),
+                               _section(other, "Model metrics", False)],
+        "isAccordionReordered": True,
+        # one line per group: MLflow aggregates the runs of a group in its charts
+        "groupBy": group_by(best_lr), "groupsExpanded": {}, "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True, "viewMaximized": False, "runListHidden": False,
         "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0,
                                   "selectedXAxisMetricKey": ""},
@@ -139,16 +206,27 @@ def saved_view(name: str, state: dict) -> str:
                        "state": json.dumps(state)})
 
 
+def view_name(start: str, folded: dict[str, str]) -> str:
+    """The saved view's name in the view menu: the start, and which losses are folded."""
+    note = "".join(f"; {loss} = {other}, not drawn" for loss, other in sorted(folded.items()))
+    return f"losses from {start}{note}"
+
+
 def publish_views(client, experiment_id: str, starts: list[tuple[str, float]],
-                  best_lr: bool, config_hash: str | None = None, set_link: bool = True) -> str:
+                  best_lr: bool, config_hash: str | None = None, set_link: bool = True,
+                  losses: Iterable[str] | None = None) -> str:
     """One saved view per start on the experiment; with ``set_link``, the key of the view
-    that links open goes in the experiment tag ``study.view`` (for `make ui`). Returns that
-    key: the first bad start's."""
+    that links open goes in the experiment tag ``study.view`` (for `make ui`). ``losses``
+    (by default the starts' own, from ``starts_of``) say which are folded. Returns the key of
+    the link's view."""
+    if losses is None:
+        losses = getattr(starts, "losses", ())
+    folded = folded_losses(losses)
     for init, severity in starts:
         start = start_label(init, severity)
-        state = view_state(comparison_filter(start, best_lr, config_hash))
+        state = view_state(comparison_filter(start, best_lr, config_hash, folded), best_lr)
         client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + view_key(start),
-                                  saved_view(f"losses from {start}", state))
+                                  saved_view(view_name(start, folded), state))
     key = view_key(start_label(*default_start(starts)))
     if set_link:
         client.set_experiment_tag(experiment_id, LINK_VIEW_TAG, key)

@@ -106,7 +106,8 @@ def _annotate_store(tracking_uri: str, study: Study, report, html: Path) -> None
         for run_id in every_lr["run_id"]:
             client.set_tag(run_id, "study.best_lr", str(run_id in chosen).lower())
         browse.publish_views(client, experiment_id, starts, True, study.config_hash,
-                             set_link=False)  # the link keeps the start the study chose
+                             set_link=False,  # the link keeps the start the study chose
+                             losses=every_lr["loss"].unique())
     words = answer_sentences(report.answer, study.target, study.lr_band)
     note = browse.study_note(words, starts, study.config_hash,
                              f"`make report`, {markup.md_text(html.name)}")

@@ -33,12 +33,27 @@ def test_start_label_is_the_reports_start_name(init, severity):
     assert browse.start_label(init, severity) == start_name(init, severity)
 
 
-def test_the_link_opens_the_first_bad_start():
-    starts = [("glorot", 0.0), ("saturated_wrong", 0.0), ("saturated_wrong", 8.0),
-              ("scaled", 2.0)]
+def test_the_link_opens_the_worst_start_of_the_first_saturating_family():
+    # configs/default.yaml's starts, in grid order: scaled comes first, but the stall the
+    # study is about is saturated_wrong's, and its worst start is m=8
+    starts = [("glorot", 0.0), ("scaled", 2.0), ("scaled", 4.0), ("saturated_wrong", 0.0),
+              ("saturated_wrong", 2.0), ("saturated_wrong", 8.0), ("saturated_wrong", 4.0),
+              ("large_normal", 0.0)]
     assert browse.default_start(starts) == ("saturated_wrong", 8.0)
+    # no saturating family: the worst start of the first other family
+    assert browse.default_start([("glorot", 0.0), ("scaled", 4.0), ("scaled", 2.0),
+                                 ("large_normal", 0.0)]) == ("scaled", 4.0)
     assert browse.default_start([("glorot", 0.0)]) == ("glorot", 0.0)
     assert browse.view_key("saturated_wrong m=8") == "saturated_wrong-m8"
+
+
+def test_a_loss_that_is_anothers_update_exactly_is_folded_into_it():
+    assert browse.folded_losses(["bce", "cce", "scce", "mse", "quadratic"]) == {"scce": "cce"}
+    assert browse.folded_losses(["scce", "mse"]) == {}  # nothing to fold it into
+    # mse is quadratic's update only up to the rate (2/C): both stay
+    assert browse.folded_losses(["mse", "quadratic"]) == {}
+    assert browse.view_name("glorot", {"scce": "cce"}) == \
+        "losses from glorot; scce = cce, not drawn"
 
 
 def test_best_lr_is_known_at_training_only_with_one_rate_per_loss():
@@ -51,14 +66,27 @@ def test_best_lr_is_known_at_training_only_with_one_rate_per_loss():
 
 
 def test_saved_view_is_mlflows_envelope_around_the_filter_columns_and_charts():
-    state = browse.view_state(browse.comparison_filter("saturated_wrong m=8", True, "abc"))
+    state = browse.view_state(browse.comparison_filter("saturated_wrong m=8", True, "abc",
+                                                       {"scce": "cce"}))
     envelope = json.loads(browse.saved_view("losses from saturated_wrong m=8", state))
     assert {"name", "createdAt", "updatedAt", "state"} <= set(envelope)
     assert json.loads(envelope["state"]) == state
     assert state["searchFilter"] == ("tags.start = 'saturated_wrong m=8' and "
                                      "tags.`study.best_lr` = 'true' and "
-                                     "tags.`study.config_hash` = 'abc'")
-    assert [chart["metricKey"] for chart in state["compareRunCharts"]] == list(browse.METRICS)
+                                     "tags.`study.config_hash` = 'abc' and "
+                                     "params.loss != 'scce'")
+    # val_accuracy first; the charts drawn are the first section's, the others' are folded
+    shown = state["compareRunSections"][0]["uuid"]
+    assert [chart["metricKey"] for chart in state["compareRunCharts"]
+            if chart["metricSectionId"] == shown] == list(browse.METRICS)
+    assert [section["display"] for section in state["compareRunSections"]] == [True, False]
+    # MLflow's RunsGroupByConfig: a line per loss, aggregated over its runs
+    assert state["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [
+        {"mode": "param", "groupByData": "loss"}]}
+    assert state["useGroupedValuesInCharts"] is True
+    # rates not picked yet: a line per loss and rate, none mixing rates
+    assert [key["groupByData"] for key in browse.view_state("", best_lr=False)["groupBy"][
+        "groupByKeys"]] == ["loss", "lr"]
     assert {"params.`loss`", "tags.`start`", "params.`lr`", "params.`seed`",
             "params.`optimizer`"} <= set(state["selectedColumns"])
 

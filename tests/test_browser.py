@@ -29,7 +29,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-LOSSES = ["bce", "cce", "scce", "mse"]  # configs/smoke.yaml's
+LOSSES = ["bce", "cce", "scce", "mse"]  # configs/smoke.yaml's; the views fold scce into cce
 BAD_START = "saturated_wrong m=4"  # its first bad start: the link's
 WAIT_MS = 30_000
 
@@ -66,15 +66,43 @@ def _free_port() -> int:
 def printed_link(smoke_store):
     """`python -m study ui` on a free loopback port over the smoke study's store: the link
     it prints for the study, once the server answers."""
+    yield from _serve(smoke_store, "smoke")
+
+
+# configs/default.yaml shrunk, starts in the same order (scaled before saturated_wrong):
+DEFAULT_LOSSES = ["bce", "cce", "scce", "mse"]  # scce is cce's update: folded
+DEFAULT_SHRUNK = {"losses": DEFAULT_LOSSES, "seeds": [0, 1], "epochs": 1, "lr_band": None,
+                  "inits": {"glorot": [], "scaled": [2], "saturated_wrong": [0, 8]},
+                  "optimizers": [{"name": "sgd", "lr": {"bce": 16, "cce": 1, "scce": 1,
+                                                        "mse": 32}}]}
+
+
+@pytest.fixture(scope="session")
+def default_link(tmp_path_factory):
+    """configs/default.yaml shrunk (4 losses, 4 starts, 2 seeds, 1 epoch: 32 arms), trained
+    through the CLI, then `python -m study ui` over its store: the link it prints."""
+    from study.cli import main
+    from study.config import load_config
+    from tests.conftest import CONFIGS, shrink, tracking_uri
+
+    folder = tmp_path_factory.mktemp("default-shrunk")
+    config = shrink(load_config(CONFIGS / "default.yaml"), **DEFAULT_SHRUNK)
+    (folder / "default.yaml").write_text(config.model_dump_json())  # JSON is YAML
+    uri = tracking_uri(folder)
+    assert main(["run", str(folder / "default.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
+    yield from _serve(uri, "default")
+
+
+def _serve(store: str, study: str):
     port = _free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "study", "ui", "--tracking-uri", smoke_store, "--port",
+        [sys.executable, "-m", "study", "ui", "--tracking-uri", store, "--port",
          str(port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         first = ui.stdout.readline()
-        assert first.startswith("study 'smoke': "), first
-        link = first.removeprefix("study 'smoke': ").strip()
+        assert first.startswith(f"study '{study}': "), first
+        link = first.removeprefix(f"study '{study}': ").strip()
         # keep reading what the server prints, so a full pipe never stalls it
         threading.Thread(target=ui.stdout.read, daemon=True).start()
         deadline = time.monotonic() + 90
@@ -112,35 +140,14 @@ def test_link_opens_each_loss_from_the_bad_start_charted(browser, printed_link, 
     _, link = printed_link
     page = _open(browser, link)
     try:
-        # the runs page in chart mode, filtered by the saved view: the four children, named
-        for loss in LOSSES:
+        # the runs page, filtered by the saved view: the children, named (scce folded)
+        for loss in [loss for loss in LOSSES if loss != "scce"]:
             page.get_by_text(_child_name(loss), exact=True).first.wait_for(timeout=WAIT_MS)
         assert "/runs" in page.url  # not redirected to the GenAI overview
-        search = page.get_by_test_id("search-box").evaluate(
-            "box => box.value ?? box.querySelector('input').value")
+        search = _search_box(page)
         assert f"tags.start = '{BAD_START}'" in search
         assert "`study.best_lr` = 'true'" in search
-        assert page.get_by_text(re.compile(r"^4 matching runs$")).count() == 1
-
-        # the first chart is val_accuracy, then val_nll, each a line per loss in its colour
-        cards = page.get_by_test_id("experiment-view-compare-runs-card")
-        cards.first.wait_for(timeout=WAIT_MS)
-        titles = [cards.nth(i).locator("h4").first.inner_text() for i in range(2)]
-        assert titles == ["val_accuracy", "val_nll"]
-        accuracy = cards.nth(0)
-        accuracy.locator("path.js-line").first.wait_for(timeout=WAIT_MS)
-        legend = accuracy.inner_text()
-        charted = [loss for loss in LOSSES if f"{_child_name(loss)} (val_accuracy)" in legend]
-        assert charted == LOSSES
-        strokes = set(accuracy.locator("path.js-line").evaluate_all(
-            "lines => lines.map(line => line.style.stroke)"))
-        assert {"rgb(86, 180, 233)", "rgb(213, 94, 0)"} <= strokes  # bce sky blue, mse vermillion
-
-        close = page.get_by_role("button", name="Close")  # MLflow's assistant panel
-        if close.count():
-            close.first.evaluate("button => button.click()")
-        page.wait_for_timeout(1000)  # the charts re-lay out in the freed width
-        page.screenshot(path=screenshots / "mlflow-runs-by-loss.png")
+        assert page.get_by_text(re.compile(r"^3 matching runs$")).count() == 1  # scce folded
 
         # the table view of the same saved view shows the study's columns
         # the view-mode radio is styled away under its label: click it as a script would
@@ -149,6 +156,57 @@ def test_link_opens_each_loss_from_the_bad_start_charted(browser, printed_link, 
             page.get_by_role("columnheader", name=column, exact=True).first.wait_for(
                 timeout=WAIT_MS)
         page.screenshot(path=screenshots / "mlflow-runs-table.png")
+    finally:
+        page.close()
+
+
+def _search_box(page) -> str:
+    return page.get_by_test_id("search-box").evaluate(
+        "box => box.value ?? box.querySelector('input').value")
+
+
+def test_default_link_opens_saturated_wrong_m8_a_line_per_loss_with_a_key(
+        browser, default_link, screenshots):
+    """The shrunk default study's link: its worst saturated_wrong start, runs grouped by
+    loss, one aggregated line per loss (scce folded into cce, the view's name says so), a
+    key naming each loss, val_accuracy first."""
+    port, link = default_link
+    assert link.startswith(f"http://127.0.0.1:{port}/#/experiments/")
+    assert "viewStateShareKey=saturated_wrong-m8" in link
+    drawn = [loss for loss in DEFAULT_LOSSES if loss != "scce"]
+    page = _open(browser, link)
+    try:
+        started = time.monotonic()
+        cards = page.get_by_test_id("experiment-view-compare-runs-card")
+        cards.first.locator("path.js-line").first.wait_for(timeout=4 * WAIT_MS)
+        print(f"\nfirst chart line after {time.monotonic() - started:.1f} s")
+        assert "workflowType=machine_learning" in page.url and "/runs" in page.url
+        assert "tags.start = 'saturated_wrong m=8'" in _search_box(page)
+        assert "params.loss != 'scce'" in _search_box(page)
+        page.get_by_text("losses from saturated_wrong m=8; scce = cce, not drawn").first \
+            .wait_for(timeout=WAIT_MS)  # the view menu names the view and the fold
+        page.get_by_text("Group by: loss", exact=True).first.wait_for(timeout=WAIT_MS)
+        for loss in drawn:  # a group row per loss, its two seeds in it
+            page.get_by_text(f"Group: {loss}", exact=True).first.wait_for(timeout=WAIT_MS)
+        assert page.get_by_text("Group: scce", exact=True).count() == 0
+
+        titles = [cards.nth(i).locator("h4").first.inner_text() for i in range(2)]
+        assert titles == ["val_accuracy", "val_nll"]
+        page.wait_for_timeout(2000)  # every group's line
+        accuracy = cards.nth(0)
+        key = re.findall(r"^(\S+) \(val_accuracy\)$", accuracy.inner_text(), re.MULTILINE)
+        assert key == drawn  # the key: one entry per loss, named by it, nothing else
+        strokes = set(accuracy.locator("path.js-line").evaluate_all(
+            "lines => lines.map(line => line.style.stroke)"))
+        # one colour per loss (its line and band); MLflow draws a black path beside the
+        # series, whatever their number
+        assert len(strokes - {"rgb(0, 0, 0)"}) == len(drawn), strokes
+
+        close = page.get_by_role("button", name="Close")  # MLflow's assistant panel
+        if close.count():
+            close.first.evaluate("button => button.click()")
+        page.wait_for_timeout(1000)  # the charts re-lay out in the freed width
+        page.screenshot(path=screenshots / "mlflow-runs-by-loss.png")
     finally:
         page.close()
 
