@@ -17,7 +17,7 @@ from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
-from study.plan import Estimate, check_fits_data, check_memory, estimate
+from study.plan import Estimate, Preflight, check_fits_data, check_memory, estimate
 from study.tracking import STORE_TIMEOUT_S, ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
 
@@ -56,6 +56,33 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
     return describe(models[0], config.model), models[0].count_params()
 
 
+def preflight(config: StudyConfig) -> Preflight:
+    """Load the data and run every check that needs it, once: the batch fits the data, the
+    smallest chunk the memory budget, the model builds and every start draws."""
+    from study.train.batched import model_size
+
+    splits = load_dataset(config.dataset, config.data_seed)
+    check_fits_data(config, splits)
+    check_memory(config, splits)
+    model, params = check_model_and_starts(config, splits)
+    _, units = model_size(config.model, splits.input_shape, splits.n_classes)
+    return Preflight(splits, tuple(expand_grid(config)), config_hash(config), model, params,
+                     units)
+
+
+def measured_estimate(config: StudyConfig, flight: Preflight,
+                      arms: list[Arm]) -> tuple[Estimate, dict]:
+    """The estimate from a few real steps of the study's own first group when the batched
+    trainer runs in this process (and that group, traced, for training), else from the
+    calibration."""
+    costs, warm = None, {}
+    if config.trainer == "batched" and config.executor == "local" and arms:
+        from study.train.batched import probe
+
+        costs, warm = probe(config, flight.splits, arms)
+    return estimate(config, flight, arms, costs), warm
+
+
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
               force: bool = False, store_timeout: float = STORE_TIMEOUT_S,
               confirm: Callable[[Estimate], None] = lambda estimate: None,
@@ -74,33 +101,30 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     """
     tracker = StudyTracker(tracking_uri, store_timeout)  # an unusable store fails first
     DATASETS[config.dataset].check_available()  # before any run is created
-    splits = load_dataset(config.dataset, config.data_seed)
-    check_fits_data(config, splits)
-    check_memory(config, splits)
-    model, params = check_model_and_starts(config, splits)
-    digest = config_hash(config)
-    arms = expand_grid(config)
+    flight = preflight(config)
     with tracker.requests_once():
-        return _resume(config, tracker, splits, arms, digest, model, params, progress, force,
-                       confirm, say, executor)
+        return _resume(config, tracker, flight, progress, force, confirm, say, executor)
 
 
-def _resume(config, tracker, splits, arms, digest, model, params, progress, force,
-            confirm, say, executor) -> StudyResult:
+def _resume(config, tracker, flight: Preflight, progress, force, confirm, say,
+            executor) -> StudyResult:
     """Train the arms without a FINISHED run in the store (every arm if ``force``)."""
+    splits, arms, digest, model = flight.splits, list(flight.arms), flight.digest, flight.model
     # A store that does not exist yet is not created just to learn it holds nothing.
     if tracker.store_exists():
         tracker.check_active(config.name)  # an experiment in the trash takes no run
     done = set() if force or not tracker.store_exists() else tracker.patiently(
         lambda: tracker.finished_arms(config.name, digest))
-    confirm(estimate(config, splits, len(arms) - len(done), params))  # may stop a big study
+    planned, warm = measured_estimate(config, flight, [a for a in arms if a.key not in done])
+    confirm(planned)  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     db = sqlite_path(tracker.uri)
     # Connected before the store is touched: a cluster that cannot be reached is bad input
     # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
     if executor is None:
-        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
+        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say,
+                                                                               warm)
     # One process at a time writes a study into a store: a lock file beside a SQLite store,
     # a claim the server arbitrates otherwise.
     held = study_lock(db, config.name, tracker.uri) if db is not None else \
