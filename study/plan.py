@@ -124,24 +124,23 @@ def estimate(config: StudyConfig, flight: Preflight, arms: list[Arm],
 
 
 def _batched_seconds(config, splits, arms, schedule, costs) -> float:
-    """Each group's tracing, then per chunk: its training steps, its in-loop val_accuracy
-    (dense steps for every slot, crossings while an arm is pending) and its full
-    evaluations."""
+    """Each group's tracing, then per chunk: its training steps (every slot), its in-loop
+    val_accuracy (after every step while an arm has a level to cross) and the full
+    evaluations of its arms."""
     from study.train import batched
 
     groups: dict[tuple[str, str], int] = {}
     for arm in arms:
         groups[arm.group] = groups.get(arm.group, 0) + 1
-    steps, dense, full = (schedule.total_steps, len(schedule.accuracy_steps),
-                          len(schedule.steps))
+    steps, full = schedule.total_steps, len(schedule.steps)
     seconds = 0.0
     for n in groups.values():
         size = batched.chunk_size(config, splits, n)
         for first in range(0, n, size):
             arms_in, slots = min(size, n - first), batched.slots_for(size)
             seconds += (steps * costs.step_s * slots / costs.slots
-                        + costs.cross_s * (slots * dense + arms_in * steps * PENDING_SHARE)
-                        + costs.full_s * slots * full)
+                        + costs.cross_s * arms_in * steps * PENDING_SHARE
+                        + costs.full_s * arms_in * full)
         seconds += costs.trace_s
     return seconds
 

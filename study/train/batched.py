@@ -277,8 +277,17 @@ class _Group:
         # No autograph: the loops are written as TensorFlow loops, and converting Keras'
         # code would cost seconds of every study's start-up.
         self.run = tf.function(self._run, autograph=False)
-        self.evaluate_graph = tf.function(self._evaluate, autograph=False)
-        self.accuracy_graph = tf.function(self._evaluate_accuracy, autograph=False)
+        # The evaluations take the slots to evaluate (the arms still training, not spare or
+        # frozen slots: a group of 3 arms has 16 slots), any number of them: one trace.
+        signature = [[tf.TensorSpec(w.shape, w.dtype) for w in self.weights],
+                     tf.TensorSpec([None], tf.int32)]
+        self.evaluate_graph = tf.function(
+            lambda weights, slots: self._evaluate([tf.gather(w, slots) for w in weights]),
+            autograph=False, input_signature=signature)
+        self.accuracy_graph = tf.function(
+            lambda weights, slots: self._evaluate_accuracy([tf.gather(w, slots)
+                                                            for w in weights]),
+            autograph=False, input_signature=signature)
         self.cross_graph = tf.function(self._cross, autograph=False)
 
     def _rates(self, variable) -> Callable:
@@ -427,17 +436,26 @@ class _Group:
         variable that is updated while its value is still referenced is copied first)."""
         return [w.value() for w in self.weights]
 
-    def evaluate(self, weights: list, full: bool = True) -> dict[str, np.ndarray]:
-        """Every logged metric (or val_accuracy alone) of every slot at a snapshot, as
-        arrays [K]."""
-        accuracy = self.accuracy_graph(weights).numpy()
-        if not full:
-            return {"val_accuracy": accuracy}
-        values = self.evaluate_graph(weights).numpy()
-        # val_accuracy as the crossings see it, bit for bit (an extra forward pass per arm:
-        # the full evaluation's own may round a near-tie of outputs the other way)
-        return {name: accuracy if name == "val_accuracy" else values[:, i]
-                for i, name in enumerate(self.names)}
+    def evaluate(self, weights: list, full: bool = True,
+                 slots: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every logged metric (or val_accuracy alone) at a snapshot of the ``slots`` (every
+        slot if not given), as arrays [K], NaN in the slots not evaluated. An arm's values
+        do not depend on which other slots are evaluated with it (per arm, or vectorized
+        over a multiple of ``lanes``)."""
+        slots = np.arange(self.size) if slots is None else np.asarray(slots)
+        padded = np.concatenate([slots, np.repeat(slots[:1], (-len(slots)) % self.lanes)])
+        accuracy = self.accuracy_graph(weights, padded.astype("int32")).numpy()[:len(slots)]
+        columns = {"val_accuracy": accuracy}
+        if full:
+            values = self.evaluate_graph(weights, slots.astype("int32")).numpy()
+            # val_accuracy as the crossings see it, bit for bit (an extra forward pass per
+            # arm: the full evaluation's own may round a near-tie of outputs the other way)
+            columns = {name: accuracy if name == "val_accuracy" else values[:, i]
+                       for i, name in enumerate(self.names)}
+        out = {name: np.full(self.size, np.nan) for name in columns}
+        for name, column in columns.items():
+            out[name][slots] = column
+        return out
 
     # ---- bookkeeping ----
 
@@ -535,7 +553,8 @@ def train_group(group: _Group, arms: list[Arm],
             previous_ms = now_ms()
             if full:
                 evaluations.append((step, previous_ms,
-                                    evaluator.submit(group.evaluate, group.snapshot())))
+                                    evaluator.submit(group.evaluate, group.snapshot(), True,
+                                                     np.flatnonzero(group.active))))
             record_finished()  # a diverged arm is frozen as soon as its evaluation is in
             previous = step
         record_finished(wait=True)
