@@ -279,13 +279,15 @@ def main(argv: list[str] | None = None) -> dict:
             jobs = [job for job in jobs if job[0] in args.only]
         if any(env for *_, env, _ in jobs):
             mnist_file(Path(keras_home), *((12_000, 2_000) if args.quick else ()))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         with tqdm(jobs, desc="bench", unit="case", file=sys.stderr) as bar:
             for name, kind, config, overrides, env, extra in bar:
                 bar.set_postfix_str(name)
                 results[name] = _child(kind, config, overrides, env, *extra)
+                bar.write(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+                out.write_text(json.dumps({"quick": args.quick, "cases": results}, indent=2))
     summary = report(results, (load_before, os.getloadavg()[0]))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"quick": args.quick, "summary": summary, "cases": results},
                               indent=2) + "\n")
     print(f"wrote {out}")
