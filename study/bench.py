@@ -223,7 +223,7 @@ def _ratio(results: dict, name: str) -> dict:
 def report(results: dict, load: tuple[float, float]) -> dict:
     lines, summary = [], {"load_average_before_after": load}
     for name in ("mnist", "default", "default 3 epochs"):
-        if name in results:
+        if name in results and f"{name} peer" in results:
             r = summary[f"{name} ratio"] = _ratio(results, name)
             study = results[name]
             lines.append(f"{name + ':':18s}{study['arms']} arms x {study['steps']:,} steps, "
@@ -232,7 +232,7 @@ def report(results: dict, load: tuple[float, float]) -> dict:
                          f"fit + MlflowCallback) {r['peer_ms_per_arm_step']:.3f} ms: "
                          f"{r['ratio']:.0f}x")
     for name in ("smoke", "default", "cnn", "optimizers", "mnist", "default 3 epochs"):
-        if name in results:
+        if name in results and "estimate_s" in results[name]:
             study = results[name]
             ratio = study["estimate_s"] / study["wall_s"]
             summary[f"{name} estimate/measured"] = ratio
