@@ -110,6 +110,7 @@ def child_peer(config_path: str, overrides: list[str], store: str, n_arms: int) 
     mlflow.set_tracking_uri(f"sqlite:///{store}/peer.db")
     mlflow.set_experiment("peer")
     x = splits.inputs("train")
+    keras.utils.set_random_seed(0)  # fit shuffles, and op determinism wants a seed
     started, steps = time.perf_counter(), 0
     for arm in picked:
         keras.backend.clear_session()
