@@ -578,7 +578,7 @@ def _queue_dense(group: _Group, dense: np.ndarray, previous: int, step: int,
     values = group.dense[:, columns[0]:columns[-1] + 1].numpy()
     span = now_ms() - previous_ms
     for j, column in enumerate(columns):
-        at_ms = previous_ms + span * (dense[column] - previous) // (step - previous)
+        at_ms = previous_ms + span * int(dense[column] - previous) // (step - previous)
         evaluations.append((int(dense[column]), at_ms, _done(
             {"val_accuracy": values[:, j], "taken": ~np.isnan(values[:, j])})))
 
