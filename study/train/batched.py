@@ -35,8 +35,9 @@ It costs one forward pass over the validation split (about 7 training steps of a
 per arm and step until the arm has crossed its last level: little for arms that learn
 fast, up to twice the training time for a group whose arms stall or never reach 0.9 (mse
 from bad starts); docs/trainers.md has the figures. The dense val_accuracy schedule
-(``Schedule.accuracy_steps``) stays: crossings no longer need it, but it draws the curves,
-and thinning it from 5% to 20% saved no measurable time (mse group: 101 s against 98 s).
+(``Schedule.accuracy_steps``) draws the curves while an arm has a level left: its values
+are the crossings' own, kept in a buffer inside the loop (``dense``) and read once per
+interval; once an arm has crossed its last level, only the full evaluations go on.
 """
 
 from __future__ import annotations

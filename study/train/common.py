@@ -22,7 +22,8 @@ CROSSING_RESOLUTION = 0.05
 class Schedule:
     """Steps at which an arm is evaluated: all its measures at 0, the log-spaced early steps
     1, 2, 4, 8, ... (bad starts differ most in the first updates) and every epoch end;
-    val_accuracy alone at the denser ``accuracy_steps`` too."""
+    val_accuracy alone at the denser ``accuracy_steps`` too, while the arm still has a
+    level to cross (both trainers)."""
 
     steps_per_epoch: int
     epochs: int
