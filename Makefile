@@ -35,8 +35,8 @@ smoke: ## run configs/smoke.yaml (under a minute)
 report: $(INSTALLED) ## render reports/<experiment>/ from the store (EXPERIMENT=name for one)
 	MLFLOW_TRACKING_URI=$(TRACKING_URI) $(PYTHON) -m study report $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
-bench: $(INSTALLED) ## batched vs reference trainer, logging share, memory (reports/bench.json)
-	$(PYTHON) -m study.bench
+bench: $(INSTALLED) ## the harness against Keras fit + MLflow, estimates, split (ARGS=--quick: < 3 min)
+	$(PYTHON) -m study.bench $(ARGS)
 
 ui: $(INSTALLED) ## print each study's link, then browse the store on http://127.0.0.1:PORT (VERBOSE=1: access log)
 	$(PYTHON) -m study ui --tracking-uri $(TRACKING_URI) --port $(PORT) $(if $(VERBOSE),--verbose)

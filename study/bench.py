@@ -1,17 +1,30 @@
-"""``make bench``: the batched trainer against the reference trainer, measured in one run.
+"""``make bench``: the harness against a plain Keras loop, whole processes, measured in one run.
 
-Prints and writes as JSON, for the MLP and the CNN under SGD and Adam: the per-arm-step time
-of each trainer on the same arms (whole runs: evaluations and tracing included), the
-training steps alone against a plain Keras fit, the default study's grid as a study trains
-it, the wall time of full studies with MLflow and the share of it spent waiting for MLflow,
-and the peak memory of 512 arms. Figures are ratios measured here, in one run: machines are
-noisy.
+The peer is what a user would write without the harness: one Keras ``fit`` per arm with
+MLflow's own ``mlflow.keras.MlflowCallback``, same model, batch size and data. Each study
+runs as a whole process (imports, tracing, training, MLflow) in a child, timed from outside;
+the peer's cost per arm-step is measured on a few of the study's arms. Prints and writes as
+JSON (reports/bench.json):
+
+- MNIST scale: a 60,000-image 28x28 file in Keras' mnist.npz layout, built here from the
+  digits upscaled and jittered (no download), the default model (784-30-10 sigmoid, batch
+  10), 54 arms x 5,000 steps (6 losses x 3 starts x 3 seeds, 1 epoch): the ratio per
+  arm-step, the estimate against the measured time and the peak memory;
+- the default study whole-process ratio (and, without ``--quick``, a 3-epoch study);
+- the estimate against the measured time for the smoke, default, cnn and optimizers
+  studies (``--quick``: smoke and a shrunk default);
+- where a default study's time goes: start-up, tracing, training steps with their in-loop
+  val_accuracy, full evaluations, MLflow.
+
+``--quick`` shrinks every case (under 3 minutes on an idle 2-core machine). Figures are
+ratios measured in one run: machines are noisy; the load average is printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,191 +33,266 @@ from pathlib import Path
 
 import numpy as np
 
-from study.config import load_config
-from study.data import load_study_data
-from study.grid import expand_grid
-from study.train.common import Schedule, steps_per_epoch
-
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ROOT / "configs" / "default.yaml"
-CNN = "model={kind: cnn, filters: [8], hidden: [30], activation: sigmoid}"
-# (name, overrides of the default study): one group of 64 arms (16 seeds x 4 starts) each.
-CASES = [
-    ("mlp sgd", []),
-    ("mlp adam", ["optimizer={name: adam, lr: 0.01}"]),
-    ("cnn sgd", [CNN, "epochs=2"]),
-    ("cnn adam", [CNN, "epochs=2", "optimizer={name: adam, lr: 0.01}"]),
-]
+CONFIGS = ROOT / "configs"
+# The MNIST-scale study: the default study's model, losses and rates on the bench's file.
+MNIST = ["dataset=mnist", "epochs=1", "seeds=[0, 1, 2]", "lr_band=null",
+         "inits={glorot: [], scaled: [4], saturated_wrong: [4]}"]
+MNIST_QUICK = [*MNIST, "seeds=[0]"]
 
 
-def time_trainer(module, arms, config, splits) -> float:
-    started = time.perf_counter()
-    for _ in module.train_arms(arms, config, splits):
-        pass
-    return time.perf_counter() - started
+def mnist_file(folder: Path, n_train: int = 60_000, n_test: int = 10_000) -> Path:
+    """An MNIST-sized file in Keras' mnist.npz layout under ``folder``/datasets (point
+    KERAS_HOME at ``folder``): scikit-learn's 8x8 digits upscaled to 28x28 (3x3 blocks,
+    padded by 2), each copy shifted by up to 2 pixels and given pixel noise, so that the
+    study learns as it does on digits, at MNIST's size and shape."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    base = np.pad(np.kron(digits.images / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))
+    picks = rng.integers(len(base), size=n_train + n_test)
+    images = base[picks]
+    for axis, shift in ((1, rng.integers(-2, 3, len(picks))), (2, rng.integers(-2, 3, len(picks)))):
+        for s in range(-2, 3):
+            images[shift == s] = np.roll(images[shift == s], s, axis=axis)
+    images = np.clip(images + rng.normal(0, 0.1, images.shape), 0, 1)
+    pixels, labels = (images * 255).astype("uint8"), digits.target[picks].astype("uint8")
+    path = folder / "datasets" / "mnist.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x_train=pixels[:n_train], y_train=labels[:n_train],
+             x_test=pixels[n_train:], y_test=labels[n_train:])
+    return path
 
 
-def keras_fit_ms_per_step(arm, config, splits, epochs: int = 2) -> float:
-    """A plain Keras fit of one arm, no callbacks, after a warm-up epoch: the per-step cost
-    the batched trainer exists to amortize."""
+# ---- what the children run ----
+
+def child_study(config_path: str, overrides: list[str], store: str) -> dict:
+    """Run a study in this process as ``study run`` does (the estimate included) and say
+    its estimate, its times and this process's peak memory."""
+    import psutil
+
+    from study.config import load_config
+    from study.run import run_study
+
+    config = load_config(config_path, overrides)
+    planned = []
+    study = run_study(config, f"sqlite:///{store}/mlflow.db", progress=False,
+                      confirm=planned.append)
+    started = psutil.Process().create_time()
+    status = Path("/proc/self/status").read_text()
+    return {"arms": len(study.results), "steps": planned[0].steps,
+            "estimate_s": planned[0].seconds, "wall_s": study.wall_seconds,
+            "logging_s": study.logging_seconds, "writer_busy_s": study.writer_busy_seconds,
+            "process_s": time.time() - started,
+            "peak_rss_mb": int(status.split("VmHWM:")[1].split()[0]) / 1024}
+
+
+def child_peer(config_path: str, overrides: list[str], store: str, n_arms: int) -> dict:
+    """The peer: one plain Keras fit per arm with MLflow's Keras callback, on ``n_arms`` of
+    the study's arms spread over its losses; its wall time per arm-step (run creation and
+    MLflow's writes included, the process's imports not)."""
     import keras
+    import mlflow
 
-    from study.backend import native_stderr_silenced
-    from study.grid import optimizer_of
+    from study.config import load_config
+    from study.data import load_study_data
+    from study.grid import expand_grid, optimizer_of
     from study.losses import loss_spec
     from study.optimizers import OPTIMIZERS
     from study.train.common import training_targets
     from study.train.reference import build_arm_model
 
-    model, loss = build_arm_model(arm, config, splits)
-    optimizer = optimizer_of(config, arm)
-    model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
-                  loss=loss)
-    x, y = splits.inputs("train"), training_targets(loss_spec(config, arm.loss), splits)
-    keras.utils.set_random_seed(0)  # fit shuffles; op determinism wants a seed
-    with native_stderr_silenced():  # tf.data's first shuffle logs a harmless "E0000" line
-        model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)
-    started = time.perf_counter()
-    model.fit(x, y, batch_size=config.batch_size, epochs=epochs, verbose=0)
-    steps = epochs * -(-len(x) // config.batch_size)
-    return (time.perf_counter() - started) / steps * 1e3
-
-
-def batched_ms_per_step(arms, config, splits, steps: int = 500) -> float:
-    """The batched trainer's training steps alone (traced, between evaluations), all K arms."""
-    import tensorflow as tf
-
-    from study.grid import optimizer_of
-    from study.train import batched
-
-    group = batched._Group(len(arms), config, splits, arms[0].loss,
-                           optimizer_of(config, arms[0]))
-    group.load(arms)
-    group.run(tf.constant(0), tf.constant(1))  # trace
-    started = time.perf_counter()
-    group.run(tf.constant(1), tf.constant(1 + steps))
-    return (time.perf_counter() - started) / steps * 1e3
-
-
-def _warm_up() -> None:
-    """Both trainers once on a tiny grid, so that the process's one-off costs (Keras' first
-    model, TensorFlow's first graphs: about 2 s) are not charged to the first case."""
-    from study.train import batched, reference
-
-    config = load_config(ROOT / "configs" / "smoke.yaml", ["losses=[mse]", "inits={glorot: []}"])
-    splits = load_study_data(config)
-    for module in (batched, reference):
-        time_trainer(module, expand_grid(config), config, splits)
-
-
-def compare(name: str, overrides: list[str], reference_arms: int) -> dict:
-    """One group of 64 mse arms (bad starts included) with both trainers."""
-    from study.train import batched, reference
-
-    config = load_config(DEFAULT, ["losses=[mse]", f"seeds={list(range(16))}",
-                                   "inits={glorot: [], scaled: [2], saturated_wrong: [4], "
-                                   "large_normal: []}", "optimizer.lr=2.0", *overrides])
+    config = load_config(config_path, overrides)
     splits = load_study_data(config)
     arms = expand_grid(config)
-    steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
-                     config.epochs).total_steps
-    batched_s = time_trainer(batched, arms, config, splits)
-    picked = np.random.default_rng(0).choice(len(arms), reference_arms, replace=False)
-    reference_s = time_trainer(reference, [arms[i] for i in sorted(picked)], config, splits)
-    per_batched = batched_s / (len(arms) * steps) * 1e3
-    per_reference = reference_s / (reference_arms * steps) * 1e3
-    fit_step = keras_fit_ms_per_step(arms[0], config, splits)
-    group_step = batched_ms_per_step(arms, config, splits, min(500, steps - 1)) / len(arms)
-    print(f"{name:9s} K={len(arms)}, {steps} steps: whole runs reference {per_reference:.3f}, "
-          f"batched {per_batched:.4f} ms per arm-step: {per_reference / per_batched:5.0f}x; "
-          f"steps alone Keras fit {fit_step:.3f}, batched {group_step:.4f}: "
-          f"{fit_step / group_step:5.0f}x")
-    return {"arms": len(arms), "steps_per_arm": steps,
-            "reference_ms_per_arm_step": per_reference, "batched_ms_per_arm_step": per_batched,
-            "speedup": per_reference / per_batched, "keras_fit_ms_per_step": fit_step,
-            "batched_training_ms_per_arm_step": group_step,
-            "training_step_speedup": fit_step / group_step}
+    picked = [arms[i] for i in np.linspace(0, len(arms) - 1, n_arms).astype(int)]
+    mlflow.set_tracking_uri(f"sqlite:///{store}/peer.db")
+    mlflow.set_experiment("peer")
+    x = splits.inputs("train")
+    keras.utils.set_random_seed(0)  # fit shuffles, and op determinism wants a seed
+    started, steps = time.perf_counter(), 0
+    for arm in picked:
+        keras.backend.clear_session()
+        model, loss = build_arm_model(arm, config, splits)
+        optimizer = optimizer_of(config, arm)
+        model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
+                      loss=loss, metrics=["accuracy"])
+        with mlflow.start_run():
+            model.fit(x, training_targets(loss_spec(config, arm.loss), splits),
+                      batch_size=config.batch_size, epochs=config.epochs, verbose=0,
+                      callbacks=[mlflow.keras.MlflowCallback()])
+        steps += config.epochs * (len(x) // config.batch_size)
+    return {"arms": n_arms, "ms_per_arm_step": (time.perf_counter() - started) / steps * 1e3}
 
 
-def peak_memory_mb(n_arms: int) -> float:
-    """Train n_arms of the default model for one epoch in a fresh process; its peak RSS, read
-    from the process's own VmHWM (getrusage's maxrss would also count the image the process
-    was forked from, i.e. this one)."""
-    seeds = list(range(-(-n_arms // 36)))  # 36 arms per seed in the default grid (one lr)
-    code = (
-        "from study.config import load_config; from study.data import load_study_data; "
-        "from study.grid import expand_grid; from study.train import batched; "
-        f"c = load_config({str(DEFAULT)!r}, ['epochs=1', 'optimizer.lr=2.0', "
-        f"'seeds={seeds}']); a = expand_grid(c)[:{n_arms}]; assert len(a) == {n_arms}; "
-        "list(batched.train_arms(a, c, load_study_data(c))); "
-        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
-    done = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True)
-    return int(done.stdout.split()[-1]) / 1024  # kB
+def child_split(config_path: str, overrides: list[str], store: str) -> dict:
+    """A study in this process with the batched trainer's parts timed: tracing (each
+    graph's first call), the training loop (steps with their in-loop val_accuracy), the
+    full evaluations (on their own thread, overlapping the loop), and MLflow."""
+    import psutil
 
-
-def study_figures(config_path: Path) -> dict:
-    """Run a study into a throwaway store: its wall time and how long it waited for MLflow."""
+    from study.config import load_config
     from study.run import run_study
+    from study.train import batched
 
+    spent = {"tracing": 0.0, "training loop": 0.0, "full evaluations": 0.0}
+    traced: set[tuple[int, str]] = set()
+
+    def timed(kind, method, group=None):
+        def call(*args, **kwargs):
+            began = time.perf_counter()
+            out = method(*args, **kwargs)
+            key = (id(group if group is not None else args[0]), kind, method)
+            spent[kind if key in traced else "tracing"] += time.perf_counter() - began
+            traced.add(key)
+            return out
+        return call
+
+    init = batched._Group.__init__
+
+    def timed_init(group, *args, **kwargs):  # the graphs are attributes of each group
+        began = time.perf_counter()
+        init(group, *args, **kwargs)
+        spent["tracing"] += time.perf_counter() - began  # building it: its model, its state
+        group.run = timed("training loop", group.run, group)
+        group.cross_graph = timed("training loop", group.cross_graph, group)
+
+    batched._Group.__init__ = timed_init
+    batched._Group.evaluate = timed("full evaluations", batched._Group.evaluate)
+    config = load_config(config_path, overrides)
+    study = run_study(config, f"sqlite:///{store}/mlflow.db", progress=False)
+    process = time.time() - psutil.Process().create_time()
+    return {**spent, "wall_s": study.wall_seconds, "process_s": process,
+            "start_up_s": process - study.wall_seconds,
+            "mlflow_writer_busy_s": study.writer_busy_seconds,
+            "mlflow_waited_s": study.logging_seconds}
+
+
+CHILDREN = {"study": child_study, "peer": child_peer, "split": child_split}
+
+
+# ---- the parent: cases, children, progress ----
+
+def _child(kind: str, config: str, overrides: list[str], env: dict, *extra) -> dict:
+    """Run one child process; returns its JSON answer and its wall time from outside."""
     with tempfile.TemporaryDirectory() as store:
-        study = run_study(load_config(config_path), f"sqlite:///{store}/mlflow.db",
-                          progress=False)
-    return {"arms": len(study.results), "wall_seconds": study.wall_seconds,
-            "logging_seconds": study.logging_seconds,
-            "logging_share": study.logging_seconds / study.wall_seconds,
-            "writer_busy_seconds": study.writer_busy_seconds}
+        began = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "study.bench", "--child", kind, config, store,
+             json.dumps(overrides), *map(str, extra)],
+            cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+            text=True)
+        if done.returncode:
+            raise RuntimeError(f"bench child {kind} {config} failed:\n{done.stderr[-2000:]}")
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        answer["outside_s"] = time.perf_counter() - began
+        return answer
+
+
+def plan(quick: bool, keras_home: str) -> list[tuple[str, str, str, list[str], dict, tuple]]:
+    """(name, child kind, config, overrides, environment, extra) in run order."""
+    mnist_env = {"KERAS_HOME": keras_home}
+    mnist = MNIST_QUICK if quick else MNIST
+    default = str(CONFIGS / "default.yaml")
+    small = ["seeds=[0, 1]"] if quick else []
+    jobs = [("mnist", "study", default, mnist, mnist_env, ()),
+            ("mnist peer", "peer", default, mnist, mnist_env, (1 if quick else 2,)),
+            ("default", "study", default, small, {}, ()),
+            ("default peer", "peer", default, small, {}, (2 if quick else 4,)),
+            ("smoke", "study", str(CONFIGS / "smoke.yaml"), [], {}, ())]
+    if not quick:
+        three = ["epochs=3"]
+        jobs += [("default 3 epochs", "study", default, three, {}, ()),
+                 ("default 3 epochs peer", "peer", default, three, {}, (3,)),
+                 ("cnn", "study", str(CONFIGS / "cnn.yaml"), [], {}, ()),
+                 ("optimizers", "study", str(CONFIGS / "optimizers.yaml"), [], {}, ()),
+                 ("split", "split", default, [], {}, ())]
+    else:
+        jobs += [("split", "split", default, small, {}, ())]
+    return jobs
+
+
+def _ratio(results: dict, name: str) -> dict:
+    """The harness's whole process against the peer, per arm-step."""
+    study, peer = results[name], results[f"{name} peer"]
+    harness_ms = study["outside_s"] / (study["arms"] * study["steps"]) * 1e3
+    return {"harness_ms_per_arm_step": harness_ms, "peer_ms_per_arm_step":
+            peer["ms_per_arm_step"], "ratio": peer["ms_per_arm_step"] / harness_ms}
+
+
+def report(results: dict, load: tuple[float, float]) -> dict:
+    lines, summary = [], {"load_average_before_after": load}
+    for name in ("mnist", "default", "default 3 epochs"):
+        if name in results and f"{name} peer" in results:
+            r = summary[f"{name} ratio"] = _ratio(results, name)
+            study = results[name]
+            lines.append(f"{name + ':':18s}{study['arms']} arms x {study['steps']:,} steps, "
+                         f"whole process {study['outside_s']:.0f} s = "
+                         f"{r['harness_ms_per_arm_step']:.4f} ms per arm-step; peer (Keras "
+                         f"fit + MlflowCallback) {r['peer_ms_per_arm_step']:.3f} ms: "
+                         f"{r['ratio']:.0f}x")
+    for name in ("smoke", "default", "cnn", "optimizers", "mnist", "default 3 epochs"):
+        if name in results and "estimate_s" in results[name]:
+            study = results[name]
+            ratio = study["estimate_s"] / study["wall_s"]
+            summary[f"{name} estimate/measured"] = ratio
+            lines.append(f"{'estimate ' + name + ':':27s}{study['estimate_s']:6.0f} s, "
+                         f"trained in {study['wall_s']:6.0f} s: x{ratio:.2f}")
+    if "mnist" in results:
+        lines.append(f"mnist peak memory:         {results['mnist']['peak_rss_mb']:.0f} MB "
+                     "RSS (memory_budget_mb 2,048)")
+    if "split" in results:
+        split = results["split"]
+        parts = ["start_up_s", "tracing", "training loop", "full evaluations",
+                 "mlflow_writer_busy_s", "mlflow_waited_s"]
+        lines.append("split of a default study's process (s; full evaluations and MLflow "
+                     "run on their own threads, beside the loop): "
+                     + ", ".join(f"{p.removesuffix('_s')} {split[p]:.1f}" for p in parts)
+                     + f"; process {split['process_s']:.1f}")
+    lines.append(f"load average before/after: {load[0]:.1f} / {load[1]:.1f} (2 cores)")
+    print("\n".join(lines))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__)
-    parser.add_argument("--reference-arms", type=int, default=3,
-                        help="arms of each grid the (slow) reference trainer times (default 3)")
-    parser.add_argument("--studies", nargs="*", default=["default", "mnist1d"],
-                        help="configs/<name>.yaml studies to run with MLflow (default: "
-                             "default mnist1d; mnist1d takes about 2 minutes)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # python -m study.bench --child KIND CONFIG STORE OVERRIDES
+        kind, config, store, overrides, *extra = argv[1:]
+        answer = CHILDREN[kind](config, json.loads(overrides), store, *map(int, extra))
+        print(json.dumps(answer))
+        return answer
+    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="shrunk cases: under 3 minutes on an idle 2-core machine")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these cases (names as printed, e.g. mnist 'mnist peer')")
     parser.add_argument("--out", default="reports/bench.json")
     args = parser.parse_args(argv)
+    from tqdm.auto import tqdm
 
-    from study.backend import start_tensorflow
-    from study.train import batched
-
-    start_tensorflow()
-    _warm_up()
-    print("each case: one group of 64 arms of the default study's data, mse from 4 starts; "
-          "the reference trainer times a few of them")
-    cases = {name: compare(name, overrides, args.reference_arms) for name, overrides in CASES}
-
-    # The default study's grid as a study trains it (6 loss groups of 90, in chunks), at one
-    # learning rate so that no arm diverges: 15 seeds instead of 5 seeds x 3 rates.
-    config = load_config(DEFAULT, ["optimizer.lr=2.0", f"seeds={list(range(15))}"])
-    splits = load_study_data(config)
-    arms = expand_grid(config)
-    steps = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
-                     config.epochs).total_steps
-    grid_s = time_trainer(batched, arms, config, splits)
-    grid = {"arms": len(arms), "seconds": grid_s,
-            "batched_ms_per_arm_step": grid_s / (len(arms) * steps) * 1e3,
-            "chunk": batched.chunk_size(config, splits, 90)}
-    print(f"default grid: {len(arms)} arms x {steps} steps in {grid_s:.1f} s, "
-          f"{grid['batched_ms_per_arm_step']:.4f} ms per arm-step (chunks of {grid['chunk']} "
-          f"arms in {batched.slots_for(grid['chunk'])} slots)")
-
-    studies = {name: study_figures(ROOT / "configs" / f"{name}.yaml") for name in args.studies}
-    for name, study in studies.items():
-        print(f"{name + ' study:':19s}{study['arms']} arms in {study['wall_seconds']:.1f} s, "
-              f"{study['logging_share']:.1%} of it waiting for MLflow at the end; the writer "
-              f"thread worked {study['writer_busy_seconds']:.1f} s")
-    memory_arms = 512
-    peak = peak_memory_mb(memory_arms)
-    print(f"memory:            {memory_arms} arms peak at {peak:.0f} MB RSS")
-    results = {"cases": cases, "default_grid": grid, "studies": studies,
-               f"peak_rss_mb_{memory_arms}_arms": peak}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    load_before = os.getloadavg()[0]
+    results = {}
+    with tempfile.TemporaryDirectory() as keras_home:
+        jobs = plan(args.quick, keras_home)
+        if args.only is not None:
+            jobs = [job for job in jobs if job[0] in args.only]
+        if any(env for *_, env, _ in jobs):
+            mnist_file(Path(keras_home), *((12_000, 2_000) if args.quick else ()))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tqdm(jobs, desc="bench", unit="case", file=sys.stderr) as bar:
+            for name, kind, config, overrides, env, extra in bar:
+                bar.set_postfix_str(name)
+                results[name] = _child(kind, config, overrides, env, *extra)
+                bar.write(f"{name}: {json.dumps(results[name])}", file=sys.stderr)
+                out.write_text(json.dumps({"quick": args.quick, "cases": results}, indent=2))
+    summary = report(results, (load_before, os.getloadavg()[0]))
+    out.write_text(json.dumps({"quick": args.quick, "summary": summary, "cases": results},
+                              indent=2) + "\n")
     print(f"wrote {out}")
-    return results
+    return summary
 
 
 if __name__ == "__main__":

@@ -159,10 +159,9 @@ def _show(config, arms, every_arm: bool) -> None:
     """The study's size first: arms by start and loss (a table that fits a terminal), then
     steps per arm, estimated time and store, as ``run`` estimates them before it starts;
     the arms themselves with ``--arms``."""
-    from study.data import load_study_data
     from study.inits import start_name
     from study.plan import estimate
-    from study.run import check_model_and_starts
+    from study.run import preflight
 
     optimizers = sorted({arm.optimizer for arm in arms})
     print(f"study {config.name!r}: {len(arms):,} arms on {config.dataset}, "
@@ -172,9 +171,8 @@ def _show(config, arms, every_arm: bool) -> None:
     print(_arms_table(arms, config.losses, start_name))
     print("(arms per start and loss: seeds x learning rates"
           + (" x optimizers)" if len(optimizers) > 1 else ")"), flush=True)
-    splits = load_study_data(config)  # the estimate's step count
-    _, params = check_model_and_starts(config, splits)  # and the model's size
-    print(estimate(config, splits, len(arms), params).describe())
+    flight = preflight(config)  # the estimate's step count and the model's size
+    print(estimate(config, flight, list(flight.arms)).describe())
     if not every_arm:
         print("--arms lists every arm")
         return

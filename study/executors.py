@@ -33,7 +33,11 @@ MAX_RETRIES = 3
 
 
 class LocalExecutor:
-    """Every arm in this process, through the config's trainer."""
+    """Every arm in this process, through the config's trainer; the batched trainer starts
+    from the ``warm`` groups the estimate's probe traced."""
+
+    def __init__(self, warm: dict | None = None):
+        self.warm = warm or {}
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -45,7 +49,8 @@ class LocalExecutor:
                    advance: Advance) -> Pairs:
         from study.train import trainer
 
-        yield from trainer(config).train_arms(arms, config, splits, advance)
+        extra = {"warm": self.warm} if self.warm else {}
+        yield from trainer(config).train_arms(arms, config, splits, advance, **extra)
 
 
 @functools.cache
@@ -265,8 +270,10 @@ def _failure(chunk: list[Arm], err: Exception, retries: int) -> str:
             "the arms of the chunks that finished are stored, rerun to train the rest")
 
 
-def executor_for(config: StudyConfig, say: Callable[[str], None] = lambda line: None):
-    """The executor the config asks for, not yet entered."""
+def executor_for(config: StudyConfig, say: Callable[[str], None] = lambda line: None,
+                 warm: dict | None = None):
+    """The executor the config asks for, not yet entered (``warm``: groups the estimate
+    traced, for the local batched trainer)."""
     if config.executor == "ray":
         return RayExecutor(config.ray_address, say=say)
-    return LocalExecutor()
+    return LocalExecutor(warm)

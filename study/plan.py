@@ -12,18 +12,45 @@ from dataclasses import dataclass
 from study.config import StudyConfig
 from study.data import Splits
 from study.errors import ConfigError
+from study.grid import Arm
 from study.train.common import Schedule, steps_per_epoch
 
-# Measured on the 2-core machine (make bench): the batched trainer's whole-run cost per
-# arm-step of the 64-30-10 MLP at batch 10, scaled by the work of a step for other models;
-# MLflow's SQLite store: about 30 ms and 290 bytes a logged value, plus 5 kB a run.
-SECONDS_PER_ARM_STEP = 1.2e-5
-REFERENCE_WORK = 2260 * 10  # parameters x batch of the default model
+# MLflow's SQLite store: about 30 ms of the writer thread and 290 bytes a logged value, plus
+# 5 kB a run. The writer overlaps training, but on two cores it takes CPU from it: about half
+# of its time shows in the wall time (docs/trainers.md).
 SECONDS_PER_ARM_WRITE = 0.03
+WRITE_SHARE = 0.5
 BYTES_PER_VALUE, BYTES_PER_RUN = 290, 5000
+# An arm evaluates val_accuracy after every step while a level is still to be crossed: 19%
+# of the default study's arm-steps; a stalled arm all of its budget. Assumed a quarter.
+PENDING_SHARE = 0.25
+# Without a probe (``make show``, the reference trainer): the batched trainer's costs of the
+# default model (64-30-10 MLP, batch 10, 359 validation examples) per slot, measured here,
+# scaled by the work of a step and of an evaluation for other models and data.
+REFERENCE_STEP_S = 1.2e-5  # per slot-step, whole
+REFERENCE_CROSS_S = 8e-5  # per slot, one val_accuracy over 359 examples
+REFERENCE_TRACE_S = 2.5  # per group
+REFERENCE_WORK = 2260 * 10  # parameters x batch of the default model
+REFERENCE_EVAL = 2260 * 359  # parameters x validation examples
+REFERENCE_SECONDS_PER_ARM_STEP = 1.6e-3  # the reference trainer: one Keras fit per arm
 # Above either, `study run` asks before it starts (or, with no terminal, wants --yes).
 ASK_ABOVE_MINUTES = 30
 ASK_ABOVE_GB = 5
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a study's checks and its training need, built once before anything is written:
+    its data, its arms, its config digest, and its model's name, parameters and units (the
+    model is built once for all of them)."""
+
+    config: StudyConfig
+    splits: Splits
+    arms: tuple[Arm, ...]
+    digest: str
+    model: str  # the child runs' ``model`` param
+    params: int
+    units: int  # activations per example
 
 
 @dataclass(frozen=True)
@@ -78,12 +105,57 @@ def check_memory(config: StudyConfig, splits: Splits) -> None:
                           "memory_budget_mb)")
 
 
-def estimate(config: StudyConfig, splits: Splits, n_arms: int, params: int) -> Estimate:
+def estimate(config: StudyConfig, flight: Preflight, arms: list[Arm],
+             costs=None) -> Estimate:
+    """Time and store size of training ``arms``: from ``costs`` measured on the study's own
+    first group (``batched.probe``) when given, else from this machine's calibration."""
+    splits = flight.splits
     schedule = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
                         config.epochs)
     values = len(schedule.steps) * 6 + len(schedule.accuracy_steps)
-    work = max(1.0, params * config.batch_size / REFERENCE_WORK)
-    seconds = n_arms * (schedule.total_steps * SECONDS_PER_ARM_STEP * work
-                        + SECONDS_PER_ARM_WRITE * math.ceil(values / 160))
-    return Estimate(n_arms, schedule.total_steps, values, seconds,
-                    n_arms * (values * BYTES_PER_VALUE + BYTES_PER_RUN))
+    writes = len(arms) * SECONDS_PER_ARM_WRITE * math.ceil(values / 160)
+    if config.trainer == "batched":
+        costs = costs or calibrated(config, flight)
+        seconds = _batched_seconds(config, splits, arms, schedule, costs)
+    else:
+        work = max(1.0, flight.params * config.batch_size / REFERENCE_WORK)
+        seconds = len(arms) * schedule.total_steps * REFERENCE_SECONDS_PER_ARM_STEP * work
+    return Estimate(len(arms), schedule.total_steps, values, seconds + WRITE_SHARE * writes,
+                    len(arms) * (values * BYTES_PER_VALUE + BYTES_PER_RUN))
+
+
+def _batched_seconds(config, splits, arms, schedule, costs) -> float:
+    """Each group's tracing, then per chunk: its training steps (every slot), its in-loop
+    val_accuracy (after every step while an arm has a level to cross) and the full
+    evaluations of its arms."""
+    from study.train import batched
+
+    groups: dict[tuple[str, str], int] = {}
+    for arm in arms:
+        groups[arm.group] = groups.get(arm.group, 0) + 1
+    steps, full = schedule.total_steps, len(schedule.steps)
+    seconds = 0.0
+    for n in groups.values():
+        size = batched.chunk_size(config, splits, n)
+        for first in range(0, n, size):
+            arms_in, slots = min(size, n - first), batched.slots_for(size)
+            seconds += (steps * costs.step_s * slots / costs.slots
+                        + costs.cross_s * arms_in * steps * PENDING_SHARE
+                        + costs.full_s * arms_in * full)
+        seconds += costs.trace_s
+    return seconds
+
+
+def calibrated(config: StudyConfig, flight: Preflight):
+    """The batched trainer's costs without a probe: the default model's, measured on this
+    project's machine, scaled by the work of a step and of an evaluation."""
+    from study.train.batched import Costs
+    from study.train.common import train_eval_rows
+
+    splits = flight.splits
+    step = max(1.0, flight.params * config.batch_size / REFERENCE_WORK)
+    val = max(1.0, flight.params * len(splits.x_val) / REFERENCE_EVAL)
+    n_eval = len(train_eval_rows(len(splits.x_train)))
+    full = val * (1 + 3 * n_eval / len(splits.x_val))  # a val pass, a train forward+backward
+    return Costs(16, REFERENCE_TRACE_S, 16 * REFERENCE_STEP_S * step,
+                 REFERENCE_CROSS_S * val, REFERENCE_CROSS_S * full)

@@ -11,13 +11,13 @@ import yaml
 
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
-from study.data import Splits, load_study_data, make_available
+from study.data import load_study_data, make_available
 from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
-from study.plan import Estimate, check_fits_data, check_memory, estimate
+from study.plan import Estimate, Preflight, check_fits_data, check_memory, estimate
 from study.tracking import STORE_TIMEOUT_S, ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
 
@@ -40,18 +40,6 @@ class StudyResult:
         return [key for key, result in self.results.items() if result.diverged]
 
 
-@dataclass(frozen=True)
-class Preflight:
-    """What the checks before training found, built once and passed on."""
-
-    config: StudyConfig
-    splits: Splits
-    arms: list[Arm]
-    digest: str  # the config's hash: which stored arms belong to this study
-    model: str  # the model's name, for the child runs' params
-    params: int  # its parameter count, for the size estimate
-
-
 def check_model_and_starts(config: StudyConfig, splits) -> str:
     """Build the model and draw every start once, so that a model builder that fails or
     given weights of the wrong shape stop as a ConfigError before any MLflow run exists.
@@ -69,6 +57,34 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
         for severity in INITS[init].severities(severities):  # seeds change values only
             starts(init, severity, config.seeds[0])
     return describe(models[0], config.model), models[0].count_params()
+
+
+def preflight(config: StudyConfig) -> Preflight:
+    """Load the data and run every check that needs it, once: the batch fits the data, the
+    smallest chunk the memory budget, the model builds and every start draws."""
+    from study.train.batched import model_size
+
+    splits = load_study_data(config)
+    check_fits_data(config, splits)
+    check_memory(config, splits)
+    model, params = check_model_and_starts(config, splits)
+    _, units = model_size(config.model, splits.input_shape, splits.n_classes,
+                          config.loss_output(config.losses[0]))
+    return Preflight(config, splits, tuple(expand_grid(config)),
+                     config_hash(config, splits.source_sha256), model, params, units)
+
+
+def measured_estimate(config: StudyConfig, flight: Preflight,
+                      arms: list[Arm]) -> tuple[Estimate, dict]:
+    """The estimate from a few real steps of the study's own first group when the batched
+    trainer runs in this process (and that group, traced, for training), else from the
+    calibration."""
+    costs, warm = None, {}
+    if config.trainer == "batched" and config.executor == "local" and arms:
+        from study.train.batched import probe
+
+        costs, warm = probe(config, flight.splits, arms)
+    return estimate(config, flight, arms, costs), warm
 
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
@@ -89,35 +105,32 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress:
     """
     tracker = StudyTracker(tracking_uri, store_timeout)  # an unusable store fails first
     make_available(config.dataset)  # before any run is created
-    splits = load_study_data(config)
-    check_fits_data(config, splits)
-    check_memory(config, splits)
-    model, params = check_model_and_starts(config, splits)
-    pre = Preflight(config, splits, expand_grid(config),
-                    config_hash(config, splits.source_sha256), model, params)
+    flight = preflight(config)
     with tracker.requests_once():
-        return _resume(pre, tracker, progress=progress, force=force, confirm=confirm, say=say,
-                       executor=executor)
+        return _resume(flight, tracker, progress=progress, force=force, confirm=confirm,
+                       say=say, executor=executor)
 
 
-def _resume(pre: Preflight, tracker: StudyTracker, *, progress: bool, force: bool,
+def _resume(flight: Preflight, tracker: StudyTracker, *, progress: bool, force: bool,
             confirm: Callable[[Estimate], None], say: Callable[[str], None],
             executor) -> StudyResult:
     """Train the arms without a FINISHED run in the store (every arm if ``force``)."""
-    config, splits, arms, digest = pre.config, pre.splits, pre.arms, pre.digest
+    config, arms, digest = flight.config, list(flight.arms), flight.digest
     # A store that does not exist yet is not created just to learn it holds nothing.
     if tracker.store_exists():
         tracker.check_active(config.name)  # an experiment in the trash takes no run
     done = set() if force or not tracker.store_exists() else tracker.patiently(
         lambda: tracker.finished_arms(config.name, digest))
-    confirm(estimate(config, splits, len(arms) - len(done), pre.params))  # may stop a big study
+    planned, warm = measured_estimate(config, flight, [a for a in arms if a.key not in done])
+    confirm(planned)  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     db = sqlite_path(tracker.uri)
     # Connected before the store is touched: a cluster that cannot be reached is bad input
     # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
     if executor is None:
-        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
+        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say,
+                                                                               warm)
     # One process at a time writes a study into a store: a lock file beside a SQLite store,
     # a claim the server arbitrates otherwise.
     held = study_lock(db, config.name, tracker.uri) if db is not None else \
@@ -134,7 +147,7 @@ def _resume(pre: Preflight, tracker: StudyTracker, *, progress: bool, force: boo
                                tracker.patiently(lambda: tracker.experiment_of(config.name)),
                                "", skipped=[arm.key for arm in arms])
         try:
-            result = _train_and_log(pre, tracker, todo, done, config_yaml, progress, trains)
+            result = _train_and_log(flight, tracker, todo, done, config_yaml, progress, trains)
         except KeyboardInterrupt as err:  # the CLI says how many arms the store kept
             err.arms_kept = tracker.arms_written
             raise
@@ -146,11 +159,12 @@ def _resume(pre: Preflight, tracker: StudyTracker, *, progress: bool, force: boo
         return result
 
 
-def _train_and_log(pre: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
+def _train_and_log(flight: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
                    config_yaml: str, progress: bool, executor) -> StudyResult:
     from study.progress import progress as progress_of
 
-    config, splits, arms, digest, model = pre.config, pre.splits, pre.arms, pre.digest, pre.model
+    config, splits, digest, model = flight.config, flight.splits, flight.digest, flight.model
+    arms = list(flight.arms)
 
     with tracker.study(config, config_yaml, digest, arms, splits.n_classes) as parent_run_id:
         result = StudyResult(tracker.uri, tracker.experiment_id, parent_run_id,

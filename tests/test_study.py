@@ -70,11 +70,17 @@ def test_smoke_study_logs_a_parent_and_one_child_per_arm(smoke_store, capsys):
         assert params["lr"] == "0.5" and params["seed"] == "0" and params["optimizer"] == "sgd"
         assert params["init"] in {"glorot", "saturated_wrong"}
         histories = _histories(client, run)
+        # the step of the arm's last crossing, or past the budget if a level is never reached
+        crossed = [client.get_metric_history(run.info.run_id, f"crossing_{level:g}")
+                   for level in (0.5, 0.7, 0.8, 0.9)]
+        last = max((h[0].step if h else 108) for h in crossed)
         for name, points in histories.items():
             # step 0, the log-spaced 1..64 and the epoch end at 107 updates
-            full = [0, 1, 2, 4, 8, 16, 32, 64, 107]  # every measure; val_accuracy densely too
-            dense = [s for s, _ in Schedule(107, 1).all_steps]
-            assert [s for s, _ in points] == (dense if name == "val_accuracy" else full), name
+            full = [0, 1, 2, 4, 8, 16, 32, 64, 107]  # every measure
+            # val_accuracy densely too while a level is still to be crossed, and at crossings
+            dense = {s for s in Schedule(107, 1).accuracy_steps if s <= last}
+            steps = sorted(set(full) | dense | {h[0].step for h in crossed if h})
+            assert [s for s, _ in points] == (steps if name == "val_accuracy" else full), name
     assert keys == {f"{loss}|{init}|seed=0|sgd|lr=0.5" for loss in ["bce", "cce", "scce", "mse"]
                     for init in ["glorot:0", "saturated_wrong:4"]}
 

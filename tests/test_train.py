@@ -105,3 +105,28 @@ def test_two_epochs_follow_numpy_sgd_across_the_epoch_boundary(tf, smoke_config,
     for step, value in result.history["train_loss"]:
         assert value == pytest.approx(loss_and_grads(trajectory[step], x, y, "cce")[0],
                                       rel=1e-4), step
+
+
+def test_training_measures_past_the_cap_cover_a_fixed_sample(tf, one_epoch, digits,
+                                                              monkeypatch):
+    """Past TRAIN_EVAL_MAX training examples (MNIST), train_loss, train_accuracy and
+    grad_norm are the sample's, in both trainers: the cap lowered to 300 on digits, step 0
+    equals a float64 NumPy evaluation of those 300 rows and not of the whole split."""
+    from study.train import batched, common
+
+    monkeypatch.setattr(common, "TRAIN_EVAL_MAX", 300)
+    rows = common.train_eval_rows(len(digits.x_train))
+    assert len(rows) == 300 == len(set(rows)) and list(rows) == sorted(rows)
+    assert list(rows) == list(common.train_eval_rows(len(digits.x_train)))  # fixed
+    arm = Arm("saturated_wrong", 4.0, 0, "sgd", 0.5, "mse")
+    weights = [w.astype("float64") for w in build_arm_model(arm, one_epoch, digits)[0]
+               .get_weights()]
+    x, y = digits.x_train.astype("float64"), digits.y_train
+    sample_loss, sample_grads = loss_and_grads(weights, x[rows], y[rows], "mse")
+    whole_loss = loss_and_grads(weights, x, y, "mse")[0]
+    assert abs(sample_loss - whole_loss) > 1e-4  # the two differ: the check can fail
+    for result in (train_arm(arm, one_epoch, digits),
+                   dict(batched.train_arms([arm], one_epoch, digits))[arm]):
+        step0 = {name: points[0][1] for name, points in result.history.items()}
+        assert step0["train_loss"] == pytest.approx(sample_loss, rel=1e-5)
+        assert step0["grad_norm"] == pytest.approx(global_norm(sample_grads), rel=1e-4)

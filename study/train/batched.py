@@ -35,8 +35,9 @@ It costs one forward pass over the validation split (about 7 training steps of a
 per arm and step until the arm has crossed its last level: little for arms that learn
 fast, up to twice the training time for a group whose arms stall or never reach 0.9 (mse
 from bad starts); docs/trainers.md has the figures. The dense val_accuracy schedule
-(``Schedule.accuracy_steps``) stays: crossings no longer need it, but it draws the curves,
-and thinning it from 5% to 20% saved no measurable time (mse group: 101 s against 98 s).
+(``Schedule.accuracy_steps``) draws the curves while an arm has a level left: its values
+are the crossings' own, kept in a buffer inside the loop (``dense``) and read once per
+interval; once an arm has crossed its last level, only the full evaluations go on.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ import functools
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,6 +68,7 @@ from study.train.common import (
     neuron_metrics,
     now_ms,
     steps_per_epoch,
+    train_eval_rows,
     training_targets,
 )
 from study.yardsticks import accuracy_tf, yardsticks_tf
@@ -82,26 +85,43 @@ def lanes_for(n_val: int) -> int:
 
 def _model_size(config: StudyConfig, splits: Splits) -> tuple[int, int]:
     """(parameters, activations per example) of the study's model."""
-    model = build_model(config.model, splits.input_shape, splits.n_classes,
-                        config.loss_output(config.losses[0]))
+    return model_size(config.model, splits.input_shape, splits.n_classes,
+                      config.loss_output(config.losses[0]))
+
+
+@functools.lru_cache(maxsize=16)
+def model_size(model_config, input_shape: tuple[int, ...], n_classes: int,
+               output: str = "sigmoid") -> tuple[int, int]:
+    """(parameters, activations per example) of a model, built once per process for each
+    model config, data shape and output activation: the pre-flight checks, the chunking and
+    the estimate all ask, and each Keras build costs about 0.1 s."""
+    model = build_model(model_config, input_shape, n_classes, output)
     units = sum(math.prod(layer.output.shape[1:]) for layer in model.layers)
     return model.count_params(), units
 
 
 def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
     """A generous estimate of what one more arm in a chunk costs: its weights with optimizer
-    state, gradients and snapshots, its minibatch activations and their gradients, and its
-    minibatch order for the whole budget."""
+    state, gradients and snapshots, its minibatch activations and their gradients, its
+    minibatch order for the whole budget, its activations in the crossings' vectorized
+    forward pass over the validation split, and its buffer of dense val_accuracy values."""
     params, units = _model_size(config, splits)
     order = steps_per_epoch(len(splits.x_train), config.batch_size) * config.epochs
-    return 4 * (8 * params + 4 * config.batch_size * units + order * config.batch_size)
+    dense = 2 * len(Schedule(order // config.epochs, config.epochs).accuracy_steps)
+    # the crossings' forward pass shares the validation inputs; each arm holds its layers'
+    # outputs and their pre-activations
+    crossing = 2 * len(splits.x_val) * max(1, units - math.prod(splits.input_shape))
+    return 4 * (8 * params + 4 * config.batch_size * units + order * config.batch_size
+                + crossing + dense)
 
 
 def evaluation_bytes(config: StudyConfig, splits: Splits) -> int:
     """What the full-dataset evaluations cost whatever the chunk: two arms at a time, each
-    with its activations and their gradients on the training and validation splits."""
+    with its activations and their gradients on the training sample and the validation
+    split."""
     _, units = _model_size(config, splits)
-    return 2 * 4 * 3 * (len(splits.x_train) + len(splits.x_val)) * units
+    n_eval = len(train_eval_rows(len(splits.x_train))) + len(splits.x_val)
+    return 2 * 4 * 3 * n_eval * units
 
 
 # Eigen computes an elementwise op (exp, log, the sigmoid) over a whole tensor in SIMD packets
@@ -230,7 +250,11 @@ class _Group:
         self.x_train = tf.constant(splits.inputs("train"))
         self.y_train = tf.constant(training_targets(spec, splits))
         self.x_val = tf.constant(splits.inputs("val"))
-        self.labels_train = tf.constant(splits.y_train.astype("int32"))
+        # the training-set measures' examples: all, or a fixed sample at MNIST scale
+        rows = train_eval_rows(n_train)
+        self.x_eval = tf.constant(splits.inputs("train")[rows])
+        self.y_eval = tf.constant(training_targets(spec, splits)[rows])
+        self.labels_eval = tf.constant(splits.y_train[rows].astype("int32"))
         self.labels_val = tf.constant(splits.y_val.astype("int32"))
         self.names = METRICS + (NEURON_METRICS if is_single_neuron(self.model) else ())
         # Crossings: per slot and level, the first step at which val_accuracy >= the level
@@ -241,12 +265,33 @@ class _Group:
         self.first_accuracy = tf.Variable(tf.zeros((size, n_levels), tf.float64))
         self.watch = tf.Variable(tf.zeros(size, tf.bool))
         self.lanes = lanes_for(len(splits.x_val))
+        # The dense val_accuracy schedule is taken while a slot has a level still to cross,
+        # by the crossings' own forward pass (it evaluates that slot at that step anyway),
+        # into a [K, dense steps] buffer (NaN: not taken; an accuracy is never NaN, even of
+        # a diverged arm) that the host reads once per
+        # interval. Once an arm has crossed its last level its curve is drawn from the full
+        # evaluations alone: measured on the default study, the dense evaluations and their
+        # MLflow values were most of what an arm cost after its crossings.
+        self.dense_steps = self.schedule.accuracy_steps
+        column = np.full(self.schedule.total_steps + 1, -1, "int32")
+        column[list(self.dense_steps)] = np.arange(len(self.dense_steps), dtype="int32")
+        self.dense_column = tf.constant(column)
+        self.dense = tf.Variable(tf.zeros((size, max(1, len(self.dense_steps))), tf.float64))
 
         # No autograph: the loops are written as TensorFlow loops, and converting Keras'
         # code would cost seconds of every study's start-up.
         self.run = tf.function(self._run, autograph=False)
-        self.evaluate_graph = tf.function(self._evaluate, autograph=False)
-        self.accuracy_graph = tf.function(self._evaluate_accuracy, autograph=False)
+        # The evaluations take the slots to evaluate (the arms still training, not spare or
+        # frozen slots: a group of 3 arms has 16 slots), any number of them: one trace.
+        signature = [[tf.TensorSpec(w.shape, w.dtype) for w in self.weights],
+                     tf.TensorSpec([None], tf.int32)]
+        self.evaluate_graph = tf.function(
+            lambda weights, slots: self._evaluate([tf.gather(w, slots) for w in weights]),
+            autograph=False, input_signature=signature)
+        self.accuracy_graph = tf.function(
+            lambda weights, slots: self._evaluate_accuracy([tf.gather(w, slots)
+                                                            for w in weights]),
+            autograph=False, input_signature=signature)
         self.cross_graph = tf.function(self._cross, autograph=False)
 
     def _rates(self, variable) -> Callable:
@@ -269,6 +314,7 @@ class _Group:
         self.first.assign(np.full(self.first.shape, -1, "int32"))
         self.watch.assign(self.active)
         self.lr.assign(np.where(self.active, [a.lr for a in padded], 0.0).astype(FLOAT))
+        self.dense.assign(np.full(self.dense.shape, np.nan))
         n_train, batch, epochs = len(self.splits.x_train), self.config.batch_size, \
             self.config.epochs
         self.order.assign(np.stack([
@@ -320,14 +366,14 @@ class _Group:
         weights = list(weights)
         with tf.GradientTape() as tape:
             tape.watch(weights)
-            outputs, _ = self.model.stateless_call(weights, [], self.x_train)
-            loss = self.loss_fn(self.y_train, outputs)
+            outputs, _ = self.model.stateless_call(weights, [], self.x_eval)
+            loss = self.loss_fn(self.y_eval, outputs)
         grads = tape.gradient(loss, weights)
         val_outputs, _ = self.model.stateless_call(weights, [], self.x_val)
         if self.logits:
             val_outputs = tf.nn.softmax(val_outputs)
         metrics = {"train_loss": loss,
-                   "train_accuracy": accuracy_tf(outputs, self.labels_train),
+                   "train_accuracy": accuracy_tf(outputs, self.labels_eval),
                    **yardsticks_tf(val_outputs, self.labels_val, "val"),
                    "grad_norm": tf.linalg.global_norm(grads)}
         if len(self.names) > len(METRICS):
@@ -355,10 +401,12 @@ class _Group:
         return tf.vectorized_map(self._arm_accuracy, weights)
 
     def _cross(self, step):
-        """Evaluate val_accuracy of the watched slots that still have a level to cross, and
-        note the levels they reach at ``step``. Skipped once no slot needs it."""
+        """Evaluate val_accuracy of the watched slots that still have a level to cross, note
+        the levels they reach at ``step``, and keep the values in ``dense`` if ``step`` is a
+        dense step of the schedule. Skipped once no slot needs it."""
         import tensorflow as tf
 
+        column = self.dense_column[step]
         pending = self.watch & tf.reduce_any(self.first < 0, axis=1)
         slots = tf.cast(tf.where(pending)[:, 0], tf.int32)
         n = tf.size(slots)
@@ -373,6 +421,9 @@ class _Group:
             self.first.scatter_nd_update(slots[:, None], tf.where(new, step, first))
             self.first_accuracy.scatter_nd_update(
                 slots[:, None], tf.where(new, accuracy, tf.gather(self.first_accuracy, slots)))
+            at = tf.stack([slots, tf.fill([n], tf.maximum(column, 0))], 1)
+            kept = tf.where(column >= 0, accuracy[:, 0], tf.gather_nd(self.dense, at))
+            self.dense.scatter_nd_update(at, kept)
             return tf.constant(0)
 
         tf.cond(n > 0, evaluate, lambda: tf.constant(0))
@@ -391,26 +442,36 @@ class _Group:
         variable that is updated while its value is still referenced is copied first)."""
         return [w.value() for w in self.weights]
 
-    def evaluate(self, weights: list, full: bool = True) -> dict[str, np.ndarray]:
-        """Every logged metric (or val_accuracy alone) of every slot at a snapshot, as
-        arrays [K]."""
-        accuracy = self.accuracy_graph(weights).numpy()
-        if not full:
-            return {"val_accuracy": accuracy}
-        values = self.evaluate_graph(weights).numpy()
-        # val_accuracy as the crossings see it, bit for bit (an extra forward pass per arm:
-        # the full evaluation's own may round a near-tie of outputs the other way)
-        return {name: accuracy if name == "val_accuracy" else values[:, i]
-                for i, name in enumerate(self.names)}
+    def evaluate(self, weights: list, full: bool = True,
+                 slots: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every logged metric (or val_accuracy alone) at a snapshot of the ``slots`` (every
+        slot if not given), as arrays [K], NaN in the slots not evaluated. An arm's values
+        do not depend on which other slots are evaluated with it (per arm, or vectorized
+        over a multiple of ``lanes``)."""
+        slots = np.arange(self.size) if slots is None else np.asarray(slots)
+        padded = np.concatenate([slots, np.repeat(slots[:1], (-len(slots)) % self.lanes)])
+        accuracy = self.accuracy_graph(weights, padded.astype("int32")).numpy()[:len(slots)]
+        columns = {"val_accuracy": accuracy}
+        if full:
+            values = self.evaluate_graph(weights, slots.astype("int32")).numpy()
+            # val_accuracy as the crossings see it, bit for bit (an extra forward pass per
+            # arm: the full evaluation's own may round a near-tie of outputs the other way)
+            columns = {name: accuracy if name == "val_accuracy" else values[:, i]
+                       for i, name in enumerate(self.names)}
+        out = {name: np.full(self.size, np.nan) for name in columns}
+        for name, column in columns.items():
+            out[name][slots] = column
+        return out
 
     # ---- bookkeeping ----
 
-    def record(self, step: int, metrics: dict[str, np.ndarray],
-               results: list[ArmResult], at_ms: int | None = None) -> None:
+    def record(self, step: int, metrics: dict[str, np.ndarray], results: list[ArmResult],
+               at_ms: int | None = None, taken: np.ndarray | None = None) -> None:
         """Add one evaluation to the loaded arms' results (slot order); freeze any arm that
-        has just diverged. Frozen arms and spare slots are not recorded."""
+        has just diverged. Frozen arms, spare slots and slots not ``taken`` (at a dense step:
+        no level left to cross) are not recorded."""
         for k, result in enumerate(results):
-            if not self.active[k]:
+            if not self.active[k] or (taken is not None and not taken[k]):
                 continue
             result.record(step, {name: float(values[k]) for name, values in metrics.items()},
                           at_ms)
@@ -443,6 +504,26 @@ def _reset_slot(variable, k: int, value) -> None:
     variable.assign(tf.tensor_scatter_nd_update(current, [[k]], row))
 
 
+# The training loop returns to Python at every full evaluation and at least this often (in
+# parts of the budget), so that progress and its ETA move steadily however the full
+# evaluations are spaced (one epoch of MNIST: 2,048 to 4,096 is 41% of the budget).
+PROGRESS_PARTS = 20
+
+
+def _stops(schedule: Schedule) -> list[tuple[int, bool]]:
+    """(step, full evaluation here?) where the training loop returns to Python."""
+    every = max(1, -(-schedule.total_steps // PROGRESS_PARTS))
+    full = set(schedule.steps)
+    return [(s, s in full) for s in sorted(full | set(range(every, schedule.total_steps,
+                                                              every)))]
+
+
+def _done(value) -> Future:
+    future = Future()
+    future.set_result(value)
+    return future
+
+
 def train_group(group: _Group, arms: list[Arm],
                 advance: Callable[[float], None] = lambda arms_done: None) -> list[ArmResult]:
     """Train a chunk of arms in the group's slots; returns their results in the same order.
@@ -454,25 +535,32 @@ def train_group(group: _Group, arms: list[Arm],
     group.cross_graph(tf.constant(0))
     evaluations = deque()  # (step, when the weights were taken, future metrics), step order
     evaluator = ThreadPoolExecutor(1, thread_name_prefix="evaluate")
+    dense = np.array(group.dense_steps, dtype=int)
 
     def record_finished(wait: bool = False) -> None:
         while evaluations and (wait or evaluations[0][2].done()):
             step, at_ms, metrics = evaluations.popleft()
-            group.record(step, metrics.result(), results, at_ms)
+            values = metrics.result()
+            taken = values.pop("taken", None)  # a dense step's: the slots evaluated there
+            group.record(step, values, results, at_ms, taken)
 
-    previous, done = 0, 0.0
+    previous, done, previous_ms = 0, 0.0, now_ms()
     try:
-        for step, full in group.schedule.all_steps:
+        for step, full in _stops(group.schedule):
             if step:
                 if not group.active.any():  # every arm has diverged
                     break
                 group.watch.assign(group.active)  # frozen arms have nothing to cross
                 group.run(tf.constant(previous), tf.constant(step))
+                _queue_dense(group, dense, previous, step, previous_ms, evaluations)
                 progress = len(arms) * (step - previous) / group.schedule.total_steps
                 advance(progress)
                 done += progress
-            evaluations.append((step, now_ms(), evaluator.submit(group.evaluate,
-                                                                 group.snapshot(), full)))
+            previous_ms = now_ms()
+            if full:
+                evaluations.append((step, previous_ms,
+                                    evaluator.submit(group.evaluate, group.snapshot(), True,
+                                                     np.flatnonzero(group.active))))
             record_finished()  # a diverged arm is frozen as soon as its evaluation is in
             previous = step
         record_finished(wait=True)
@@ -486,19 +574,91 @@ def train_group(group: _Group, arms: list[Arm],
     return results
 
 
+def _queue_dense(group: _Group, dense: np.ndarray, previous: int, step: int,
+                 previous_ms: int, evaluations: deque) -> None:
+    """Queue the dense val_accuracy values the loop took in (previous, step], read in one
+    transfer; each is timed by its share of the interval's wall time."""
+    columns = np.flatnonzero((dense > previous) & (dense <= step))
+    if not len(columns):
+        return
+    values = group.dense[:, columns[0]:columns[-1] + 1].numpy()
+    span = now_ms() - previous_ms
+    for j, column in enumerate(columns):
+        at_ms = previous_ms + span * int(dense[column] - previous) // (step - previous)
+        evaluations.append((int(dense[column]), at_ms, _done(
+            {"val_accuracy": values[:, j], "taken": ~np.isnan(values[:, j])})))
+
+
 def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
                advance: Callable[[float], None] = lambda arms_done: None,
-               ) -> Iterator[tuple[Arm, ArmResult]]:
-    """Yield (arm, result) for every arm, group by group, in chunks under the memory budget."""
+               warm: dict | None = None) -> Iterator[tuple[Arm, ArmResult]]:
+    """Yield (arm, result) for every arm, group by group, in chunks under the memory budget.
+    ``warm``: groups already traced (by ``probe``), by (group, slots), used instead of
+    tracing them again (``load`` puts every chunk's state in afresh)."""
     from study.backend import start_tensorflow
 
     start_tensorflow()
+    warm = dict(warm or {})
     groups: dict[tuple[str, str], list[Arm]] = {}
     for arm in arms:
         groups.setdefault(arm.group, []).append(arm)
-    for (loss, _), members in groups.items():
+    for key, members in groups.items():
         size = chunk_size(config, splits, len(members))
-        group = _Group(slots_for(size), config, splits, loss, optimizer_of(config, members[0]))
+        group = warm.pop((key, slots_for(size)), None) or _Group(
+            slots_for(size), config, splits, key[0], optimizer_of(config, members[0]))
         for first in range(0, len(members), size):
             chunk = members[first:first + size]
             yield from zip(chunk, train_group(group, chunk, advance), strict=True)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What the batched trainer costs on this machine, now, measured on a study's own first
+    group (``probe``): the estimate's parts."""
+
+    slots: int  # of the measured group
+    trace_s: float  # a group's first calls: tracing its graphs, once per group
+    step_s: float  # one training step of all the slots, no crossing evaluated
+    cross_s: float  # one slot's val_accuracy evaluated in the loop (crossings, dense steps)
+    full_s: float  # one slot's full evaluation (every measure)
+
+
+def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
+          steps: int = 8) -> tuple[Costs, dict]:
+    """Time a few real steps of the first group of ``arms`` at its real size: its tracing,
+    its steps with and without the crossings' evaluation, and one full evaluation. Returns
+    the costs and the traced group, for ``train_arms(warm=...)``: the probe costs about
+    2 x ``steps`` steps and a full evaluation, its tracing is not paid twice."""
+    import time
+
+    import tensorflow as tf
+
+    from study.backend import start_tensorflow
+
+    start_tensorflow()
+    first = [a for a in arms if a.group == arms[0].group]
+    size = slots_for(chunk_size(config, splits, len(first)))
+    steps = max(1, min(steps, (Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
+                                        config.epochs).total_steps - 1) // 3))
+    started = time.perf_counter()
+    group = _Group(size, config, splits, arms[0].loss, optimizer_of(config, arms[0]))
+    group.load(first[:size])
+    group.cross_graph(tf.constant(0))
+    group.run(tf.constant(0), tf.constant(1))
+    group.evaluate(group.snapshot())
+    trace_s = time.perf_counter() - started
+
+    def timed(call) -> float:
+        began = time.perf_counter()
+        call()
+        return time.perf_counter() - began
+
+    group.watch.assign(np.zeros(size, bool))  # no crossing: the training steps alone
+    train = timed(lambda: group.run(tf.constant(1), tf.constant(1 + steps)))
+    group.watch.assign(np.ones(size, bool))  # every slot pending: a crossing each step
+    group.first.assign(np.full(group.first.shape, -1, "int32"))
+    crossing = timed(lambda: group.run(tf.constant(1 + steps), tf.constant(1 + 2 * steps)))
+    full = timed(lambda: group.evaluate(group.snapshot()))
+    costs = Costs(size, trace_s, train / steps, max(0.0, crossing - train) / (steps * size),
+                  full / size)
+    return costs, {(arms[0].group, size): group}

@@ -22,7 +22,8 @@ CROSSING_RESOLUTION = 0.05
 class Schedule:
     """Steps at which an arm is evaluated: all its measures at 0, the log-spaced early steps
     1, 2, 4, 8, ... (bad starts differ most in the first updates) and every epoch end;
-    val_accuracy alone at the denser ``accuracy_steps`` too."""
+    val_accuracy alone at the denser ``accuracy_steps`` too, while the arm still has a
+    level to cross (both trainers)."""
 
     steps_per_epoch: int
     epochs: int
@@ -51,6 +52,24 @@ class Schedule:
         """(step, full evaluation?) in step order."""
         full = set(self.steps)
         return tuple((s, s in full) for s in sorted(full | set(self.accuracy_steps)))
+
+
+# The training-set measures (train_loss, train_accuracy, grad_norm) cost a forward and a
+# backward pass over every example they cover. Past this many training examples they are
+# taken on a fixed sample of this many, as DeepOBS does (its train-eval set is the size of
+# its test set): MNIST's 50,000 training images are measured on 10,000, the size of its
+# validation split, which made a full evaluation about 3x cheaper at that scale. digits
+# (1,078) and mnist1d (3,200) are measured whole, so their values are unchanged.
+TRAIN_EVAL_MAX = 10_000
+
+
+def train_eval_rows(n_train: int) -> np.ndarray:
+    """The training examples the training-set measures cover, in index order: all of them,
+    or a fixed sample of ``TRAIN_EVAL_MAX`` (the same for every arm, seed and trainer)."""
+    if n_train <= TRAIN_EVAL_MAX:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng([n_train, 7]).choice(n_train, TRAIN_EVAL_MAX,
+                                                              replace=False))
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

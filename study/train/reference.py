@@ -28,22 +28,26 @@ from study.train.common import (
     neuron_metrics,
     now_ms,
     steps_per_epoch,
+    train_eval_rows,
     training_targets,
 )
 from study.yardsticks import accuracy, softmax, yardsticks
 
 
 class _Evaluator:
-    """Evaluates one arm on the full training set (its own loss, accuracy, gradient norm)
-    and on the validation set (the yardsticks)."""
+    """Evaluates one arm on the training set (its own loss, accuracy, gradient norm; a fixed
+    sample of it at MNIST scale, ``train_eval_rows``) and on the validation set (the
+    yardsticks)."""
 
     def __init__(self, model, loss_fn, splits: Splits, y_train_encoded, logits: bool = False):
         import tensorflow as tf
 
         self.model, self.loss_fn, self.splits = model, loss_fn, splits
         self.logits = logits  # linear outputs: the yardsticks read them through a softmax
-        self.x_train = tf.constant(splits.inputs("train"))
-        self.y_train = tf.constant(y_train_encoded)
+        rows = train_eval_rows(len(splits.x_train))
+        self.x_train = tf.constant(splits.inputs("train")[rows])
+        self.y_train = tf.constant(y_train_encoded[rows])
+        self.labels_train = splits.y_train[rows]
         self.x_val = tf.constant(splits.inputs("val"))
         self.single_neuron = is_single_neuron(model)
         # The model's forward pass over the validation split as one graph: the crossings
@@ -66,7 +70,7 @@ class _Evaluator:
             val_outputs = softmax(val_outputs)
         values = {
             "train_loss": float(loss),
-            "train_accuracy": accuracy(outputs.numpy(), self.splits.y_train),
+            "train_accuracy": accuracy(outputs.numpy(), self.labels_train),
             **yardsticks(val_outputs, self.splits.y_val, "val"),
             "grad_norm": float(tf.linalg.global_norm(grads)),
         }
@@ -103,7 +107,9 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult,
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            values = evaluate(full=due[self.step]) if self.step in due else None
+            # a dense step (val_accuracy alone) only while a level is still to be crossed
+            taken = self.step in due and (due[self.step] or crossings.pending)
+            values = evaluate(full=due[self.step]) if taken else None
             if values is not None:
                 result.record(self.step, values)
             if crossings.pending:
