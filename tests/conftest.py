@@ -188,6 +188,8 @@ PER_WORKER = {"tf", "digits", "smoke_config", "smoke_store", "mlflow_server", "m
 def pytest_collection_modifyitems(config, items):
     """Group the tests that share an expensive fixture (transitively: a test using two joins
     their groups), named by one of the fixtures; the other tests are scheduled one by one."""
+    if not config.pluginmanager.hasplugin("xdist"):  # its marker is unknown without it
+        return
     parent: dict[str, str] = {}
 
     def root(name: str) -> str:
