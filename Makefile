@@ -54,8 +54,8 @@ $(CHROMIUM):
 	apt-get update && apt-get install -y chromium || \
 		{ echo "make test needs $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; }
 
-test: lint $(CHROMIUM) ## lint, then the test suite (a few minutes; installs chromium once)
-	$(PYTHON) -m pytest --durations=15
+test: lint $(CHROMIUM) ## lint, then the test suite on two workers (installs chromium once)
+	$(PYTHON) -m pytest -n 2 --dist loadgroup --durations=15
 
 clean: ## remove the virtual environment and caches (keeps mlflow.db)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -153,3 +153,61 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("server")).start()
     yield server.url
     server.stop()
+
+
+
+# 3 losses x 2 starts x 4 seeds x 2 learning rates = 48 arms in 3 groups of 16, 3 epochs: the
+# study tests/test_resume.py kills and reruns, and tests/test_server_claim.py runs twice at once.
+RESUME_OVERRIDES = ["losses=[bce, mse, cce]", "seeds=[0, 1, 2, 3]", "optimizer.lr=[0.5, 4]",
+                    "epochs=3"]
+
+
+@pytest.fixture(scope="session")
+def resume_values(tmp_path_factory):
+    """RESUME_OVERRIDES's study trained once, uninterrupted (in this process: where it trains
+    is not what the tests compare): arm key -> metric -> [(step, value)]."""
+    from study.run import run_study
+    from tests.test_resume import _values
+
+    uri = tracking_uri(tmp_path_factory.mktemp("whole"))
+    run_study(load_config(CONFIGS / "smoke.yaml", RESUME_OVERRIDES), uri, progress=False)
+    values = _values(uri)
+    assert len(values) == 48
+    return values
+
+# ---- pytest-xdist: `make test` runs the suite on two workers (-n 2 --dist loadgroup) ----------
+
+# Shared fixtures cheap enough to build once per worker; any other fixture wider than a test
+# (a study trained once per module, a Ray cluster, a rendered report, a browser) keeps the
+# tests that use it on one worker, so it is built once.
+PER_WORKER = {"tf", "digits", "smoke_config", "smoke_store", "mlflow_server", "mlflow_store",
+              "configs_store", "screenshots", "one_epoch", "starts"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Group the tests that share an expensive fixture (transitively: a test using two joins
+    their groups), named by one of the fixtures; the other tests are scheduled one by one."""
+    if not config.pluginmanager.hasplugin("xdist"):  # its marker is unknown without it
+        return
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    shared = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        # a module's fixture is known by its module too: two modules may use one name
+        names = sorted(f"{Path(defs[-1].baseid).stem}.{name}"
+                       for name, defs in (info.name2fixturedefs.items() if info else ())
+                       if defs[-1].baseid.startswith("tests")  # ours, not pytest's
+                       and defs[-1].scope != "function" and name not in PER_WORKER)
+        for name in names[1:]:
+            parent[root(name)] = root(names[0])
+        shared[item] = names
+    for item, names in shared.items():
+        if names and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(root(names[0])))

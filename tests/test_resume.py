@@ -5,7 +5,6 @@ missing arms in other groups and slots). Two runs of one study at once store eac
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,11 +14,10 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, RESUME_OVERRIDES, ROOT
 
 # 3 losses x 2 starts x 4 seeds x 2 learning rates = 48 arms in 3 groups of 16, 3 epochs.
-STUDY = [str(CONFIGS / "smoke.yaml"), "--set", "losses=[bce, mse, cce]",
-         "--set", "seeds=[0, 1, 2, 3]", "--set", "optimizer.lr=[0.5, 4]", "--set", "epochs=3",
+STUDY = [str(CONFIGS / "smoke.yaml"), *(f"--set={item}" for item in RESUME_OVERRIDES),
          "--quiet"]
 
 
@@ -66,12 +64,8 @@ def _values(uri: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('whole') / 'mlflow.db'}"
-    assert _run(uri).wait(timeout=300) == 0
-    values = _values(uri)
-    assert len(values) == 48
-    return values
+def uninterrupted(resume_values):
+    return resume_values
 
 
 def _statuses(uri: str) -> tuple[list[str], list[str]]:
@@ -83,29 +77,59 @@ def _statuses(uri: str) -> tuple[list[str], list[str]]:
             [r.info.status for r in runs if "study.arm" in r.data.tags])
 
 
+# The moments a study is killed at, in the order they come; each waits for its moment in
+# the store it shares with the kills before it (counts since the process started).
+MOMENTS = ["start-up", "parent", "first arm", "middle", "last"]
+
+
+def _reached(moment: str, db, parents: int, finished: int) -> bool:
+    """Whether a process started with ``parents`` parent runs and ``finished`` FINISHED
+    children in the store has reached ``moment``."""
+    return {"start-up": lambda: True, "parent": lambda: _parents(db) > parents,
+            "first arm": lambda: _finished_children(db) > finished,
+            "middle": lambda: _finished_children(db) >= 20,
+            "last": lambda: _finished_children(db) >= 40}[moment]()
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """One store: the study killed with SIGKILL during start-up (no store yet), once its
+    parent run exists, inside the first group's writes, in the middle and in the last group's
+    writes, each kill in the rerun of the one before, then rerun to the end. Each kill is
+    followed by a rerun, as in five separate stores, for a third of the processes. The moment
+    -> (return code, FINISHED children when it died), and the store's URI."""
+    db = tmp_path_factory.mktemp("killed") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    died = {}
+    for moment in MOMENTS:
+        parents, finished = _parents(db), _finished_children(db)
+        process = _run(uri)
+        try:
+            deadline = time.monotonic() + 480  # a loaded machine: 240 s was seen too short
+            if moment == "start-up":
+                time.sleep(1.0)
+            while not _reached(moment, db, parents, finished) and process.poll() is None:
+                assert time.monotonic() < deadline, moment
+                time.sleep(0.02)
+        finally:  # killed at its moment, or when the wait failed: never left running
+            process.kill()  # SIGKILL, unless it has ended
+            process.wait()
+        died[moment] = (process.returncode, finished, _finished_children(db))
+    assert _run(uri).wait(timeout=300) == 0
+    return died, uri
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["start-up", "parent", "first arm", "middle", "last"])
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, uninterrupted, moment):
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(killed, uninterrupted, moment):
     """Killed during start-up (no store yet), once the parent run exists, inside the first
     group's writes, in the middle, and in the last group's writes; then rerun to the end."""
-    db = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{db}"
-    process = _run(uri)
-    ready = {"start-up": lambda: True, "parent": lambda: _parents(db) >= 1,
-             "first arm": lambda: _finished_children(db) >= 1,
-             "middle": lambda: _finished_children(db) >= 20,
-             "last": lambda: _finished_children(db) >= 40}[moment]
-    deadline = time.monotonic() + 240
-    if moment == "start-up":
-        time.sleep(1.0)
-    while not ready() and process.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
-    assert _finished_children(db) < 48  # it died mid-study
-    assert _run(uri).wait(timeout=300) == 0
+    died, uri = killed
+    code, before, after = died[moment]
+    assert code == -signal.SIGKILL
+    assert after < 48  # it died mid-study
+    if moment in ("first arm", "middle", "last"):
+        assert after > before  # it had stored arms of its own
     parents, children = _statuses(uri)
     assert "RUNNING" not in parents and parents.count("FINISHED") == 1
     assert children == ["FINISHED"] * 48  # one FINISHED child per arm, nothing half-written
