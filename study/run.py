@@ -47,7 +47,8 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
     from study.losses import LOSSES
 
     outputs = {LOSSES[loss].output for loss in config.losses}
-    models = [build_model(config.model, splits.input_shape, splits.n_classes, output)
+    models = [build_model(config.model, splits.input_shape, splits.n_classes, output,
+                          config.trainer)
               for output in sorted(outputs)]
     starts = Starts(models[0], config.inits.get("fixed"))
     for init, severities in config.inits.items():  # a draw of each scheme and severity;
