@@ -101,7 +101,8 @@ class OptimizerSpec:
                               "takes one of clipnorm, clipvalue and global_clipnorm")
 
     def make(self, learning_rate, options: dict):
-        """A fresh Keras optimizer; ``learning_rate`` a float or a callable."""
+        """A fresh Keras optimizer; ``learning_rate`` a float, a callable or a Keras
+        schedule."""
         import keras
 
         return getattr(keras.optimizers, self.keras_class)(learning_rate=learning_rate,
