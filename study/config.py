@@ -25,11 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from study.callbacks import CALLBACKS, Callback
 from study.data import DATASETS
 from study.errors import ConfigError, check_name, quote
 from study.inits import INITS
 from study.losses import LOSSES
-from study.optimizers import OPTIMIZERS, check_rate
+from study.optimizers import OPTIMIZERS, batched_refusal, check_rate
+from study.schedules import SCHEDULES, Schedule
 from study.user_data import is_own
 
 
@@ -139,6 +141,8 @@ class OptimizerConfig(BaseModel):
     # loss at a rate chosen beforehand: {bce: 4, cce: 1, mse: 16}
     lr: tuple[Rate, ...] | dict[str, tuple[Rate, ...]]
     label: str | None = None  # the arm key's name for it; default: name and options
+    # a Keras learning-rate schedule whose initial rate is the arm's lr (study.schedules)
+    schedule: Schedule | None = None
 
     @field_validator("label")
     @classmethod
@@ -164,11 +168,20 @@ class OptimizerConfig(BaseModel):
     def _known(cls, value: str) -> str:
         return check_name("optimizer", value, OPTIMIZERS)
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _known_schedule(cls, value: Any) -> Any:
+        return _named("schedule", value, SCHEDULES)
+
     @model_validator(mode="after")
     def _options_are_elementwise(self) -> OptimizerConfig:
         OPTIMIZERS[self.name].check_options(self.options)
         for rates in self.lr.values() if isinstance(self.lr, dict) else [self.lr]:
             _unique("lr", rates)
+        if self.label is None and len(self.key) > LABEL_MAX:
+            raise ValueError(f"its name {quote(self.key, limit=60)} has {len(self.key)} "
+                             f"characters, more than the {LABEL_MAX} MLflow run names leave "
+                             "for it: give it a shorter label")
         return self
 
     @property
@@ -182,7 +195,8 @@ class OptimizerConfig(BaseModel):
             return self.label
         options = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in sorted(self.options.items()))
-        return f"{self.name}({options})" if options else self.name
+        name = f"{self.name}({options})" if options else self.name
+        return f"{name}+{self.schedule.label}" if self.schedule else name
 
 
 class Scale(_Frozen):
@@ -242,6 +256,8 @@ class StudyConfig(_Frozen):
     # batched: every arm of the study in one stacked TensorFlow computation (fast);
     # reference: one plain Keras fit per arm (the ground truth the batched one is tested on).
     trainer: Literal["batched", "reference"] = "batched"
+    # Keras callbacks for each arm's fit (reference trainer only; study.callbacks)
+    callbacks: tuple[Callback, ...] = ()
     # The batched trainer trains arms in chunks that fit this much memory.
     memory_budget_mb: Annotated[int, Strict(), Field(ge=64)] = 2048
     # Where the arms train: local (this process) or ray (chunks of arms as Ray tasks). Values
@@ -399,6 +415,14 @@ class StudyConfig(_Frozen):
                                  "[lowest, highest]")
         return self
 
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _known_callbacks(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            for item in value:
+                _named("callback", item, CALLBACKS)
+        return value
+
     @field_validator("ray_address")
     @classmethod
     def _an_address(cls, value: str | None) -> str | None:
@@ -414,6 +438,25 @@ class StudyConfig(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _the_trainer_can_run_it(self) -> StudyConfig:
+        """The batched trainer runs what keeps arms apart; the reference trainer (Keras fit
+        per arm) whatever Keras runs."""
+        for i, optimizer in enumerate(self.optimizers):
+            key = "optimizer" if len(self.optimizers) == 1 else f"optimizers.{i}"
+            refusal = batched_refusal(optimizer.name, optimizer.options)
+            if refusal and self.trainer == "batched":
+                raise ValueError(f"{key}: {refusal}")
+            plateau = [c.name for c in self.callbacks if c.name == "ReduceLROnPlateau"]
+            if optimizer.schedule and plateau:
+                raise ValueError(f"callbacks: ReduceLROnPlateau sets the rate that {key}."
+                                 "schedule sets: use one of them")
+        if self.callbacks and self.trainer == "batched":
+            raise ValueError(f"callbacks: the batched trainer cannot run Keras callbacks "
+                             f"({self.callbacks[0].name} acts on one arm's fit, and it trains "
+                             "a group of arms as one computation); use trainer: reference")
+        return self
+
+    @model_validator(mode="after")
     def _losses_fit_the_dataset(self) -> StudyConfig:
         if self.dataset == "neuron":  # one sigmoid output with target 0: no softmax, no labels
             bad = [n for n in self.losses if self.loss_output(n) != "sigmoid"]
@@ -421,6 +464,17 @@ class StudyConfig(_Frozen):
                 raise ValueError(f"dataset 'neuron' has one output with target 0; losses "
                                  f"{bad} need a softmax over classes (use bce, mse, quadratic)")
         return self
+
+
+def _named(kind: str, value: Any, models) -> Any:
+    """A mapping whose ``name`` picks one of ``models`` (a union told apart by name): one
+    line naming the valid ones when it names none of them."""
+    names = [m.model_fields["name"].annotation.__args__[0] for m in models]
+    if isinstance(value, dict) and value.get("name") not in names:
+        given = f"unknown {kind} {quote(value['name'])}" if "name" in value else \
+            f"a {kind} needs a name"
+        raise ValueError(f"{given}; valid: {', '.join(names)}")
+    return value
 
 
 def _unique(key: str, values: tuple) -> tuple:
@@ -661,7 +715,7 @@ def _first_error(err: ValidationError, raw: Any = None) -> str:
     key = ".".join(str(p) for p in first["loc"]
                    if not re.match(r"(tuple|dict|list|constrained-|function-|Scale$)", str(p)))
     message = first["msg"].removeprefix("Value error, ")
-    if not key and re.match(r"[a-z_]+: ", message):  # a model validator that names its key
+    if not key and re.match(r"[\w.]+: ", message):  # a check across keys names its own key
         key, message = message.split(": ", 1)
     key = _own_loss_key(raw, key or "config")
     if first["type"] == "extra_forbidden":

@@ -4,8 +4,9 @@ only the parameter-free output activation that a loss spec requires differs.
 A builder is called as ``builder(input_shape, n_classes, output_activation)`` and returns a
 Keras model: ``mlp`` and ``cnn`` here, or a user's own through ``model.builder:
 "package.module:function"``. The batched trainer calls the model's own ``stateless_call``
-on stacked weights, so a model must be a pure function of its trainable weights: no
+on stacked weights, so for it a model must be a pure function of its trainable weights: no
 non-trainable state (BatchNormalization's moving statistics) and no random layers (Dropout).
+The reference trainer (one Keras fit per arm) runs any model Keras runs.
 
 A model's last layer must apply ``output_activation`` (checked, not added: see
 ``_check_output_activation``); ``study.plugins`` imports a user's builder.
@@ -66,8 +67,10 @@ def import_builder(path: str) -> Callable:
     return import_object("model.builder", path)
 
 
-def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: str):
-    """The study's model with the output activation a loss spec requires, checked."""
+def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: str,
+                trainer: str = "batched"):
+    """The study's model with the output activation a loss spec requires, checked for
+    ``trainer``."""
     from study.backend import start_tensorflow
 
     start_tensorflow()  # before Keras imports it, so that its start-up notices stay quiet
@@ -100,14 +103,19 @@ def build_model(config, input_shape: tuple[int, ...], n_classes: int, output: st
         raise ConfigError(f"{what}: output shape {shape}, the dataset needs "
                           f"(None, {n_classes})")
     _check_output_activation(model, what, output)
+    if trainer != "batched":
+        return model
+    # Random layers first: a Dropout layer's seed is non-trainable state too.
+    if _has_random_layers(model):
+        raise ConfigError(f"{what} has random layers (e.g. Dropout): the batched trainer "
+                          "cannot run them (an arm's minibatch order is its only "
+                          "randomness there); use trainer: reference")
     if model.non_trainable_variables:
         names = sorted({v.path for v in model.non_trainable_variables})[:3]
-        raise ConfigError(f"{what} has non-trainable state ({', '.join(names)}): every arm "
-                          "must be a pure function of its trainable weights (no "
-                          "BatchNormalization)")
-    if _has_random_layers(model):
-        raise ConfigError(f"{what} has random layers (e.g. Dropout): the arms' minibatch "
-                          "order is their only randomness")
+        raise ConfigError(f"{what} has non-trainable state ({', '.join(names)}): the batched "
+                          "trainer cannot run it (an arm must be a pure function of its "
+                          "trainable weights there, e.g. no BatchNormalization); use "
+                          "trainer: reference")
     return model
 
 

@@ -50,7 +50,8 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
     for custom in config.custom_losses:
         probe(loss_spec(config, custom.name), splits.n_classes)
     outputs = {config.loss_output(loss) for loss in config.losses}
-    models = [build_model(config.model, splits.input_shape, splits.n_classes, output)
+    models = [build_model(config.model, splits.input_shape, splits.n_classes, output,
+                          config.trainer)
               for output in sorted(outputs)]
     starts = Starts(models[0], config.inits.get("fixed"))
     for init, severities in config.inits.items():  # a draw of each scheme and severity;
@@ -69,7 +70,7 @@ def preflight(config: StudyConfig) -> Preflight:
     check_memory(config, splits)
     model, params = check_model_and_starts(config, splits)
     _, units = model_size(config.model, splits.input_shape, splits.n_classes,
-                          config.loss_output(config.losses[0]))
+                          config.loss_output(config.losses[0]), config.trainer)
     return Preflight(config, splits, tuple(expand_grid(config)),
                      config_hash(config, splits.source_sha256), model, params, units)
 

@@ -57,7 +57,7 @@ from study.grid import Arm, optimizer_of
 from study.inits import Starts
 from study.losses import loss_spec
 from study.models import build_model
-from study.optimizers import OPTIMIZERS
+from study.optimizers import OPTIMIZERS, PER_ARM
 from study.train.common import (
     METRICS,
     NEURON_METRICS,
@@ -86,16 +86,16 @@ def lanes_for(n_val: int) -> int:
 def _model_size(config: StudyConfig, splits: Splits) -> tuple[int, int]:
     """(parameters, activations per example) of the study's model."""
     return model_size(config.model, splits.input_shape, splits.n_classes,
-                      config.loss_output(config.losses[0]))
+                      config.loss_output(config.losses[0]), config.trainer)
 
 
 @functools.lru_cache(maxsize=16)
 def model_size(model_config, input_shape: tuple[int, ...], n_classes: int,
-               output: str = "sigmoid") -> tuple[int, int]:
+               output: str = "sigmoid", trainer: str = "batched") -> tuple[int, int]:
     """(parameters, activations per example) of a model, built once per process for each
-    model config, data shape and output activation: the pre-flight checks, the chunking and
-    the estimate all ask, and each Keras build costs about 0.1 s."""
-    model = build_model(model_config, input_shape, n_classes, output)
+    model config, data shape, output activation and trainer: the pre-flight checks, the
+    chunking and the estimate all ask, and each Keras build costs about 0.1 s."""
+    model = build_model(model_config, input_shape, n_classes, output, trainer)
     units = sum(math.prod(layer.output.shape[1:]) for layer in model.layers)
     return model.count_params(), units
 
@@ -235,9 +235,12 @@ class _Group:
                         for v in self.model.trainable_variables]
         self.lr = tf.Variable(tf.zeros(size))
         # One optimizer per stacked variable, so that each sees the arms' learning rates
-        # shaped to broadcast over its own rank.
-        self.optimizers = [OPTIMIZERS[optimizer.name].make(self._rates(w), optimizer.options)
-                           for w in self.weights]
+        # shaped to broadcast over its own rank. Norm clipping is left out of Keras' hands:
+        # its norm would span every arm of the group (``_clip_per_arm``).
+        options = {k: v for k, v in optimizer.options.items() if k not in PER_ARM}
+        self.clipping = {k: v for k, v in optimizer.options.items() if k in PER_ARM}
+        self.optimizers = [OPTIMIZERS[optimizer.name].make(
+            self._rates(w, optimizer.schedule), options) for w in self.weights]
         for opt, w in zip(self.optimizers, self.weights, strict=True):
             opt.build([w])
         self.fresh_state = [[v.numpy() for v in opt.variables] for opt in self.optimizers]
@@ -294,11 +297,21 @@ class _Group:
             autograph=False, input_signature=signature)
         self.cross_graph = tf.function(self._cross, autograph=False)
 
-    def _rates(self, variable) -> Callable:
+    def _rates(self, variable, schedule=None):
+        """The slots' learning rates shaped to broadcast over ``variable``: a callable, or
+        with a schedule, a Keras schedule built on them (``study.schedules``)."""
+        import keras
         import tensorflow as tf
 
         shape = [-1] + [1] * (len(variable.shape) - 1)
-        return lambda: tf.reshape(self.lr, shape)
+        if schedule is None:
+            return lambda: tf.reshape(self.lr, shape)
+
+        class PerArm(keras.optimizers.schedules.LearningRateSchedule):
+            def __call__(inner, step):  # noqa: N805 (self is the group)
+                return schedule.make(tf.reshape(self.lr, shape))(step)
+
+        return PerArm()
 
     def load(self, arms: list[Arm]) -> None:
         """Put a chunk of at most ``size`` arms in the slots; spare slots repeat the last arm
@@ -343,6 +356,7 @@ class _Group:
 
     def _step(self, step):
         _, grads = self._gradients(step)
+        grads = _clip_per_arm(grads, self.clipping)
         for opt, g, w in zip(self.optimizers, grads, self.weights, strict=True):
             opt.apply([g], [w])
 
@@ -492,6 +506,35 @@ class _Group:
             for variable, start in zip(opt.variables, fresh, strict=True):
                 if tuple(variable.shape) == tuple(w.shape):
                     _reset_slot(variable, k, start[k])
+
+
+def _clip_per_arm(grads: list, clipping: dict) -> list:
+    """Keras' ``clipnorm`` (each variable's gradient) or ``global_clipnorm`` (all of them)
+    with each arm's own norm: over every axis but the arm axis. The formulas are Keras'
+    (``BaseOptimizer._clip_by_norm``, ``clip_by_global_norm``); each arm's squares are summed
+    as one contiguous row, the same way in every slot."""
+    import tensorflow as tf
+
+    if not clipping:
+        return grads
+    squares = [tf.reduce_sum(tf.reshape(tf.square(g), [g.shape[0], -1]), 1) for g in grads]
+
+    def per_arm(value, g):  # [K] -> broadcastable over g
+        return tf.reshape(value, [-1] + [1] * (len(g.shape) - 1))
+
+    if "clipnorm" in clipping:
+        clip = clipping["clipnorm"]
+        clipped = []
+        for g, l2sum in zip(grads, squares, strict=True):
+            l2sum = per_arm(l2sum, g)
+            positive = l2sum > 0  # Keras' two-tap where: no NaN gradient at 0
+            l2norm = tf.where(positive, tf.sqrt(tf.where(positive, l2sum, 1.0)), l2sum)
+            clipped.append(g * clip / tf.maximum(l2norm, clip))
+        return clipped
+    clip = clipping["global_clipnorm"]
+    norm = tf.sqrt(tf.add_n(squares))
+    scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)  # NaN if norm is
+    return [g * per_arm(scale, g) for g in grads]                       # not finite
 
 
 def _reset_slot(variable, k: int, value) -> None:

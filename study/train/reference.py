@@ -119,13 +119,26 @@ def _make_callback(evaluate: _Evaluator, schedule: Schedule, result: ArmResult,
             if result.diverged:
                 self.model.stop_training = True
 
+        def on_epoch_end(self, epoch, logs=None):
+            # The config's callbacks come after this one and see the same logs: give them
+            # the arm's measures at this epoch end (a full evaluation) to monitor.
+            if logs is not None:
+                logs.update({name: points[-1][1] for name, points in result.history.items()
+                             if points[-1][0] == self.step})
+
     return EvaluateOnSchedule()
 
 
 def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
     """The arm's Keras model at its starting weights, and its Keras loss."""
+    import keras
+
     spec = loss_spec(config, arm.loss)
-    model = build_model(config.model, splits.input_shape, splits.n_classes, spec.output)
+    # Random layers (Dropout) draw from Keras' seed, set from the arm's: an arm repeats bit
+    # for bit. Starts do not depend on it (study.inits seeds each initializer itself).
+    keras.utils.set_random_seed(arm.seed)
+    model = build_model(config.model, splits.input_shape, splits.n_classes, spec.output,
+                        "reference")
     starts = Starts(model, config.inits.get("fixed"))
     for variable, value in zip(model.trainable_variables,
                                starts(arm.init, arm.severity, arm.seed), strict=True):
@@ -136,7 +149,8 @@ def build_arm_model(arm: Arm, config: StudyConfig, splits: Splits):
 def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
     model, loss_fn = build_arm_model(arm, config, splits)
     optimizer = optimizer_of(config, arm)
-    model.compile(optimizer=OPTIMIZERS[optimizer.name].make(arm.lr, optimizer.options),
+    rate = optimizer.schedule.make(arm.lr) if optimizer.schedule else arm.lr
+    model.compile(optimizer=OPTIMIZERS[optimizer.name].make(rate, optimizer.options),
                   loss=loss_fn)
     y_train = training_targets(loss_spec(config, arm.loss), splits)
     n_train, batch = len(splits.x_train), config.batch_size
@@ -155,7 +169,8 @@ def train_arm(arm: Arm, config: StudyConfig, splits: Splits) -> ArmResult:
         batches = _minibatches(splits.inputs("train"), y_train, order)
         model.fit(batches, epochs=config.epochs, steps_per_epoch=schedule.steps_per_epoch,
                   shuffle=False, verbose=0,
-                  callbacks=[_make_callback(evaluate, schedule, result, crossings)])
+                  callbacks=[_make_callback(evaluate, schedule, result, crossings),
+                             *(callback.make() for callback in config.callbacks)])
     result.add_crossings(crossings.found)
     result.finished_ms = now_ms()
     return result

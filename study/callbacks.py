@@ -1,0 +1,69 @@
+"""Keras callbacks from the config, for the reference trainer (one Keras ``fit`` per arm).
+
+``callbacks: [{name: ReduceLROnPlateau, monitor: val_nll, factor: 0.5, patience: 2}]`` gives
+each arm's ``fit`` a fresh instance of that class of ``keras.callbacks``, with the Keras
+keyword arguments given. A callback acts on one model's training (its optimizer's rate, when
+it stops), so the batched trainer, which trains a group of arms as one computation, cannot
+run them. At each epoch end the callbacks see the arm's measures as logged (``train_loss``,
+``val_accuracy``, ``val_nll``, ...) beside Keras' own ``loss`` (the epoch's mean minibatch
+loss), so ``monitor`` may name any of them.
+
+One pydantic model per callback, with Keras' argument names; ``Callback`` is their union,
+told apart by ``name``. No TensorFlow import here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+from study.train.common import METRICS
+
+Monitor = Literal[("loss", *METRICS)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+class _Callback(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown {value.get('name')} key {unknown[0]!r}; valid: "
+                                 f"{', '.join(k for k in cls.model_fields if k != 'name')}")
+        return value
+
+    def make(self):
+        import keras
+
+        return getattr(keras.callbacks, self.name)(**self.model_dump(exclude={"name"}))
+
+
+class ReduceLROnPlateau(_Callback):
+    name: Literal["ReduceLROnPlateau"]
+    monitor: Monitor = "val_nll"
+    factor: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] = 0.1
+    patience: NonNegativeInt = 10
+    mode: Literal["auto", "min", "max"] = "auto"
+    min_delta: NonNegative = 1e-4
+    cooldown: NonNegativeInt = 0
+    min_lr: NonNegative = 0.0
+
+
+class EarlyStopping(_Callback):
+    name: Literal["EarlyStopping"]
+    monitor: Monitor = "val_nll"
+    min_delta: NonNegative = 0.0
+    patience: NonNegativeInt = 0
+    mode: Literal["auto", "min", "max"] = "auto"
+    baseline: Annotated[float, Strict(), Field(allow_inf_nan=False)] | None = None
+    start_from_epoch: NonNegativeInt = 0
+
+
+CALLBACKS = (ReduceLROnPlateau, EarlyStopping)
+Callback = Annotated[ReduceLROnPlateau | EarlyStopping, Field(discriminator="name")]
