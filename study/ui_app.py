@@ -10,8 +10,8 @@ entries where the browser holds no choice yet, and never replaces one it holds:
 - ``experimentRunColors``: the report's colour of each loss (study.palette) for the group id
   MLflow gives a group by loss (``param.loss.<name>``), for the built-in losses and those the
   studies in the store name (experiment tag ``study.losses``);
-- ``mlflow.workflowType_v1``: model training, so a view picked from the view menu (a URL
-  without ``workflowType``) opens the runs, not the GenAI overview;
+- ``mlflow.workflowType_v1``: model training, so pages whose URL names no ``workflowType``
+  (a view picked from the view menu, the experiment list) stay in it, not in GenAI;
 - the view menu's links: ``compareRunsMode=CHART`` (the charts beside the table, a URL
   parameter MLflow does not store) where the link names no mode;
 - ``mlflow.assistant.panelOpen_v1`` false and ``mlflow.assistant.fab.autoOpenedOnFirstLoad_v1``
@@ -24,6 +24,7 @@ JSON under ``<key>_v<version>``); tests/test_browser.py fails when a new MLflow 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from functools import cache
@@ -140,7 +141,8 @@ async def _serve(scope, receive, send):
         html, headers = b"".join(body), list(start.get("headers", []))
         content_type = dict(headers).get(b"content-type", b"")
         if start.get("status") == 200 and content_type.startswith(b"text/html"):
-            html = inject(html, page_script(store_losses()))
+            losses = await asyncio.to_thread(store_losses)  # a store query: off the loop
+            html = inject(html, page_script(losses))
             drop = (b"content-length", b"etag", b"last-modified", b"cache-control")
             headers = [(k, v) for k, v in headers if k.lower() not in drop]
             headers += [(b"content-length", str(len(html)).encode()),
