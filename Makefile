@@ -43,7 +43,8 @@ ui: $(INSTALLED) ## print each study's link, then browse the store on http://127
 
 server: $(INSTALLED) ## a tracking server for workers and users on 127.0.0.1:PORT over the store
 	$(VENV)/bin/mlflow server --backend-store-uri $(TRACKING_URI) \
-		--artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT) --workers 4
+		--artifacts-destination $(CURDIR)/mlartifacts --host 127.0.0.1 --port $(PORT) --workers 4 \
+		--app-name study
 
 lint: $(INSTALLED) ## ruff
 	$(VENV)/bin/ruff check study tests

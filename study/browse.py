@@ -14,8 +14,10 @@ Runs carry the report's colour of their loss in MLflow's run tag ``mlflow.runCol
 group's colour, the workflow (GenAI or model training), the chart/table mode and the
 Assistant panel MLflow 3.17 keeps in the browser (local storage, e.g. ``experimentRunColors``
 keyed by the group id ``param.loss.<name>``; the URL's ``workflowType`` and
-``compareRunsMode``), not in a saved view: the printed link carries the URL's part, the rest
-this module cannot set. The JSON shape written here is what the front end of the MLflow
+``compareRunsMode``), not in a saved view: the printed link carries the URL's part, and
+study.ui_app (``mlflow ui --app-name study``) sets the stored part where the browser holds
+none, the colours from the experiment tag ``study.losses`` written here. The JSON shape
+written here is what the front end of the MLflow
 range pinned in pyproject.toml reads; tests/test_browser.py opens it in Chromium and fails
 when a new MLflow stops honouring it.
 """
@@ -34,6 +36,7 @@ from study.palette import colour as loss_colour
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag for a saved view
 VIEW_URL_PARAM = "viewStateShareKey"
 LINK_VIEW_TAG = "study.view"  # the experiment's saved view that printed links open
+LOSSES_TAG = "study.losses"  # its losses, a JSON list: study.ui_app colours their groups
 METRICS = ("val_accuracy", "val_nll")  # charted, in this order
 # The study's other metrics (study.train.common.METRICS, NEURON_METRICS) get cards in a
 # collapsed section: MLflow would otherwise add a drawn card for each.
@@ -221,7 +224,9 @@ def publish_views(client, experiment_id: str, starts: list[tuple[str, float]],
     the link's view."""
     if losses is None:
         losses = getattr(starts, "losses", ())
+    losses = list(losses)
     folded = folded_losses(losses)
+    client.set_experiment_tag(experiment_id, LOSSES_TAG, json.dumps(losses))
     for init, severity in starts:
         start = start_label(init, severity)
         state = view_state(comparison_filter(start, best_lr, config_hash, folded), best_lr)

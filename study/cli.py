@@ -325,8 +325,13 @@ def _ui(args) -> int:
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # uvicorn's access log is a line per request, hundreds per page: off unless asked for
     quiet = [] if args.verbose else ["--uvicorn-opts", "--no-access-log"]
+    # study.ui_app: MLflow's server, its page with the study's colours and model-training view;
+    # MLflow and its uvicorn import it from this study package, not another one installed
+    package_root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     os.execvp(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                      "--port", str(port), "--workers", "1", *quiet])
+                      "--port", str(port), "--workers", "1", "--app-name", "study", *quiet])
 
 
 def _check_port_free(port: int) -> None:

@@ -6,6 +6,7 @@ never skipped."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from study.palette import colour
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -198,17 +200,72 @@ def test_default_link_opens_saturated_wrong_m8_a_line_per_loss_with_a_key(
         assert key == drawn  # the key: one entry per loss, named by it, nothing else
         strokes = set(accuracy.locator("path.js-line").evaluate_all(
             "lines => lines.map(line => line.style.stroke)"))
-        # one colour per loss (its line and band); MLflow draws a black path beside the
-        # series, whatever their number
-        assert len(strokes - {"rgb(0, 0, 0)"}) == len(drawn), strokes
-
-        close = page.get_by_role("button", name="Close")  # MLflow's assistant panel
-        if close.count():
-            close.first.evaluate("button => button.click()")
-        page.wait_for_timeout(1000)  # the charts re-lay out in the freed width
+        # each loss's line and band in the report's colour (study.ui_app sets the groups');
+        # MLflow draws a black path beside the series, whatever their number
+        assert strokes - {"rgb(0, 0, 0)"} == {_rgb(colour(loss)) for loss in drawn}, strokes
+        # the Assistant panel is not open (MLflow opens it on a first visit otherwise)
+        assert page.evaluate("localStorage.getItem('mlflow.assistant.panelOpen_v1')") == "false"
+        assert not page.get_by_role("button", name="Close").count()
         page.screenshot(path=screenshots / "mlflow-runs-by-loss.png")
+
+        # another start from the view menu: still the model-training runs view, charted
+        page.get_by_test_id("saved-views-trigger").click()
+        page.get_by_text("losses from scaled k=2; scce = cce, not drawn", exact=True).first \
+            .click()
+        page.wait_for_url(re.compile(r"viewStateShareKey=scaled-k2"), timeout=WAIT_MS)
+        cards.first.locator("path.js-line").first.wait_for(timeout=4 * WAIT_MS)
+        assert "/runs" in page.url and "compareRunsMode=CHART" in page.url, page.url
+        assert "tags.start = 'scaled k=2'" in _search_box(page)
+        assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") \
+            == '"machine_learning"'
+        page.get_by_text("Group: mse", exact=True).first.wait_for(timeout=WAIT_MS)
+        page.screenshot(path=screenshots / "mlflow-runs-view-menu.png")
     finally:
         page.close()
+
+
+def _rgb(hex_colour: str) -> str:
+    red, green, blue = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({red}, {green}, {blue})"
+
+
+def test_a_users_own_choices_in_the_browser_are_kept(browser, default_link):
+    """study.ui_app fills in what the browser holds no choice for, and keeps what it does: a
+    group colour picked by hand, the GenAI workflow, an open Assistant panel."""
+    port, _ = default_link
+    context = browser.new_context()
+    mine = {"experimentRunColors": {"param.loss.cce": "#123456"},
+            "mlflow.workflowType_v1": "genai", "mlflow.assistant.panelOpen_v1": True}
+    # set before any script of the page runs, as a browser that was here before holds them
+    context.add_init_script(
+        "if (!sessionStorage.getItem('seeded')) { sessionStorage.setItem('seeded', '1');"
+        f"for (const [k, v] of Object.entries({json.dumps(mine)}))"
+        " localStorage.setItem(k, JSON.stringify(v)); }")
+    page = context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        held = page.evaluate("Object.fromEntries(Object.entries(localStorage))")
+        colours = json.loads(held["experimentRunColors"])
+        assert colours["param.loss.cce"] == "#123456"  # the user's, kept
+        assert colours["param.loss.mse"] == colour("mse")  # a group they never coloured
+        assert json.loads(held["mlflow.workflowType_v1"]) == "genai"
+        assert json.loads(held["mlflow.assistant.panelOpen_v1"]) is True
+    finally:
+        context.close()
+
+
+def test_the_page_script_escapes_loss_names():
+    """A user's loss name reaches the page inside a script: it cannot close it."""
+    from study.ui_app import inject, page_script
+
+    name = "</script><script>alert(1)</script>&"
+    script = page_script(["cce", name])
+    assert script.count("</script>") == 1 and "<script>" == script[:8]
+    assert "alert(1)" in script and "<script>alert" not in script
+    data = json.loads(script[script.index("})(") + 3:script.rindex(");</script>")])
+    assert data["experimentRunColors"][f"param.loss.{name}"] == colour(name)
+    page = inject(b"<!doctype html><html><head><title>MLflow</title></head></html>", script)
+    assert page.startswith(b"<!doctype html><html><head><script>")
 
 
 def test_report_renders_title_answer_table_and_figures(browser, smoke_report, screenshots):
