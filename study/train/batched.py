@@ -64,6 +64,7 @@ from study.train.common import (
     ArmResult,
     Schedule,
     batch_order,
+    dense_steps,
     is_single_neuron,
     neuron_metrics,
     now_ms,
@@ -107,7 +108,7 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
     forward pass over the validation split, and its buffer of dense val_accuracy values."""
     params, units = _model_size(config, splits)
     order = steps_per_epoch(len(splits.x_train), config.batch_size) * config.epochs
-    dense = 2 * len(Schedule(order // config.epochs, config.epochs).accuracy_steps)
+    dense = 2 * sum(1 for _ in dense_steps(order))  # an upper bound of the dense schedule
     # the crossings' forward pass shares the validation inputs; each arm holds its layers'
     # outputs and their pre-activations
     crossing = 2 * len(splits.x_val) * max(1, units - math.prod(splits.input_shape))

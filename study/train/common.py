@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,17 +42,23 @@ class Schedule:
     @property
     def accuracy_steps(self) -> tuple[int, ...]:
         """Steps where only val_accuracy is taken: each at most 5% past the previous one."""
-        dense, step = set(), 1
-        while step <= self.total_steps:
-            dense.add(step)
-            step = max(step + 1, math.floor(step * (1 + CROSSING_RESOLUTION)))
-        return tuple(sorted(dense - set(self.steps)))
+        return tuple(sorted(set(dense_steps(self.total_steps)) - set(self.steps)))
 
     @property
     def all_steps(self) -> tuple[tuple[int, bool], ...]:
         """(step, full evaluation?) in step order."""
         full = set(self.steps)
         return tuple((s, s in full) for s in sorted(full | set(self.accuracy_steps)))
+
+
+def dense_steps(total_steps: int) -> Iterator[int]:
+    """1, 2, 3, ...: each step at most 5% past the previous one, up to ``total_steps``; a few
+    hundred for any budget, so the memory check can count them without listing a long
+    budget's epoch ends (``Schedule.steps``)."""
+    step = 1
+    while step <= total_steps:
+        yield step
+        step = max(step + 1, math.floor(step * (1 + CROSSING_RESOLUTION)))
 
 
 # The training-set measures (train_loss, train_accuracy, grad_norm) cost a forward and a
