@@ -26,8 +26,7 @@ from tests.test_resume import _count
 # 4 losses x 2 starts x 4 seeds = 32 arms in 4 groups; each group trains for a few seconds,
 # so the server dies after the first group is stored and while the others train.
 N_ARMS = 32
-OVERRIDES = ["seeds=[0, 1, 2, 3]", "epochs=10"]
-STUDY = [str(CONFIGS / "smoke.yaml"), *(f"--set={item}" for item in OVERRIDES)]
+STUDY = [str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1, 2, 3]", "--set", "epochs=10"]
 BUDGET_S = 8  # the long outage's --store-timeout
 SLACK_S = 15  # the last try, stopping training, a loaded machine
 
@@ -65,13 +64,10 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, server) -> dict:
-    """The study's values trained in one go into a SQLite store (while the server starts), in
-    this process: the runs against the server are the processes under test."""
-    from study.config import load_config
-    from study.run import run_study
-
+    """The study's values trained in one go into a SQLite store (while the server starts)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('whole') / 'mlflow.db'}"
-    run_study(load_config(STUDY[0], OVERRIDES), uri, progress=False)
+    done = _study(uri, "--quiet")
+    assert done.wait(timeout=300) == 0, done.stderr.read()
     values = _values(uri, "smoke")
     assert len(values) == N_ARMS
     server.ready()
