@@ -162,8 +162,8 @@ def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, t
 
     real = batched.train_arms
 
-    def interrupted(arms, config, splits, advance=lambda n: None):
-        for i, item in enumerate(real(arms, config, splits, advance)):
+    def interrupted(arms, config, splits, advance=lambda n: None, **warm):
+        for i, item in enumerate(real(arms, config, splits, advance, **warm)):
             if i == 2:
                 raise KeyboardInterrupt
             yield item
