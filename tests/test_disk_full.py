@@ -59,15 +59,22 @@ def test_a_full_store_stops_the_study_in_one_line_and_a_rerun_completes_it(tmp_p
     stored, other = int(said[1]), int(said[2])
     assert stored + other == N_ARMS and 0 < stored < N_ARMS
     parents, children = _statuses(uri)
-    assert parents == ["FAILED"]  # there was still room to say so
-    assert children == ["FINISHED"] * stored  # the arms written before are whole
+    # FAILED if the parent's last write still fitted in the bytes left; else it stays
+    # RUNNING and the rerun's sweep marks it KILLED (which write hits the limit first
+    # depends on the sizes of the batches before it)
+    assert parents in (["FAILED"], ["RUNNING"])
+    first = "FAILED" if parents == ["FAILED"] else "KILLED"
+    # the arms written before are whole; an arm whose write hit the limit stays RUNNING
+    # only when there was no room left to delete it either, and the rerun's sweep deletes it
+    assert children.count("FINISHED") == stored, children
+    assert set(children) <= {"FINISHED", "RUNNING"} and children.count("RUNNING") <= 1
 
     rerun = _study(uri)  # room again
     assert rerun.returncode == 0, rerun.stderr
     assert f"trained {other} arms" in rerun.stdout
     assert f"skipped {stored} already finished" in rerun.stdout
     parents, children = _statuses(uri)
-    assert sorted(parents) == ["FAILED", "FINISHED"]
+    assert sorted(parents) == sorted([first, "FINISHED"])
     assert children == ["FINISHED"] * N_ARMS  # one run per arm
     resumed = _values(uri)
     assert resumed.keys() == uninterrupted.keys()
