@@ -112,7 +112,9 @@ def test_a_server_gone_longer_than_the_timeout_stops_the_study_and_a_rerun_compl
     out, err = study.communicate(timeout=BUDGET_S + 120)
     stopped_after = time.monotonic() - died
     assert study.returncode == 3, err
-    assert BUDGET_S <= stopped_after < BUDGET_S + SLACK_S
+    # The outage's clock starts when its first failed request began, which may be a write
+    # already in flight when the server was killed: up to a second before `died` here.
+    assert BUDGET_S - 1 <= stopped_after < BUDGET_S + SLACK_S
     lines = err.splitlines()
     assert len(lines) == 1, err  # no traceback
     said = re.fullmatch(rf"error: the MLflow tracking server at {re.escape(server.url)} has "
