@@ -8,16 +8,17 @@ run them. At each epoch end the callbacks see the arm's measures as logged (``tr
 ``val_accuracy``, ``val_nll``, ...) beside Keras' own ``loss`` (the epoch's mean minibatch
 loss), so ``monitor`` may name any of them.
 
-One pydantic model per callback, with Keras' argument names; ``Callback`` is their union,
-told apart by ``name``. No TensorFlow import here.
+One pydantic model per callback, with Keras' argument names (``study.options``);
+``Callback`` is their union, told apart by ``name``. No TensorFlow import here.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import Field, Strict
 
+from study.options import Option, union
 from study.train.common import METRICS
 
 Monitor = Literal[("loss", *METRICS)]
@@ -25,19 +26,7 @@ NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 
 
-class _Callback(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.model_fields))
-            if unknown:
-                raise ValueError(f"unknown {value.get('name')} key {unknown[0]!r}; valid: "
-                                 f"{', '.join(k for k in cls.model_fields if k != 'name')}")
-        return value
-
+class _Callback(Option):
     def make(self):
         import keras
 
@@ -66,4 +55,4 @@ class EarlyStopping(_Callback):
 
 
 CALLBACKS = (ReduceLROnPlateau, EarlyStopping)
-Callback = Annotated[ReduceLROnPlateau | EarlyStopping, Field(discriminator="name")]
+Callback = union(CALLBACKS)

@@ -34,23 +34,27 @@ def add_to_path(folder: str) -> None:
         sys.path.insert(0, folder)
 
 
-def import_object(key: str, path: str, what: str = "package.module:function"):
-    """The object ``path`` names (``package.module:attribute``); ``key`` is the config key
-    a message names."""
+def import_object(key: str, path: str, what: str = "package.module:function", *,
+                  it: bool = False, where: str = "the working directory or the config's folder"):
+    """The object ``path`` names (``package.module:attribute``), callable. Messages start
+    with ``key``, the config key, and name ``path`` after it (``model.builder: cannot import
+    'x:y'``); with ``it``, they name both up front and say "it" after (``dataset 'x:y':
+    cannot import it``), as a dataset's messages do. ``where`` is where to put the module."""
     module_name, _, attribute = path.partition(":")
+    head, named = (f"{key} {path!r}", "it") if it else (key, repr(path))
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key}: cannot import {path!r} ({one_line(err)}); give "
-                          f"'{what}', importable from the working directory or the "
-                          "config's folder") from None
+        raise ConfigError(f"{head}: cannot import {named} ({one_line(err)}); give "
+                          f"'{what}', importable from {where}") from None
     except SystemExit as err:
-        raise ConfigError(f"{key}: importing {path!r} called sys.exit({err.code!r})") from None
+        raise ConfigError(f"{head}: importing {named} called sys.exit({err.code!r})") from None
     except Exception as err:  # the user's module failed as it ran: say so, in one line
-        raise ConfigError(f"{key}: importing {path!r} failed with {type(err).__name__}: "
+        raise ConfigError(f"{head}: importing {named} failed with {type(err).__name__}: "
                           f"{one_line(err)}") from None
     if not callable(found):
-        raise ConfigError(f"{key}: {path!r} is not callable")
+        raise ConfigError(f"{head} is not callable" if it else
+                          f"{key}: {path!r} is not callable")
     return found

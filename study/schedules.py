@@ -13,16 +13,18 @@ own numbers, and whatever Keras computes from the step alone (a cosine, a power)
 scalar shared by every slot, so no op mixes arms. The reference trainer builds it per arm
 with the arm's rate as a float.
 
-Each model is one pydantic model with the Keras arguments' names and ranges; ``Schedule`` is
-their union, told apart by ``name``. No TensorFlow import here: a bad config must fail before
-it starts.
+Each model is one pydantic model with the Keras arguments' names and ranges
+(``study.options``); ``Schedule`` is their union, told apart by ``name``. No TensorFlow import
+here: a bad config must fail before it starts.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import Field, Strict, model_validator
+
+from study.options import Option, union
 
 Steps = Annotated[int, Strict(), Field(gt=0)]
 NonNegativeSteps = Annotated[int, Strict(), Field(ge=0)]
@@ -31,22 +33,12 @@ NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
-class _Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Schedule(Option):
     keras_class: ClassVar[str] = ""  # the class in keras.optimizers.schedules
 
-    @model_validator(mode="before")
     @classmethod
-    def _known_keys(cls, value: Any) -> Any:
-        # One line naming the valid keys (pydantic's "extra inputs" error names none).
-        if isinstance(value, dict):
-            unknown = sorted(set(value) - set(cls.model_fields))
-            if unknown:
-                hint = (" (the arm's lr is the initial rate)"
-                        if "initial_learning_rate" in unknown else "")
-                raise ValueError(f"unknown {value.get('name')} key {unknown[0]!r}{hint}; valid: "
-                                 f"{', '.join(k for k in cls.model_fields if k != 'name')}")
-        return value
+    def _unknown_hint(cls, unknown: list[str]) -> str:
+        return " (the arm's lr is the initial rate)" if "initial_learning_rate" in unknown else ""
 
     def arguments(self, rate) -> dict[str, Any]:
         """The Keras class's keyword arguments for an arm at ``rate`` (a float, or a tensor
@@ -174,5 +166,4 @@ class PiecewiseConstantDecay(_Schedule):
 
 SCHEDULES = (CosineDecay, CosineDecayRestarts, ExponentialDecay, InverseTimeDecay,
              PolynomialDecay, PiecewiseConstantDecay)
-Schedule = Annotated[CosineDecay | CosineDecayRestarts | ExponentialDecay | InverseTimeDecay
-                     | PolynomialDecay | PiecewiseConstantDecay, Field(discriminator="name")]
+Schedule = union(SCHEDULES)

@@ -16,17 +16,15 @@ changed file is a different study and a moved one the same.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
-import os
 import re
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from study.errors import ConfigError
+from study.plugins import import_object
 
 LOADER = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
@@ -80,18 +78,8 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _call(name: str) -> tuple[dict[str, np.ndarray], str]:
-    module_name, _, attr = name.partition(":")
     where = f"dataset {name!r}"
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{where}: cannot import it ({_line(err)}); give "
-                          "'package.module:function', importable from the working "
-                          "directory") from None
-    if not callable(function):
-        raise ConfigError(f"{where} is not callable")
+    function = import_object("dataset", name, it=True, where="the working directory")
     try:
         value = function()
     except SystemExit as err:  # the user's code does not get to end the study

@@ -133,11 +133,16 @@ def loader_module(tmp_path, monkeypatch):
         "def broken():\n"
         "    raise OSError('no such share')\n"
         "def wrong():\n"
-        "    return [1, 2, 3]\n")
+        "    return [1, 2, 3]\n"
+        "not_a_function = 3\n")
+    # modules whose own code fails as they are imported
+    (tmp_path / "my_raising_data.py").write_text("raise OSError('no such share')\n")
+    (tmp_path / "my_exiting_data.py").write_text("import sys\nsys.exit(3)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
-    sys.modules.pop("my_data", None)
+    for module in ("my_data", "my_raising_data", "my_exiting_data"):
+        sys.modules.pop(module, None)
 
 
 def test_a_loader_returns_a_dict_or_keras_load_data_tuples(loader_module):
@@ -154,6 +159,11 @@ def test_a_loader_returns_a_dict_or_keras_load_data_tuples(loader_module):
     ("my_data:broken", "dataset 'my_data:broken' failed with OSError: no such share"),
     ("my_data:wrong", "dataset 'my_data:wrong' returned list: return a dict with keys"),
     ("my_data:nothing", "dataset 'my_data:nothing': cannot import it"),
+    ("my_data:not_a_function", "dataset 'my_data:not_a_function' is not callable$"),
+    ("my_raising_data:load",
+     "dataset 'my_raising_data:load': importing it failed with OSError: no such share$"),
+    ("my_exiting_data:load",
+     r"dataset 'my_exiting_data:load': importing it called sys\.exit\(3\)$"),
 ])
 def test_a_loader_that_fails_is_one_line(loader_module, name, message):
     with pytest.raises(ConfigError, match="^" + message) as err:
