@@ -167,7 +167,7 @@ def snapshot(folder: Path) -> dict[str, tuple]:
             if path.is_file() else "folder" for path in folder.rglob("*")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def imported():
     """TensorFlow and scikit-learn imported once before the rows are timed: the rows run in
     one process, so only the first row that needs them would pay their import (5-15 s on a

@@ -140,7 +140,7 @@ def _stored_arms(uri: str) -> dict[str, tuple[dict, dict]]:
         for name in run.data.metrics}) for run in runs}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def diverging(tmp_path_factory, tf):
     """The smoke study's control and saturated starts under every optimizer, run through
     the CLI twice: with a 1e30 rate beside each optimizer's good one (a diverging arm in

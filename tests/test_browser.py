@@ -36,7 +36,7 @@ BAD_START = "saturated_wrong m=4"  # its first bad start: the link's
 WAIT_MS = 30_000
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -49,7 +49,7 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def screenshots():
     """What the browser saw, kept for a look after the run (reports/ is not committed)."""
     folder = ROOT / "reports" / "screenshots"
@@ -64,7 +64,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def printed_link(smoke_store):
     """`python -m study ui` on a free loopback port over the smoke study's store: the link
     it prints for the study, once the server answers."""
@@ -291,7 +291,7 @@ LABELS = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>"]
 HOSTILE_NAME = "x`<b>bold</b>`` <script>alert(3)</script> y"  # renamed in MLflow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def hostile_report(tmp_path_factory):
     """configs/smoke.yaml shrunk to one loss under two optimizers labelled with markup (4
     arms, one epoch), trained, its experiment then renamed in MLflow to a name with a

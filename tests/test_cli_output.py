@@ -89,7 +89,7 @@ def test_a_line_says_the_share_done_and_the_time_left_at_the_recent_rate():
         "report: 150/200 cells (75%), 2 min 30 s so far, about 50 s left, 37 stored"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def piped_run(tmp_path_factory):
     """configs/smoke.yaml (4 groups) run with stdout and stderr to a file: (store, log)."""
     folder = tmp_path_factory.mktemp("piped")

@@ -21,7 +21,7 @@ SMALL = ["epochs=3", "losses=[cce, mse]", "inits={glorot: []}", "seeds=[0, 1, 2]
          "optimizer.lr={cce: 0.5, mse: 8}", "levels=[0.3, 0.5, 0.7, 0.8, 0.9]"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def small(tf, digits):
     config = load_config(CONFIGS / "smoke.yaml", SMALL)
     arms = expand_grid(config)

@@ -13,7 +13,7 @@ from study.models import build_model
 MLP = ModelConfig(hidden=(30,))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def starts(tf):
     return Starts(build_model(MLP, (64,), 10, "sigmoid"))
 

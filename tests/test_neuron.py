@@ -14,7 +14,7 @@ from tests.conftest import CONFIGS, ROOT, tracking_uri
 A, B = 0.82, 0.98  # the starts, labelled by their initial output
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def neuron(tmp_path_factory, tf):
     uri = tracking_uri(tmp_path_factory.mktemp("neuron"))
     run_study(load_config(CONFIGS / "neuron.yaml"), uri, progress=False)

@@ -68,7 +68,7 @@ def _config(*overrides):
 BATCH = "batch_size=32"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def variants():
     """Every variant's config (one study), its arms, and the batched trainer's results in
     grid order."""

@@ -75,7 +75,7 @@ three = 3
 '''
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def own_module(tmp_path_factory):
     folder = tmp_path_factory.mktemp("own")
     (folder / f"{MODULE}.py").write_text(textwrap.dedent(LOSSES))
@@ -135,13 +135,13 @@ OWN = (f"losses=[cce, scce, {{name: fn_cce, fn: '{MODULE}:cce', output: softmax,
        f"{{name: focal, fn: '{MODULE}:focal', output: softmax, targets: one_hot}}]")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def own_config(own_module):
     return load_config(CONFIGS / "smoke.yaml", [OWN, "epochs=1", "batch_size=32",
                                                 "inits={glorot: [], saturated_wrong: [4]}"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def batched_results(tf, own_config, digits):
     return {arm.key: result for arm, result in batched.train_arms(expand_grid(own_config),
                                                                  own_config, digits)}

@@ -21,7 +21,7 @@ from study.run import run_study
 from tests.conftest import CONFIGS, tracking_uri
 from tests.test_resume import _statuses, _values
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]  # one cluster
 
 # 2 starts x 8 seeds x 2 rates = 32 arms of one group, which the in-process trainer trains
 # as one chunk of 32 slots and the Ray executor as 2 chunks of 16 (the control's arms, then
@@ -32,18 +32,19 @@ OVERRIDES = ["losses=[mse]", "inits={glorot: [], saturated_wrong: [4]}",
 N_ARMS = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    """One local cluster (2 CPUs) for the module's tests: started by the first test, again
+    after a test that leaves it, and shut down as the session ends (Ray's own atexit)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def _config(executor: str = "local"):
     return load_config(CONFIGS / "smoke.yaml", OVERRIDES, {"executor": executor})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def in_process_store(tmp_path_factory):
     """The reference: the same study trained in this process."""
     uri = tracking_uri(tmp_path_factory.mktemp("local"))
@@ -51,7 +52,7 @@ def in_process_store(tmp_path_factory):
     return uri
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def in_process(in_process_store):
     """Every value the in-process run stored."""
     values = _values(in_process_store)
@@ -214,8 +215,8 @@ def test_a_cluster_address_where_nothing_listens_fails_in_seconds(tmp_path, caps
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = tmp_path / "mlflow.db"
-    # An address matters only to a process that has not joined a cluster: this test runs
-    # last and leaves the module's cluster (the fixture's shutdown is then a no-op).
+    # An address matters only to a process that has not joined a cluster: this test leaves
+    # the module's cluster (the next test that needs one starts it again).
     ray.shutdown()
     code = main(["run", str(CONFIGS / "smoke.yaml"), "--executor", "ray", "--address",
                  f"127.0.0.1:{port}", "--tracking-uri", f"sqlite:///{db}", "--quiet"])

@@ -20,7 +20,7 @@ from study.cli import main
 from tests.conftest import CONFIGS, ROOT
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report(smoke_report):  # rendered once per session, shared with test_browser
     return smoke_report
 
@@ -153,7 +153,7 @@ def _parent_only_store(folder: Path, name: str) -> str:
     return uri
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def configs_store(tmp_path_factory):
     """A study named ``configs``, the name of a folder users keep beside their reports."""
     return _parent_only_store(tmp_path_factory.mktemp("configs-store"), "configs")

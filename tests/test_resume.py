@@ -63,7 +63,7 @@ def _values(uri: str) -> dict:
     return values
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(resume_values):
     return resume_values
 
@@ -91,7 +91,7 @@ def _reached(moment: str, db, parents: int, finished: int) -> bool:
             "last": lambda: _finished_children(db) >= 40}[moment]()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def killed(tmp_path_factory):
     """One store: the study killed with SIGKILL during start-up (no store yet), once its
     parent run exists, inside the first group's writes, in the middle and in the last group's

@@ -22,7 +22,7 @@ from tests.conftest import MlflowServer
 from tests.test_resume import _run, _statuses, _values
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("claim")).start()
     yield server

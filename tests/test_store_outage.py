@@ -55,14 +55,14 @@ def _values(uri: str, experiment: str) -> dict:
         for name in run.data.metrics} for run in children}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("outage")).launch()  # ready when used
     yield server
     server.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, server) -> dict:
     """The study's values trained in one go into a SQLite store (while the server starts)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('whole') / 'mlflow.db'}"

@@ -14,7 +14,7 @@ from tests.conftest import shrink
 from tests.reference_numpy import global_norm, loss_and_grads, sgd
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def one_epoch(smoke_config):
     return shrink(smoke_config, epochs=1)
 
