@@ -162,14 +162,18 @@ def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_two_studies_write_to_one_real_tracking_server_at_once(mlflow_server, uninterrupted):
     """Two processes, two studies, one `mlflow server`: each stores its arms once, and the
-    48-arm study's values equal the uninterrupted run's in a local SQLite store."""
+    48-arm study's values equal the uninterrupted run's in a local SQLite store. The other
+    prints the server's own link, and no "View run" lines from MLflow."""
     study = _run(mlflow_server)
     other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
                               "--set", "name=alongside", "--quiet", "--tracking-uri",
-                              mlflow_server], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+                              mlflow_server], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    out, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err
     assert study.wait(timeout=300) == 0, study.stderr.read().decode()
-    assert other.wait(timeout=300) == 0, other.stderr.read().decode()
+    assert "View run" not in out + err
+    assert f"browse it: {mlflow_server}/#/experiments/" in out
     assert _values(mlflow_server) == uninterrupted
     parents, children = _statuses(mlflow_server)
     assert parents == ["FINISHED"] and children == ["FINISHED"] * 48
