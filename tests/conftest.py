@@ -56,6 +56,41 @@ def shrink(config, **changes):
     return validate(raw)
 
 
+def _copy_new_stores_from_a_template() -> None:
+    """MLflow makes a new SQLite store by running its schema migrations one by one: about 5 s
+    of CPU a store, and the suite makes over a hundred in this process. Here a new store gets
+    the tables of one empty store that MLflow migrated itself, copied with SQLite's backup
+    API; MLflow then goes on as always (it checks the schema's version and adds its Default
+    experiment). Only files with no table at all; the processes the tests start make their
+    stores the ordinary way, so that path stays tested."""
+    import sqlite3
+    import tempfile
+
+    import mlflow.store.db.utils as db_utils
+    import sqlalchemy
+
+    migrate = db_utils._initialize_tables
+    template: list[str] = []
+
+    def initialize(engine) -> None:
+        path = engine.url.database
+        if engine.url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+            return migrate(engine)
+        with contextlib.closing(sqlite3.connect(path)) as target:
+            if target.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return migrate(engine)
+            if not template:
+                template.append(os.path.join(tempfile.mkdtemp(prefix="empty-store-"), "m.db"))
+                migrate(sqlalchemy.create_engine(f"sqlite:///{template[0]}"))
+            with contextlib.closing(sqlite3.connect(template[0])) as source:
+                source.backup(target)
+
+    db_utils._initialize_tables = initialize
+
+
+_copy_new_stores_from_a_template()
+
+
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
