@@ -17,7 +17,7 @@ from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
-from study.plan import Estimate, Preflight, check_fits_data, check_memory, estimate
+from study.plan import ASK_ABOVE_GB, Estimate, Preflight, check_fits_data, check_memory, estimate
 from study.tracking import STORE_TIMEOUT_S, ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
 
@@ -81,7 +81,10 @@ def measured_estimate(config: StudyConfig, flight: Preflight,
     trainer runs in this process (and that group, traced, for training), else from the
     calibration."""
     costs, warm = None, {}
-    if config.trainer == "batched" and config.executor == "local" and arms:
+    # A store too big to write without asking needs no probe to say so: the size does not
+    # depend on it, and a huge study's first group takes seconds to trace.
+    huge = estimate(config, flight, arms).store_bytes > ASK_ABOVE_GB * 1e9
+    if config.trainer == "batched" and config.executor == "local" and arms and not huge:
         from study.train.batched import probe
 
         costs, warm = probe(config, flight.splits, arms)
