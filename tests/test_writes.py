@@ -17,14 +17,14 @@ from study.tracking.runs import StudyTracker, arm_params
 from study.train.common import ArmResult
 from tests.conftest import tracking_uri
 
-# What each table's rows are compared on: all their columns but the run's id (and the
-# artifact folder named by it).
+# What each table's rows are compared on: all their columns but the run's id (which names
+# the artifact folder too).
 TABLES = {"metrics": "key, value, timestamp, step, is_nan",
           "latest_metrics": "key, value, timestamp, step, is_nan",
           "params": "key, value", "tags": "key, value",
-          "runs": "name, source_type, source_name, entry_point_name, user_id, status, "
-                  "start_time, end_time, deleted_time, source_version, lifecycle_stage, "
-                  "experiment_id"}
+          "runs": "name, artifact_uri, source_type, source_name, entry_point_name, user_id, "
+                  "status, start_time, end_time, deleted_time, source_version, "
+                  "lifecycle_stage, experiment_id"}
 
 
 def _result(finished_ms: int | None = 2_000_000) -> ArmResult:
@@ -57,9 +57,12 @@ def tracker(tmp_path_factory, smoke_config):
 def _rows(uri: str, run_id: str) -> dict[str, list[tuple]]:
     path = uri.removeprefix("sqlite:///")
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return {table: sorted(db.execute(f"SELECT {columns} FROM {table} WHERE "
+        rows = {table: sorted(db.execute(f"SELECT {columns} FROM {table} WHERE "
                                          f"run_uuid = ?", (run_id,)).fetchall())
                 for table, columns in TABLES.items()}
+    (run,) = rows["runs"]
+    rows["runs"] = [(run[0], run[1].replace(run_id, "<id>"), *run[2:])]
+    return rows
 
 
 def _write(tracker: StudyTracker, arm, result: ArmResult, fast: bool, smoke_config) -> str:
@@ -86,11 +89,12 @@ def test_the_fast_path_writes_the_rows_log_batch_writes(tracker, smoke_config, f
     if finished_ms is None:  # both "now": equal up to the time between the two writes
         now = time.time() * 1000
         for rows in (by_mlflow["runs"], by_fast_path["runs"]):
-            assert now - 60_000 < rows[0][7] <= now
-            rows[0] = (*rows[0][:7], None, *rows[0][8:])
+            assert now - 60_000 < rows[0][8] <= now
+            rows[0] = (*rows[0][:8], None, *rows[0][9:])
     for table in TABLES:
         assert by_fast_path[table] == by_mlflow[table], table
-    assert by_fast_path["runs"][0][5] == "FINISHED"
+    assert by_fast_path["runs"][0][6] == "FINISHED"
+    assert by_fast_path["runs"][0][1].endswith("/<id>/artifacts")
 
 
 def test_a_failed_transaction_leaves_no_row_and_the_run_is_deleted(tracker, smoke_config,
@@ -135,3 +139,12 @@ def test_other_stores_take_mlflows_api():
     from mlflow.tracking import MlflowClient
 
     assert sql_writes.sqlite_store(MlflowClient("http://127.0.0.1:9")) is None
+
+
+def test_an_experiment_not_active_takes_no_run(tracker):
+    tracker, _ = tracker
+    experiment_id = tracker.client.create_experiment("gone")
+    tracker.client.delete_experiment(experiment_id)
+    with pytest.raises(Exception, match="must be in the 'active' state"):
+        sql_writes.create_run(tracker.sqlite_store, experiment_id, "arm", {"k": "v"}, None)
+    assert tracker.client.search_runs([experiment_id], run_view_type=3) == []

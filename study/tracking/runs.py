@@ -175,11 +175,11 @@ class StudyTracker(StoreConnection):
 
     def _write_arm_once(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         """Its tags as the run is created, then params and metrics in as few batched calls as
-        MLflow allows, then FINISHED (on a SQLite store, the metrics and FINISHED in one
-        transaction of their own: ``sql_writes``). If a write fails, the run is deleted, so
-        no half-written arm stays visible; if the delete fails too (the server is gone), the
-        run stays RUNNING, and is deleted by the next try, at the end of the study or by the
-        next run's sweep."""
+        MLflow allows, then FINISHED (on a SQLite store, the run, then the metrics and
+        FINISHED in one transaction, are written by ``sql_writes``). If a write fails, the
+        run is deleted, so no half-written arm stays visible; if the delete fails too (the
+        server is gone), the run stays RUNNING, and is deleted by the next try, at the end
+        of the study or by the next run's sweep."""
         from mlflow.entities import Metric, Param
 
         from study.browse import arm_tags, run_name
@@ -195,15 +195,19 @@ class StudyTracker(StoreConnection):
                 **arm_tags(arm, self.best_lr)}
         if result.diverged:
             tags["study.diverged_at_step"] = str(result.diverged_at)
-        run_id = self.client.create_run(
-            self.experiment_id, run_name=run_name(arm, self.several_optimizers), tags=tags,
-            start_time=result.started_ms).info.run_id
+        name = run_name(arm, self.several_optimizers)
+        if self.sqlite_store is not None:  # the same rows, at a fraction of the cost
+            run_id = sql_writes.create_run(self.sqlite_store, self.experiment_id, name, tags,
+                                           result.started_ms)
+        else:
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                            start_time=result.started_ms).info.run_id
         try:
             now = int(time.time() * 1000)
             metrics = [Metric(name, value, result.step_ms.get(step, now), step)
                        for name, points in result.history.items() for step, value in points]
             params = [Param(k, v) for k, v in params.items()]
-            if self.sqlite_store is not None:  # the same rows, at a fraction of the cost
+            if self.sqlite_store is not None:
                 self.client.log_batch(run_id, params=params)
                 sql_writes.finish_run(self.sqlite_store, run_id, metrics, result.finished_ms)
             else:

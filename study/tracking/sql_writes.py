@@ -1,13 +1,14 @@
-"""A child run's metrics and its FINISHED status written cheaply to a SQLite store.
+"""A child run written cheaply to a SQLite store: created, then its metrics and FINISHED.
 
 MLflow's SQL store turns every logged value into an ORM object, flushes them one by one and
 reads the run's latest values back, in a transaction per call: about three quarters of a
 study's writing time (docs/trainers.md). For MLflow's own SQL store on a SQLite file, and
-only there, ``finish_run`` inserts the same rows with one SQLAlchemy Core statement per table,
-computes the ``latest_metrics`` rows as MLflow does, and marks the run FINISHED, all in one
-transaction: the arm appears whole or not at all. Any other store (a tracking server, another
-database, a store class MLflow may bring later) takes MLflow's ``log_batch``. The rows are
-checked against ``log_batch``'s own, table by table, in tests/test_writes.py.
+only there, ``create_run`` writes the run and its tags, and ``finish_run`` inserts the
+metric rows with one SQLAlchemy Core statement per table, computes the ``latest_metrics``
+rows as MLflow does, and marks the run FINISHED, all in one transaction. The params, which
+may hold the user's own strings, still go through ``log_batch`` and its checks. Any other
+store (a tracking server, another database, a store class a later MLflow brings) takes
+MLflow's API. tests/test_writes.py checks the rows against MLflow's own, table by table.
 """
 
 from __future__ import annotations
@@ -48,6 +49,46 @@ def _commit_without_sync(dbapi_connection, record, proxy) -> None:
     if isinstance(dbapi_connection, sqlite3.Connection) and not record.info.get("tuned"):
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
         record.info["tuned"] = True
+
+
+def create_run(store, experiment_id: str, run_name: str, tags: dict[str, str],
+               start_time: int | None) -> str:
+    """A new RUNNING run with ``tags`` and its name, the rows ``MlflowClient.create_run``
+    writes, in one transaction; raises, writing nothing, if the experiment is not active.
+    Returns the run's id."""
+    import uuid
+
+    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun, SqlTag
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+    from mlflow.utils.time import get_current_time_millis
+    from mlflow.utils.uri import append_to_uri_path
+    from sqlalchemy import insert, select
+
+    experiments = SqlExperiment.__table__
+    run_id = uuid.uuid4().hex
+    with store.engine.begin() as connection:
+        found = connection.execute(
+            select(experiments.c.artifact_location, experiments.c.lifecycle_stage)
+            .where(experiments.c.experiment_id == int(experiment_id))).first()
+        if found is None or found.lifecycle_stage != LifecycleStage.ACTIVE:
+            raise MlflowException(f"The experiment {experiment_id} must be in the 'active' "
+                                  "state.", INVALID_PARAMETER_VALUE)
+        connection.execute(insert(SqlRun.__table__), [{
+            "run_uuid": run_id, "name": run_name, "experiment_id": int(experiment_id),
+            "artifact_uri": append_to_uri_path(found.artifact_location, run_id, "artifacts"),
+            "source_type": SourceType.to_string(SourceType.UNKNOWN), "source_name": "",
+            "entry_point_name": "", "user_id": tags.get(MLFLOW_USER, "unknown"),
+            "status": RunStatus.to_string(RunStatus.RUNNING),
+            "start_time": start_time or get_current_time_millis(), "end_time": None,
+            "deleted_time": None, "source_version": "",
+            "lifecycle_stage": LifecycleStage.ACTIVE}])
+        connection.execute(insert(SqlTag.__table__), [
+            {"run_uuid": run_id, "key": key, "value": value}
+            for key, value in {**tags, MLFLOW_RUN_NAME: run_name}.items()])
+    return run_id
 
 
 def metric_rows(store, run_id: str, metrics) -> list[dict]:
