@@ -148,3 +148,10 @@ def test_an_experiment_not_active_takes_no_run(tracker):
     with pytest.raises(Exception, match="must be in the 'active' state"):
         sql_writes.create_run(tracker.sqlite_store, experiment_id, "arm", {"k": "v"}, None)
     assert tracker.client.search_runs([experiment_id], run_view_type=3) == []
+
+
+def test_tables_of_another_mlflow_take_mlflows_api(tracker, monkeypatch):
+    tracker, _ = tracker
+    assert sql_writes.sqlite_store(tracker.client) is tracker.sqlite_store
+    monkeypatch.setitem(sql_writes.COLUMNS, "metrics", sql_writes.COLUMNS["metrics"] - {"step"})
+    assert sql_writes.sqlite_store(tracker.client) is None

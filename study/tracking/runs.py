@@ -195,12 +195,12 @@ class StudyTracker(StoreConnection):
                 **arm_tags(arm, self.best_lr)}
         if result.diverged:
             tags["study.diverged_at_step"] = str(result.diverged_at)
-        name = run_name(arm, self.several_optimizers)
+        title = run_name(arm, self.several_optimizers)
         if self.sqlite_store is not None:  # the same rows, at a fraction of the cost
-            run_id = sql_writes.create_run(self.sqlite_store, self.experiment_id, name, tags,
+            run_id = sql_writes.create_run(self.sqlite_store, self.experiment_id, title, tags,
                                            result.started_ms)
         else:
-            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+            run_id = self.client.create_run(self.experiment_id, run_name=title, tags=tags,
                                             start_time=result.started_ms).info.run_id
         try:
             now = int(time.time() * 1000)

@@ -15,17 +15,38 @@ from __future__ import annotations
 
 import sqlite3
 
+# The columns this module writes: MLflow's tables as the rows are checked against
+# (tests/test_writes.py). Tables of another MLflow take MLflow's API.
+COLUMNS = {"runs": {"run_uuid", "name", "source_type", "source_name", "entry_point_name",
+                    "user_id", "status", "start_time", "end_time", "deleted_time",
+                    "source_version", "lifecycle_stage", "artifact_uri", "experiment_id"},
+           "tags": {"key", "value", "run_uuid"},
+           "metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+           "latest_metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"}}
+
 
 def sqlite_store(client):
-    """The client's store if it is exactly MLflow's SQL store on a SQLite file, else None."""
+    """The client's store if it is exactly MLflow's SQL store on a SQLite file, with the
+    tables and helpers this module was written against, else None."""
     try:
+        from mlflow.store.tracking.dbmodels.models import (
+            SqlLatestMetric,
+            SqlMetric,
+            SqlRun,
+            SqlTag,
+        )
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
         from mlflow.tracking.fluent import get_active_model_id
+        from mlflow.utils.validation import _validate_metric  # noqa: F401
 
         store = client._tracking_client.store
     except (ImportError, AttributeError):
         return None
     if type(store) is not SqlAlchemyStore or store.db_type != "sqlite":
+        return None
+    tables = {model.__tablename__: set(model.__table__.c.keys())
+              for model in (SqlRun, SqlTag, SqlMetric, SqlLatestMetric)}
+    if tables != COLUMNS:
         return None
     if get_active_model_id() is not None:  # then MLflow logs metrics to that model too
         return None
