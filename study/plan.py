@@ -15,10 +15,11 @@ from study.errors import ConfigError
 from study.grid import Arm
 from study.train.common import Schedule, steps_per_epoch
 
-# MLflow's SQLite store: about 30 ms of the writer thread and 290 bytes a logged value, plus
-# 5 kB a run. The writer overlaps training, but on two cores it takes CPU from it: about half
-# of its time shows in the wall time (docs/trainers.md).
-SECONDS_PER_ARM_WRITE = 0.03
+# MLflow's SQLite store: about 10 ms of the writer thread per 160 values of an arm (its Core
+# path, study.tracking.sql_writes; 30 ms through MLflow's ORM) and 290 bytes a logged value,
+# plus 5 kB a run. The writer overlaps training, but on two cores it takes CPU from it: about
+# half of its time shows in the wall time (docs/trainers.md).
+SECONDS_PER_ARM_WRITE = 0.01
 WRITE_SHARE = 0.5
 BYTES_PER_VALUE, BYTES_PER_RUN = 290, 5000
 # An arm evaluates val_accuracy after every step while a level is still to be crossed: 19%

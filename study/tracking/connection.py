@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from study.claims import owner_is_gone, schema_lock
 from study.errors import ConfigError, StoreFull, StoreUnreachable, quote
-from study.tracking import server_claim
+from study.tracking import server_claim, sql_writes
 from study.tracking.artifacts import artifact_location, relocate_artifacts
 from study.tracking.faults import out_of_room, reason, unreachable
 from study.tracking.retries import STORE_TIMEOUT_S, Outage, requests_once
@@ -122,6 +122,15 @@ class StoreConnection:
                 raise
         relocate_artifacts(self.uri)
         return client
+
+    @functools.cached_property
+    def sqlite_store(self):
+        """MLflow's store behind the client when it is a SQLite file, tuned to commit
+        without waiting for the disk (``sql_writes``); None for any other store."""
+        store = sql_writes.sqlite_store(self.client)
+        if store is not None:
+            sql_writes.tune(store)
+        return store
 
     def claim(self, study: str) -> contextlib.AbstractContextManager[None]:
         """Hold ``study`` on a store without a lock file (a tracking server, a database) for
