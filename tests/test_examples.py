@@ -1,54 +1,76 @@
-"""The files under examples/, run as a user runs them: ``python -m study run`` (a real process)
-into an MLflow store, then ``python -m study report`` from that store; each example's losses
-must be in the report. The focal example runs from a copy outside the repository (the
-user's own folder, its module beside its config); the builder example from examples/ itself.
-Shrunk to one seed and one epoch: the point is the path, not the numbers."""
+"""The files under examples/, run as a user runs them, into one MLflow store, then one
+``python -m study report`` of every study in it; each example's losses, optimizers and data
+must be in MLflow and in the report. The focal and own-data examples run as real processes
+(``python -m study run``) from a copy outside the repository (the user's own folder, a module
+and a relative .npz beside the config); the cosine and builder examples through the same CLI
+in this process (the cosine one from the user's folder, the builder one from examples/
+itself). Shrunk to one seed and one epoch: the point is the path, not the numbers."""
 
 from __future__ import annotations
 
+import csv
+import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.cli import main
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # two study processes and a report start TensorFlow
 EXAMPLES = ROOT / "examples"
 SMALL = ["--set", "epochs=1", "--set", "seeds=[0]", "--quiet"]
 
 
-def _study(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "study", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
+def _python(*args: str, cwd) -> subprocess.CompletedProcess:
+    """This worktree's code, run from ``cwd`` (PYTHONPATH: not the installed checkout)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
     return done
 
 
 @pytest.fixture(scope="session")
 def examples_report(tmp_path_factory):
-    """Both examples trained into one store and reported: (store URI, reports folder)."""
-    mine = tmp_path_factory.mktemp("users-folder")  # outside the repository
-    for name in ("focal.yaml", "focal_loss.py"):
+    """Every example trained into one store in the user's folder and reported: (the user's
+    home, store URI, reports folder, what the own-data study printed)."""
+    home = tmp_path_factory.mktemp("user")  # outside the repository
+    mine = home / "my-study"
+    mine.mkdir()
+    for name in ("focal.yaml", "focal_loss.py", "make_images_npz.py", "own_data.yaml",
+                 "cosine_schedule.yaml"):
         shutil.copy(EXAMPLES / name, mine / name)
-    uri = f"sqlite:///{mine / 'mlflow.db'}"
-    _study("run", str(mine / "focal.yaml"), "--tracking-uri", uri, *SMALL)
-    _study("run", "examples/builder.yaml", "--tracking-uri", uri, *SMALL)
-    _study("report", "--tracking-uri", uri, "--out", str(mine / "reports"))
-    return uri, mine / "reports"
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    _python("my-study/make_images_npz.py", cwd=home)
+    _python("-m", "study", "run", "my-study/focal.yaml", "--tracking-uri", uri, *SMALL,
+            cwd=home)
+    own_data = _python("-m", "study", "run", "my-study/own_data.yaml", "--tracking-uri", uri,
+                       "--set", "epochs=1", "--set", "seeds=[0]", cwd=home)
+    for config in (mine / "cosine_schedule.yaml", EXAMPLES / "builder.yaml"):
+        assert main(["run", str(config), "--tracking-uri", uri, *SMALL]) == 0
+    _python("-m", "study", "report", "--tracking-uri", uri, "--out", "reports", cwd=home)
+    return home, uri, home / "reports", own_data.stdout
+
+
+def _arms(uri: str, study: str) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(study).experiment_id],
+                              "tags.`study.arm` LIKE '%'")
 
 
 FOCAL_LOSSES = ["cce", "focal", "keras_focal", "cce_logits"]
 
 
-@pytest.mark.slow
 def test_own_losses_train_log_and_reach_the_report(examples_report):
-    uri, reports = examples_report
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("focal").experiment_id],
-                              "tags.`study.arm` LIKE '%'")
+    _, uri, reports, _ = examples_report
+    runs = _arms(uri, "focal")
     assert sorted({r.data.params["loss"] for r in runs}) == sorted(FOCAL_LOSSES)
     focal = [r for r in runs if r.data.params["loss"] == "focal"]
     assert {(r.data.params["loss.fn"], r.data.params["loss.output"],
@@ -66,15 +88,56 @@ def test_own_losses_train_log_and_reach_the_report(examples_report):
         assert html.count(loss) >= 3, loss  # tables, the answer and the figures' legends
 
 
-@pytest.mark.slow
 def test_own_model_trains_and_reaches_the_report(examples_report):
-    uri, reports = examples_report
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("builder").experiment_id],
-                              "tags.`study.arm` LIKE '%'")
+    _, uri, reports, _ = examples_report
     params = 64 * 32 + 32 + 32 * 10 + 10
-    assert {r.data.params["model"] for r in runs} == {f"builder:build ({params} params)"}
+    assert {r.data.params["model"] for r in _arms(uri, "builder")} == {
+        f"builder:build ({params} params)"}
     summary = pd.read_csv(reports / "builder" / "summary.csv")
     assert sorted(set(summary["loss"])) == ["cce", "mse"]
     html = (reports / "builder" / "report.html").read_text()
     assert html.count("mse") >= 3 and html.count("cce") >= 3
+
+
+def test_the_script_writes_28x28_images_in_keras_layout(examples_report):
+    home = examples_report[0]
+    with np.load(home / "my-study" / "digits28.npz", allow_pickle=False) as f:
+        assert sorted(f.files) == ["x_test", "x_train", "y_test", "y_train"]
+        assert f["x_train"].shape == (1497, 28, 28) and f["x_test"].shape == (300, 28, 28)
+        assert f["x_train"].dtype == np.uint8 and f["x_train"].max() == 255
+        assert set(np.unique(f["y_train"])) == set(range(10))
+
+
+def test_the_study_trains_on_the_file_and_mlflow_records_it(examples_report):
+    home, uri, _, stdout = examples_report
+    assert "study 'own_data': trained 4 arms" in stdout  # 2 losses x 2 starts x 1 seed
+    runs = _arms(uri, "own_data")
+    assert len(runs) == 4
+    for run in runs:
+        assert run.data.params["dataset"] == str(home / "my-study" / "digits28.npz")
+        assert run.data.params["model"] == "mlp-784-30-10-sigmoid"  # 28x28 inputs, flattened
+    controls = [r.data.metrics["val_accuracy"] for r in runs
+                if r.data.params["init"] == "glorot"]
+    assert min(controls) > 0.5  # scaled to [0, 1], one epoch of digits learns
+
+
+def test_the_report_shows_the_own_data_study(examples_report):
+    folder = examples_report[2] / "own_data"
+    assert (folder / "report.html").is_file()
+    with (folder / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {row["loss"] for row in rows} == {"cce", "mse"}
+
+
+def test_the_cosine_example_names_its_optimizer_in_full(examples_report):
+    """Nadam with a cosine schedule: its arms are in MLflow with the optimizer named in full
+    and its clipping as a param, and in the report."""
+    _, uri, reports, _ = examples_report
+    runs = _arms(uri, "cosine_schedule")
+    name = ("nadam(clipnorm=1)+cosine_decay(decay_steps=300,alpha=0.1,warmup_target=0.01,"
+            "warmup_steps=20)")
+    scheduled = [r for r in runs if r.data.params["optimizer"] == name]
+    assert len(runs) == 2 * 2 * 3 and len(scheduled) == 2 * 2 * 2
+    assert all(r.data.params["optimizer.clipnorm"] == "1.0" for r in scheduled)
+    report = (reports / "cosine_schedule" / "report.html").read_text()
+    assert "cosine_decay" in report

@@ -1,14 +1,10 @@
 """Every elementwise Keras optimizer, norm clipping and Keras' learning-rate schedules in the
 batched trainer: each arm as Keras ``fit`` trains it (the reference trainer), and bit for bit
 the same in any slot of any group. What the batched trainer cannot run, the reference
-trainer runs: Lamb, BatchNormalization, Dropout, callbacks. And examples/cosine_schedule.yaml
-end to end: CLI, MLflow, report."""
+trainer runs: Lamb, BatchNormalization, Dropout, callbacks. (examples/cosine_schedule.yaml end
+to end: tests/test_examples.py.)"""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +14,7 @@ from study.errors import ConfigError
 from study.grid import expand_grid
 from study.optimizers import OPTIMIZERS
 from study.train import batched, reference
-from tests.conftest import CONFIGS, ROOT, tracking_uri
+from tests.conftest import CONFIGS
 
 ELEMENTWISE = sorted(name for name, spec in OPTIMIZERS.items() if spec.mixes is None)
 COSINE = "{name: cosine_decay, decay_steps: 25, warmup_target: 0.3, warmup_steps: 8}"
@@ -221,33 +217,3 @@ def test_callbacks_see_the_arms_measures(tf):
         np.testing.assert_allclose(by_callback.series(name), by_schedule.series(name),
                                    rtol=1e-6, atol=1e-6, err_msg=name)
     assert stopped.steps()[-1] == 66
-
-
-@pytest.mark.slow
-def test_the_cosine_example_runs_end_to_end(tmp_path):
-    """examples/cosine_schedule.yaml copied outside the repository, shrunk to one seed and
-    one epoch: `python -m study run`, then `python -m study report`; the Nadam-with-cosine
-    arms are in MLflow with their optimizer named in full, and in the report."""
-    from mlflow.tracking import MlflowClient
-
-    config = tmp_path / "mine" / "cosine_schedule.yaml"
-    config.parent.mkdir()
-    shutil.copy(ROOT / "examples" / "cosine_schedule.yaml", config)
-    uri = tracking_uri(tmp_path)
-    study = [sys.executable, "-m", "study"]
-    for command in (["run", str(config), "--set", "seeds=[0]", "--set", "epochs=1",
-                     "--tracking-uri", uri, "--quiet"],
-                    ["report", "--tracking-uri", uri, "--out", str(tmp_path / "reports")]):
-        done = subprocess.run(study + command, cwd=ROOT, capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("cosine_schedule")
-    runs = client.search_runs([experiment.experiment_id], "tags.`study.arm` LIKE '%'")
-    name = ("nadam(clipnorm=1)+cosine_decay(decay_steps=300,alpha=0.1,warmup_target=0.01,"
-            "warmup_steps=20)")
-    scheduled = [r for r in runs if r.data.params["optimizer"] == name]
-    assert len(runs) == 2 * 2 * 3 and len(scheduled) == 2 * 2 * 2
-    assert all(r.data.params["optimizer.clipnorm"] == "1.0" for r in scheduled)
-    report = (tmp_path / "reports" / "cosine_schedule" / "report.html").read_text()
-    assert "cosine_decay" in report
