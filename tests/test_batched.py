@@ -28,9 +28,33 @@ def _config(*overrides):
     return load_config(CONFIGS / "smoke.yaml", ["epochs=3", *overrides])
 
 
-def _train(module, config, splits, arms=None):
+def _train(module, config, splits, arms=None, **warm):
     arms = expand_grid(config) if arms is None else arms
-    return {arm.key: result for arm, result in module.train_arms(arms, config, splits)}
+    return {arm.key: result for arm, result in module.train_arms(arms, config, splits, **warm)}
+
+
+class Traced(dict):
+    """Groups traced once and reused by later trainings of the same config, as a study's
+    chunks reuse their group (``load`` puts each chunk's state in afresh): (group, slots) ->
+    group, filled as trainings ask for them. A test that trains one config several ways pays
+    for each group's tracing once."""
+
+    def __init__(self, config, splits):
+        super().__init__()
+        self.config, self.splits = config, splits
+
+    def __call__(self, arms) -> dict:
+        """The warm groups for training ``arms`` (``train_arms(warm=...)``), traced if new."""
+        sizes: dict = {}
+        for arm in arms:
+            sizes[arm.group] = sizes.get(arm.group, 0) + 1
+        for key, n in sizes.items():
+            slots = batched.slots_for(batched.chunk_size(self.config, self.splits, n))
+            if (key, slots) not in self:
+                optimizer = next(o for o in self.config.optimizers if o.key == key[1])
+                self[key, slots] = batched._Group(slots, self.config, self.splits, key[0],
+                                                  optimizer)
+        return {"warm": self}
 
 
 def _assert_same_curves(expected, actual, tolerance):
@@ -255,10 +279,11 @@ def test_an_arms_values_do_not_depend_on_its_group(tf, digits, model):
     probes = [a for a in arms if a.loss == "mse" and a.seed == 3 and a.lr == max(
         config.optimizers[0].lr) and a.init in ("saturated_wrong", "large_normal")]
     everything = _train(batched, config, digits)
+    traced = Traced(config, digits)  # the 16-slot groups, traced once
     for probe in probes:
         others = [a for a in arms if a != probe and a.loss == probe.loss]
-        alone = _train(batched, config, digits, [probe])
-        odd = _train(batched, config, digits, others[:12] + [probe])
+        alone = _train(batched, config, digits, [probe], **traced([probe]))
+        odd = _train(batched, config, digits, others[:12] + [probe], **traced(others[:12]))
         _assert_identical(alone, {probe.key: everything[probe.key]})
         _assert_identical(alone, {probe.key: odd[probe.key]})
     moving = [everything[p.key].series("val_accuracy") for p in probes]
@@ -352,12 +377,14 @@ def test_an_arms_history_does_not_depend_on_its_slot_at_large_batches(tf, digits
                      SLOT_OPTIMIZERS)
     arms = expand_grid(config)
     assert len(arms) == 2 * 2 * 2 * 8
-    forward = _train(batched, config, digits, arms)
-    _assert_identical(forward, _train(batched, config, digits, arms[::-1]))
+    traced = Traced(config, digits)  # each group traced once, used by all three
+    forward = _train(batched, config, digits, arms, **traced(arms))
+    _assert_identical(forward, _train(batched, config, digits, arms[::-1], **traced(arms)))
     high = [a for a in arms if a.init == "saturated_wrong"
             and a.lr == max(b.lr for b in arms if b.group == a.group)]
     assert len(high) == 2 * 2 * 4
-    _assert_identical({a.key: forward[a.key] for a in high}, _train(batched, config, digits, high))
+    _assert_identical({a.key: forward[a.key] for a in high},
+                      _train(batched, config, digits, high, **traced(high)))
     moving = [np.ptp(forward[a.key].series("val_accuracy")) > 0.05 for a in high]
     assert sum(moving) >= len(high) // 2  # they train, not sit still
 
