@@ -191,17 +191,21 @@ def test_the_bound_holds_against_numpy_and_keras(tf, digits, activation, output)
         step = 10.0 ** rng.uniform(-5, 0)
         now = [(w + rng.normal(0, step, w.shape) * (rng.random(w.shape) < 0.5)).astype(
             "float32") for w in anchor]
-        change = bound.output_change(layers, [tf.constant(w[None]) for w in now],
+        ends = bound.output_change(layers, [tf.constant(w[None]) for w in now],
+                                   [tf.constant(w[None]) for w in anchor],
+                                   tf.constant([0.0, 1.0], tf.float64)).numpy()[0]
+        change = ends[0] + (ends[1] - ends[0]) * x_norms  # affine in the input's norm
+        direct = bound.output_change(layers, [tf.constant(w[None]) for w in now],
                                      [tf.constant(w[None]) for w in anchor], x_norms)
-        change = change.numpy()[0]
+        assert np.allclose(change, direct.numpy()[0], rtol=1e-12)
         exact = abs(_pre_activations(now, x, layers) - _pre_activations(anchor, x, layers))
         assert (change >= exact.max(axis=1)).all(), (trial, (exact.max(axis=1) - change).max())
         outputs = {}
         for name, weights in (("anchor", anchor), ("now", now)):
             outputs[name], _ = model.stateless_call([tf.constant(w) for w in weights], [],
                                                     tf.constant(x))
-        state = bound.anchor_state(outputs["anchor"], labels)[None]
-        upper = bound.may_be_correct(state, tf.constant(change[None]), output).numpy()[0]
+        needed = bound.thresholds(outputs["anchor"], labels, output)[None]
+        upper = bound.may_be_correct(needed, tf.constant(change[None])).numpy()[0]
         correct = accuracy_tf(outputs["now"], labels).numpy() * len(x)
         assert upper >= round(correct), (trial, upper, correct)
         useful += upper < len(x)

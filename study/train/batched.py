@@ -121,9 +121,9 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
     # the crossings' forward pass shares the validation inputs; each arm holds its layers'
     # outputs and their pre-activations
     crossing = 2 * len(splits.x_val) * max(1, units - math.prod(splits.input_shape))
-    # the bound's anchor (a copy of the weights, three float64 per validation example)
+    # the bound's anchor (a copy of the weights, a float64 threshold per validation example)
     # and its float64 temporaries per example
-    anchor = params + 24 * len(splits.x_val)
+    anchor = params + 16 * len(splits.x_val)
     return 4 * (8 * params + 4 * config.batch_size * units + order * config.batch_size
                 + crossing + dense + anchor)
 
@@ -313,9 +313,9 @@ class _Group:
 
     def _anchor_state(self, size: int, splits: Splits) -> None:
         """The bound's state (``study.train.bound``), for a model it covers: per slot the
-        weights at its last crossing evaluation (its anchor), each validation example's
-        margin and outputs there (``bound.anchor_state``), and whether it has an anchor
-        yet. ``cross_counts``: slot
+        weights at its last crossing evaluation (its anchor), the least change of the
+        outputs that could make each validation example right (``bound.thresholds``), and
+        whether it has an anchor yet. ``cross_counts``: slot
         evaluations done and skipped since the group was built."""
         import tensorflow as tf
 
@@ -330,7 +330,7 @@ class _Group:
             return
         self.anchors = [tf.Variable(tf.zeros_like(w)) for w in self.weights]
         n_val = len(splits.x_val)
-        self.margins = tf.Variable(tf.zeros((size, 3, n_val), tf.float64))
+        self.thresholds = tf.Variable(tf.zeros((size, n_val), tf.float64))
         self.anchored = tf.Variable(tf.zeros(size, tf.int32))
         self.x_norms = tf.constant(np.linalg.norm(
             splits.inputs("val").reshape(n_val, -1).astype("float64"), axis=1))
@@ -454,26 +454,30 @@ class _Group:
 
         return tf.vectorized_map(self._arm_accuracy, weights)
 
-    def _arm_accuracy_margins(self, weights):
-        """One arm's val_accuracy (``_arm_accuracy``'s computation) and each validation
-        example's margin and outputs (``bound.anchor_state``)."""
+    def _arm_accuracy_outputs(self, weights):
+        """One arm's val_accuracy (``_arm_accuracy``'s computation) and its outputs."""
         outputs, _ = self.model.stateless_call(list(weights), [], self.x_val)
-        return (accuracy_tf(outputs, self.labels_val),
-                output_bound.anchor_state(outputs, self.labels_val))
+        return accuracy_tf(outputs, self.labels_val), outputs
 
-    def _skippable(self):
-        """[K]: the slots whose anchor proves that val_accuracy is now at least one example
-        short of their lowest level still to cross."""
+    def _skippable(self, pending):
+        """[K]: the ``pending`` slots whose anchor proves that val_accuracy is now at least
+        one example short of their lowest level still to cross. The bound is computed for
+        those slots alone; it is affine in each example's input norm (``bound``), so it
+        is computed once for norms 0 and 1 and then per example."""
         import tensorflow as tf
 
-        lowest = tf.reduce_min(tf.where(self.first < 0, self.levels[None, :],
+        slots = tf.cast(tf.where(pending & (self.anchored > 0))[:, 0], tf.int32)
+        at = tf.gather(self.first, slots) < 0
+        lowest = tf.reduce_min(tf.where(at, self.levels[None, :],
                                         tf.constant(np.inf, tf.float64)), axis=1)
-        change = output_bound.output_change(self.bound, self.weights, self.anchors,
-                                            self.x_norms)
-        upper = output_bound.may_be_correct(self.margins, change,
-                                            self.bound[-1].activation)
+        ends = output_bound.output_change(
+            self.bound, [tf.gather(w, slots) for w in self.weights],
+            [tf.gather(w, slots) for w in self.anchors], tf.constant([0.0, 1.0], tf.float64))
+        change = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * self.x_norms[None, :]
+        upper = output_bound.may_be_correct(tf.gather(self.thresholds, slots), change)
         n_val = float(len(self.splits.x_val))
-        return (self.anchored > 0) & (upper + 1 < lowest * n_val)
+        skip = upper + 1 < lowest * n_val
+        return tf.scatter_nd(slots[:, None], tf.cast(skip, tf.int32), [self.size]) > 0
 
     def _cross(self, step):
         """Evaluate val_accuracy of the watched slots that still have a level to cross, note
@@ -486,8 +490,8 @@ class _Group:
         pending = self.watch & tf.reduce_any(self.first < 0, axis=1)
         if self.bound is not None:
             skip = pending & tf.cond(
-                tf.reduce_any(pending) & self.skipping & (column < 0), self._skippable,
-                lambda: tf.zeros([self.size], tf.bool))
+                tf.reduce_any(pending) & self.skipping & (column < 0),
+                lambda: self._skippable(pending), lambda: tf.zeros([self.size], tf.bool))
             pending = pending & ~skip
             self.cross_counts.assign_add(tf.stack([tf.constant(0, tf.int64), tf.reduce_sum(
                 tf.cast(skip, tf.int64))]))
@@ -501,8 +505,11 @@ class _Group:
             if self.bound is None:
                 accuracy = self._evaluate_accuracy(weights)
             else:
-                accuracy, margins = tf.vectorized_map(self._arm_accuracy_margins, weights)
-                self._anchor(slots, margins[:n])
+                # the outputs' margins outside the vectorized map: inside it, Grappler
+                # failed on the graph (and ran it unoptimized, every step slower)
+                accuracy, outputs = tf.vectorized_map(self._arm_accuracy_outputs, weights)
+                self._anchor(slots, output_bound.thresholds(
+                    outputs[:n], self.labels_val, self.bound[-1].activation))
             accuracy = accuracy[:n, None]
             first = tf.gather(self.first, slots)
             new = (first < 0) & (accuracy >= self.levels[None, :])
@@ -518,14 +525,14 @@ class _Group:
 
         tf.cond(n > 0, evaluate, lambda: tf.constant(0))
 
-    def _anchor(self, slots, margins) -> None:
-        """Make the current weights of ``slots`` their anchor, with their margins there."""
+    def _anchor(self, slots, thresholds) -> None:
+        """Make the current weights of ``slots`` their anchor, with its ``thresholds``."""
         import tensorflow as tf
 
         at = slots[:, None]
         for anchor, w in zip(self.anchors, self.weights, strict=True):
             anchor.scatter_nd_update(at, tf.gather(w, slots))
-        self.margins.scatter_nd_update(at, margins)
+        self.thresholds.scatter_nd_update(at, thresholds)
         self.anchored.scatter_nd_update(at, tf.ones_like(slots))
 
     def crossings(self) -> list[dict[float, tuple[int, float]]]:

@@ -38,7 +38,7 @@ ACTIVATION_ROUNDING = {"sigmoid": 1e-5, "tanh": 1e-5, "softmax": 1e-5, "relu": 0
                        "linear": 0.0}
 UNIT_ROUNDING = 2.0 ** -24
 ROUNDING_SAFETY = 2.0  # the gamma_n of each dot product counted twice
-RELATIVE_SLACK, ABSOLUTE_SLACK = 1e-3, 1e-6  # on the final bound, in output space
+RELATIVE_SLACK, ABSOLUTE_SLACK = 1e-3, 1e-6  # on the final bound
 
 
 @dataclass(frozen=True)
@@ -158,41 +158,49 @@ def _through(layer: Layer, inputs: _Inputs, pre, rounding, pair) -> _Inputs:
     return _Inputs(sizes, None, change)
 
 
-def anchor_state(outputs, labels):
-    """Per example of ``outputs`` [..., N, C], what ``may_be_correct`` needs, as [..., 3, N]
-    float64: the margin out[predicted] - out[true] where the prediction (argmax, ties to the
-    first) is wrong, -1 where it is right; out[true]; max(out)."""
+def thresholds(outputs, labels, activation: str, steps: int = 30):
+    """Per example of ``outputs`` [..., N, C] (an anchor's), the least change of the output
+    pre-activations (``output_change``) at which it could be right, as [..., N] float64:
+    -inf where it is right already (argmax, ties to the first index) or not finite.
+
+    out[true] >= out[predicted] is needed. With sigmoid outputs the slope where each output
+    sits is used: the pre-activations behind an output o are within logit(o -+ rounding) and
+    move by at most E, so it needs sigmoid(z_true + E) + 2 rounding >= sigmoid(z_pred - E),
+    whose least E is found by bisection on [0, (z_pred - z_true) / 2] (kept from below).
+    Otherwise the activation's Lipschitz constant: E >= (margin / 2 - 2 rounding) / L."""
     import tensorflow as tf
 
+    f64 = tf.float64
     predicted = tf.argmax(outputs, axis=-1, output_type=labels.dtype)
-    out = tf.cast(outputs, tf.float64)
+    out = tf.cast(outputs, f64)
     is_true = tf.one_hot(labels, outputs.shape[-1], True, False)
-    true = tf.reduce_max(tf.where(is_true, out, tf.constant(-np.inf, tf.float64)), axis=-1)
+    true = tf.reduce_max(tf.where(is_true, out, tf.constant(-np.inf, f64)), axis=-1)
     top = tf.reduce_max(out, axis=-1)
-    margin = tf.where(predicted == labels, tf.constant(-1.0, tf.float64), top - true)
-    return tf.stack([margin, true, top], axis=-2)
-
-
-def may_be_correct(state, change, activation: str):
-    """[K] upper bounds on the correct examples now, from the anchor's ``state`` [K, 3, N]
-    and ``change`` [K, N] (``output_change``): those right at the anchor and the wrong ones
-    that the change could make right (out[true] >= out[predicted] is needed). With sigmoid
-    outputs the slope where each output sits is used: the pre-activations behind an output
-    o are within logit(o -+ rounding), and move by at most ``change``. Otherwise the
-    activation's Lipschitz constant. NaN anywhere counts as possibly correct."""
-    import tensorflow as tf
-
-    margin, true, top = state[:, 0], state[:, 1], state[:, 2]
     rounding = ACTIVATION_ROUNDING[activation]
     if activation == "sigmoid":
         def logit(p):  # +-inf outside (0, 1)
             return tf.math.log(p) - tf.math.log1p(-p)
 
-        true_high = tf.sigmoid(logit(tf.minimum(true + rounding, 1.0)) + change) + rounding
-        top_low = tf.sigmoid(logit(tf.maximum(top - rounding, 0.0)) - change) - rounding
-        out = ~(true_high * (1 + RELATIVE_SLACK) + ABSOLUTE_SLACK < top_low)
+        z_true = logit(tf.minimum(true + rounding, 1.0))
+        z_top = logit(tf.maximum(top - rounding, 0.0))
+        low = tf.zeros_like(true)
+        high = tf.maximum((z_top - z_true) / 2, 0.0)
+        for _ in range(steps):  # invariant: no flip below ``low``
+            middle = (low + high) / 2
+            flips = tf.sigmoid(z_true + middle) + 2 * rounding >= tf.sigmoid(z_top - middle)
+            low, high = tf.where(flips, low, middle), tf.where(flips, middle, high)
+        needed = low
     else:
-        lipschitz = ACTIVATIONS[activation][0]
-        moved = (lipschitz * change + 2 * rounding) * (1 + RELATIVE_SLACK) + ABSOLUTE_SLACK
-        out = ~(margin > 2 * moved)
-    return tf.reduce_sum(tf.cast(out | (margin < 0), tf.float64), axis=-1)
+        needed = ((top - true) / 2 - 2 * rounding) / ACTIVATIONS[activation][0]
+    right = (predicted == labels) | ~tf.math.is_finite(needed)
+    return tf.where(right, tf.constant(-np.inf, f64), needed)
+
+
+def may_be_correct(thresholds, change):
+    """[K] upper bounds on the correct examples now: those whose ``thresholds`` [K, N] the
+    ``change`` [K, N] reaches (with slack), those right at the anchor included. NaN counts
+    as possibly correct."""
+    import tensorflow as tf
+
+    change = change * (1 + RELATIVE_SLACK) + ABSOLUTE_SLACK
+    return tf.reduce_sum(tf.cast(~(change < thresholds), tf.float64), axis=-1)
