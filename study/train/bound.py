@@ -17,10 +17,13 @@ range, that range times the columns' 1-norms. A softmax moves by at most half it
 change in the infinity norm (its Jacobian's rows sum to 2p(1-p) in absolute value). The
 rounding of a float32 dot product of n terms is at most gamma_n = n u / (1 - n u) times the
 sum of the terms' sizes (any order of summation; u = 2^-24), counted twice here. Everything
-is computed in float64, so the bound's own rounding is far below its slack.
+is computed in float64, so the bound's own rounding is far below its slack. Every term is
+affine in the example's input norm |x_i|, so per slot the bound is two numbers.
 
-An example that the anchor's outputs get wrong, with margin m = out[predicted] - out[true]
-(0 on a tie: argmax breaks ties by index), can be right now only if m <= 2 D_L.
+An example the anchor gets wrong can be right now only if out[true] >= out[predicted]
+(argmax breaks ties by the first index; saturated sigmoids tie at 1.0): ``thresholds``
+turns that into the least output pre-activation change that could do it, per example, once
+per anchor, and ``may_be_correct`` counts the examples the current bound reaches.
 """
 
 from __future__ import annotations
@@ -158,16 +161,18 @@ def _through(layer: Layer, inputs: _Inputs, pre, rounding, pair) -> _Inputs:
     return _Inputs(sizes, None, change)
 
 
-def thresholds(outputs, labels, activation: str, steps: int = 30):
-    """Per example of ``outputs`` [..., N, C] (an anchor's), the least change of the output
-    pre-activations (``output_change``) at which it could be right, as [..., N] float64:
-    -inf where it is right already (argmax, ties to the first index) or not finite.
+def thresholds(outputs, labels, activation: str):
+    """Per example of ``outputs`` [..., N, C] (an anchor's), a change of the output
+    pre-activations (``output_change``) below which it cannot be right, as [..., N]
+    float64: -inf where it is right already (argmax, ties to the first index) or not finite.
 
     out[true] >= out[predicted] is needed. With sigmoid outputs the slope where each output
-    sits is used: the pre-activations behind an output o are within logit(o -+ rounding) and
-    move by at most E, so it needs sigmoid(z_true + E) + 2 rounding >= sigmoid(z_pred - E),
-    whose least E is found by bisection on [0, (z_pred - z_true) / 2] (kept from below).
-    Otherwise the activation's Lipschitz constant: E >= (margin / 2 - 2 rounding) / L."""
+    sits is used. The float32 sigmoid is within r of the exact one, so z_true <= logit(A) and
+    z_pred >= logit(B), A = out[true] + r, B = out[predicted] - r, and being right needs
+    sigmoid(z_true + E) + 2r >= sigmoid(z_pred - E). With h = (B - A - 2r) / 2 that fails
+    while neither output has moved by h: below min(logit(A + h) - logit(A),
+    logit(B) - logit(B - h)). Otherwise the activation's Lipschitz constant L:
+    E >= (margin / 2 - 2r) / L."""
     import tensorflow as tf
 
     f64 = tf.float64
@@ -178,18 +183,16 @@ def thresholds(outputs, labels, activation: str, steps: int = 30):
     top = tf.reduce_max(out, axis=-1)
     rounding = ACTIVATION_ROUNDING[activation]
     if activation == "sigmoid":
-        def logit(p):  # +-inf outside (0, 1)
+        def logit(p):
             return tf.math.log(p) - tf.math.log1p(-p)
 
-        z_true = logit(tf.minimum(true + rounding, 1.0))
-        z_top = logit(tf.maximum(top - rounding, 0.0))
-        low = tf.zeros_like(true)
-        high = tf.maximum((z_top - z_true) / 2, 0.0)
-        for _ in range(steps):  # invariant: no flip below ``low``
-            middle = (low + high) / 2
-            flips = tf.sigmoid(z_true + middle) + 2 * rounding >= tf.sigmoid(z_top - middle)
-            low, high = tf.where(flips, low, middle), tf.where(flips, middle, high)
-        needed = low
+        low, high = true + rounding, top - rounding
+        half = (high - low - 2 * rounding) / 2
+        usable = half > 0  # else: right as soon as anything moves
+        low, high = tf.where(usable, low, 0.25), tf.where(usable, high, 0.75)
+        half = tf.where(usable, half, 0.125)
+        needed = tf.where(usable, tf.minimum(logit(low + half) - logit(low),
+                                             logit(high) - logit(high - half)), 0.0)
     else:
         needed = ((top - true) / 2 - 2 * rounding) / ACTIVATIONS[activation][0]
     right = (predicted == labels) | ~tf.math.is_finite(needed)
