@@ -34,7 +34,14 @@ Every val_accuracy, scheduled or at a crossing, is the same vectorized forward p
 It costs one forward pass over the validation split (about 7 training steps of an arm)
 per arm and step until the arm has crossed its last level: little for arms that learn
 fast, up to twice the training time for a group whose arms stall or never reach 0.9 (mse
-from bad starts); docs/trainers.md has the figures. The dense val_accuracy schedule
+from bad starts); docs/trainers.md has the figures. A slot's evaluation is skipped at a
+step where a bound proves that its val_accuracy is at least one example short of its lowest
+level left (``_skippable``, ``study.train.bound``): each evaluation anchors the slot (its
+weights, and per validation example the least change of the outputs that could make it
+right), and the bound on the outputs' change since the anchor, from the weight change,
+decides; values and crossings are the same bits either way. It covers stacks of Dense
+layers, and is used where a validation pass is worth its cost (``BOUND_MIN_WORK``: at
+MNIST scale, not on digits). The dense val_accuracy schedule
 (``Schedule.accuracy_steps``) draws the curves while an arm has a level left: its values
 are the crossings' own, kept in a buffer inside the loop (``dense``) and read once per
 interval; once an arm has crossed its last level, only the full evaluations go on.
@@ -315,8 +322,8 @@ class _Group:
         """The bound's state (``study.train.bound``), for a model it covers: per slot the
         weights at its last crossing evaluation (its anchor), the least change of the
         outputs that could make each validation example right (``bound.thresholds``), and
-        whether it has an anchor yet. ``cross_counts``: slot
-        evaluations done and skipped since the group was built."""
+        whether it has an anchor yet. ``cross_counts``: slot evaluations done and skipped
+        since the group was built."""
         import tensorflow as tf
 
         self.bound = output_bound.dense_stack(self.model) if BOUND is not False else None
@@ -505,8 +512,8 @@ class _Group:
             if self.bound is None:
                 accuracy = self._evaluate_accuracy(weights)
             else:
-                # the outputs' margins outside the vectorized map: inside it, Grappler
-                # failed on the graph (and ran it unoptimized, every step slower)
+                # the same forward pass and accuracy as ``_evaluate_accuracy``; the anchor's
+                # thresholds from its outputs, outside the vectorized map
                 accuracy, outputs = tf.vectorized_map(self._arm_accuracy_outputs, weights)
                 self._anchor(slots, output_bound.thresholds(
                     outputs[:n], self.labels_val, self.bound[-1].activation))
