@@ -152,3 +152,126 @@ def test_a_crossings_value_is_the_scheduled_evaluations_bit_for_bit(tf, digits):
                 assert logged[step] == value
                 seen += 1
     assert seen >= 3
+
+
+# ---- the bound that lets the batched trainer skip crossing evaluations ----
+
+def _stack(tf, activation: str, output: str, hidden=(20, 12)):
+    from study.models import build_model
+    from study.train.bound import dense_stack
+
+    config = load_config(CONFIGS / "smoke.yaml",
+                         [f"model.hidden={list(hidden)}", f"model.activation={activation}"])
+    model = build_model(config.model, (8, 8), 10, output)  # images: through a Flatten
+    return model, dense_stack(model)
+
+
+@pytest.mark.parametrize(("activation", "output"), [
+    ("sigmoid", "sigmoid"), ("relu", "softmax"), ("tanh", "linear"), ("relu", "sigmoid")])
+def test_the_bound_holds_against_numpy_and_keras(tf, digits, activation, output):
+    """For random anchors (small to saturating weights) and random weight changes (tiny to
+    large), the bound on the output pre-activations' change is >= the exact change computed
+    in float64 NumPy, for every example; and the upper bound on correct examples is >= the
+    count the Keras model's own float32 outputs give (ties and saturated sigmoids included).
+    It is also useful: for small changes it excludes some examples."""
+    from study.train import bound
+    from study.yardsticks import accuracy_tf
+
+    model, layers = _stack(tf, activation, output)
+    assert layers is not None and [a.activation for a in layers] == [activation] * 2 + [output]
+    x = digits.x_val.reshape(-1, 8, 8).astype("float32")
+    labels = tf.constant(digits.y_val.astype("int32"))
+    x_norms = np.linalg.norm(x.reshape(len(x), -1).astype("float64"), axis=1)
+    rng = np.random.default_rng(0)
+    useful = 0
+    for trial in range(24):
+        scale = [0.3, 1.0, 4.0][trial % 3]
+        anchor = [rng.normal(0, scale, w.shape).astype("float32")
+                  for w in model.get_weights()]
+        step = 10.0 ** rng.uniform(-5, 0)
+        now = [(w + rng.normal(0, step, w.shape) * (rng.random(w.shape) < 0.5)).astype(
+            "float32") for w in anchor]
+        ends = bound.output_change(layers, [tf.constant(w[None]) for w in now],
+                                   [tf.constant(w[None]) for w in anchor],
+                                   tf.constant([0.0, 1.0], tf.float64)).numpy()[0]
+        change = ends[0] + (ends[1] - ends[0]) * x_norms  # affine in the input's norm
+        direct = bound.output_change(layers, [tf.constant(w[None]) for w in now],
+                                     [tf.constant(w[None]) for w in anchor], x_norms)
+        assert np.allclose(change, direct.numpy()[0], rtol=1e-12)
+        exact = abs(_pre_activations(now, x, layers) - _pre_activations(anchor, x, layers))
+        assert (change >= exact.max(axis=1)).all(), (trial, (exact.max(axis=1) - change).max())
+        outputs = {}
+        for name, weights in (("anchor", anchor), ("now", now)):
+            outputs[name], _ = model.stateless_call([tf.constant(w) for w in weights], [],
+                                                    tf.constant(x))
+        needed = bound.thresholds(outputs["anchor"], labels, output)[None]
+        upper = bound.may_be_correct(needed, tf.constant(change[None])).numpy()[0]
+        correct = accuracy_tf(outputs["now"], labels).numpy() * len(x)
+        assert upper >= round(correct), (trial, upper, correct)
+        useful += upper < len(x)
+    assert useful >= 6
+
+
+def _pre_activations(weights, x, layers) -> np.ndarray:
+    """The output layer's pre-activations in float64 NumPy."""
+    from scipy.special import expit, softmax
+
+    functions = {"sigmoid": expit, "tanh": np.tanh,
+                 "relu": lambda z: np.maximum(z, 0), "linear": lambda z: z,
+                 "softmax": lambda z: softmax(z, axis=1)}
+    a = x.reshape(len(x), -1).astype("float64")
+    for j, layer in enumerate(layers):
+        z = a @ weights[2 * j].astype("float64") + weights[2 * j + 1].astype("float64")
+        a = functions[layer.activation](z)
+    return z
+
+
+def test_the_bound_covers_dense_stacks_only(tf):
+    from study.models import build_model
+    from study.train.bound import dense_stack
+
+    config = load_config(CONFIGS / "smoke.yaml", ["model.kind=cnn", "model.filters=[4]"])
+    assert dense_stack(build_model(config.model, (8, 8), 10, "sigmoid")) is None
+    assert dense_stack(_stack(tf, "sigmoid", "softmax", hidden=())[0]) is not None
+
+
+def _train_with_bound(config, splits, on: bool, monkeypatch):
+    """Every arm of ``config`` trained group by group with the bound forced on or off:
+    (arm key -> history, slot evaluations done and skipped)."""
+    monkeypatch.setattr(batched, "BOUND", on)
+    arms, histories, counts = expand_grid(config), {}, np.zeros(2, int)
+    for key in dict.fromkeys(a.group for a in arms):
+        members = [a for a in arms if a.group == key]
+        group = batched._Group(batched.slots_for(len(members)), config, splits,
+                               members[0].loss, batched.optimizer_of(config, members[0]))
+        assert (group.bound is not None) == on
+        for arm, result in zip(members, batched.train_group(group, members), strict=True):
+            histories[arm.key] = repr(sorted(result.history.items()))  # NaN == NaN here
+        counts += group.cross_counts.numpy()
+    return histories, counts
+
+
+BAD_STARTS = ["losses=[mse, cce, mse_softmax]", "optimizer.lr={mse: 32, cce: 1, mse_softmax: 32}",
+              "inits={saturated_wrong: [4], large_normal: []}", "seeds=[0, 1]",
+              "lr_band={factor: 2, starts: worst}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    BAD_STARTS,  # sigmoid hidden layer; sigmoid (mse) and softmax (cce, mse_softmax) outputs
+    [*BAD_STARTS, "model.activation=relu", "losses=[mse, mse_softmax]",
+     "optimizer.lr={mse: 32, mse_softmax: 32}"],
+    [*BAD_STARTS, "model.activation=tanh", "losses=[mse]", "optimizer.lr={mse: 32}",
+     "seeds=[3]"],
+], ids=["sigmoid", "relu", "tanh"])
+def test_skipping_crossing_evaluations_changes_no_bit(tf, digits, overrides, monkeypatch):
+    """The default study's whole budget from its bad starts at its rates and twice them
+    (the highest): every logged value and every crossing of every arm is the same bits with
+    the bound on as with every pending slot evaluated at every step; and the bound skips."""
+    config = load_config(CONFIGS / "default.yaml", overrides)
+    on, (evaluated, skipped) = _train_with_bound(config, digits, True, monkeypatch)
+    off, (evaluated_off, skipped_off) = _train_with_bound(config, digits, False, monkeypatch)
+    assert on == off
+    assert skipped_off == 0 and evaluated + skipped == evaluated_off
+    assert skipped >= 0.02 * evaluated_off, (evaluated, skipped)
+    assert sum("crossing_" in h for h in on.values()) >= 4  # levels are crossed

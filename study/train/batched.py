@@ -34,7 +34,14 @@ Every val_accuracy, scheduled or at a crossing, is the same vectorized forward p
 It costs one forward pass over the validation split (about 7 training steps of an arm)
 per arm and step until the arm has crossed its last level: little for arms that learn
 fast, up to twice the training time for a group whose arms stall or never reach 0.9 (mse
-from bad starts); docs/trainers.md has the figures. The dense val_accuracy schedule
+from bad starts); docs/trainers.md has the figures. A slot's evaluation is skipped at a
+step where a bound proves that its val_accuracy is at least one example short of its lowest
+level left (``_skippable``, ``study.train.bound``): each evaluation anchors the slot (its
+weights, and per validation example the least change of the outputs that could make it
+right), and the bound on the outputs' change since the anchor, from the weight change,
+decides; values and crossings are the same bits either way. It covers stacks of Dense
+layers, and is used where a validation pass is worth its cost (``BOUND_MIN_WORK``: at
+MNIST scale, not on digits). The dense val_accuracy schedule
 (``Schedule.accuracy_steps``) draws the curves while an arm has a level left: its values
 are the crossings' own, kept in a buffer inside the loop (``dense``) and read once per
 interval; once an arm has crossed its last level, only the full evaluations go on.
@@ -58,6 +65,7 @@ from study.inits import Starts
 from study.losses import loss_spec
 from study.models import build_model
 from study.optimizers import OPTIMIZERS, PER_ARM
+from study.train import bound as output_bound
 from study.train.common import (
     METRICS,
     NEURON_METRICS,
@@ -75,6 +83,14 @@ from study.train.common import (
 from study.yardsticks import accuracy_tf, yardsticks_tf
 
 FLOAT = "float32"
+# Skip a slot's crossing evaluation where ``study.train.bound`` proves its next level out of
+# reach, for the models it covers. None: where a validation pass is worth the bound's cost,
+# at least BOUND_MIN_WORK multiply-adds per slot (the bound is about a hundred small ops a
+# step, a few ms on this machine whatever the model: more than it saves on digits, whose
+# pass is 0.8 million, and far less on MNIST, 240 million). True: always (the tests), False:
+# never, every pending slot evaluated at every step as the exact crossings first did.
+BOUND: bool | None = None
+BOUND_MIN_WORK = 20_000_000
 
 
 def lanes_for(n_val: int) -> int:
@@ -112,8 +128,11 @@ def bytes_per_arm(config: StudyConfig, splits: Splits) -> int:
     # the crossings' forward pass shares the validation inputs; each arm holds its layers'
     # outputs and their pre-activations
     crossing = 2 * len(splits.x_val) * max(1, units - math.prod(splits.input_shape))
+    # the bound's anchor (a copy of the weights, a float64 threshold per validation example)
+    # and its float64 temporaries per example
+    anchor = params + 16 * len(splits.x_val)
     return 4 * (8 * params + 4 * config.batch_size * units + order * config.batch_size
-                + crossing + dense)
+                + crossing + dense + anchor)
 
 
 def evaluation_bytes(config: StudyConfig, splits: Splits) -> int:
@@ -269,6 +288,7 @@ class _Group:
         self.first_accuracy = tf.Variable(tf.zeros((size, n_levels), tf.float64))
         self.watch = tf.Variable(tf.zeros(size, tf.bool))
         self.lanes = lanes_for(len(splits.x_val))
+        self._anchor_state(size, splits)
         # The dense val_accuracy schedule is taken while a slot has a level still to cross,
         # by the crossings' own forward pass (it evaluates that slot at that step anyway),
         # into a [K, dense steps] buffer (NaN: not taken; an accuracy is never NaN, even of
@@ -297,6 +317,30 @@ class _Group:
                                                             for w in weights]),
             autograph=False, input_signature=signature)
         self.cross_graph = tf.function(self._cross, autograph=False)
+
+    def _anchor_state(self, size: int, splits: Splits) -> None:
+        """The bound's state (``study.train.bound``), for a model it covers: per slot the
+        weights at its last crossing evaluation (its anchor), the least change of the
+        outputs that could make each validation example right (``bound.thresholds``), and
+        whether it has an anchor yet. ``cross_counts``: slot evaluations done and skipped
+        since the group was built."""
+        import tensorflow as tf
+
+        self.bound = output_bound.dense_stack(self.model) if BOUND is not False else None
+        if BOUND is None and self.bound and sum(
+                layer.inputs * layer.units for layer in self.bound) * len(
+                splits.x_val) < BOUND_MIN_WORK:
+            self.bound = None
+        self.cross_counts = tf.Variable(tf.zeros(2, tf.int64))
+        self.skipping = tf.Variable(True)  # the probe times the evaluations without skips
+        if self.bound is None:
+            return
+        self.anchors = [tf.Variable(tf.zeros_like(w)) for w in self.weights]
+        n_val = len(splits.x_val)
+        self.thresholds = tf.Variable(tf.zeros((size, n_val), tf.float64))
+        self.anchored = tf.Variable(tf.zeros(size, tf.int32))
+        self.x_norms = tf.constant(np.linalg.norm(
+            splits.inputs("val").reshape(n_val, -1).astype("float64"), axis=1))
 
     def _rates(self, variable, schedule=None):
         """The slots' learning rates shaped to broadcast over ``variable``: a callable, or
@@ -327,6 +371,8 @@ class _Group:
         self.active = np.arange(self.size) < len(arms)
         self.first.assign(np.full(self.first.shape, -1, "int32"))
         self.watch.assign(self.active)
+        if self.bound is not None:
+            self.anchored.assign(np.zeros(self.size, "int32"))
         self.lr.assign(np.where(self.active, [a.lr for a in padded], 0.0).astype(FLOAT))
         self.dense.assign(np.full(self.dense.shape, np.nan))
         n_train, batch, epochs = len(self.splits.x_train), self.config.batch_size, \
@@ -415,21 +461,62 @@ class _Group:
 
         return tf.vectorized_map(self._arm_accuracy, weights)
 
+    def _arm_accuracy_outputs(self, weights):
+        """One arm's val_accuracy (``_arm_accuracy``'s computation) and its outputs."""
+        outputs, _ = self.model.stateless_call(list(weights), [], self.x_val)
+        return accuracy_tf(outputs, self.labels_val), outputs
+
+    def _skippable(self, pending):
+        """[K]: the ``pending`` slots whose anchor proves that val_accuracy is now at least
+        one example short of their lowest level still to cross. The bound is computed for
+        those slots alone; it is affine in each example's input norm (``bound``), so it
+        is computed once for norms 0 and 1 and then per example."""
+        import tensorflow as tf
+
+        slots = tf.cast(tf.where(pending & (self.anchored > 0))[:, 0], tf.int32)
+        at = tf.gather(self.first, slots) < 0
+        lowest = tf.reduce_min(tf.where(at, self.levels[None, :],
+                                        tf.constant(np.inf, tf.float64)), axis=1)
+        ends = output_bound.output_change(
+            self.bound, [tf.gather(w, slots) for w in self.weights],
+            [tf.gather(w, slots) for w in self.anchors], tf.constant([0.0, 1.0], tf.float64))
+        change = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * self.x_norms[None, :]
+        upper = output_bound.may_be_correct(tf.gather(self.thresholds, slots), change)
+        n_val = float(len(self.splits.x_val))
+        skip = upper + 1 < lowest * n_val
+        return tf.scatter_nd(slots[:, None], tf.cast(skip, tf.int32), [self.size]) > 0
+
     def _cross(self, step):
         """Evaluate val_accuracy of the watched slots that still have a level to cross, note
         the levels they reach at ``step``, and keep the values in ``dense`` if ``step`` is a
-        dense step of the schedule. Skipped once no slot needs it."""
+        dense step of the schedule. Skipped once no slot needs it, and for a slot whose bound
+        proves its next level out of reach at a step that is not dense (``_skippable``)."""
         import tensorflow as tf
 
         column = self.dense_column[step]
         pending = self.watch & tf.reduce_any(self.first < 0, axis=1)
+        if self.bound is not None:
+            skip = pending & tf.cond(
+                tf.reduce_any(pending) & self.skipping & (column < 0),
+                lambda: self._skippable(pending), lambda: tf.zeros([self.size], tf.bool))
+            pending = pending & ~skip
+            self.cross_counts.assign_add(tf.stack([tf.constant(0, tf.int64), tf.reduce_sum(
+                tf.cast(skip, tf.int64))]))
         slots = tf.cast(tf.where(pending)[:, 0], tf.int32)
         n = tf.size(slots)
 
         def evaluate():
             # Pad to a multiple of ``lanes`` by repeating a slot; the repeats are dropped.
             padded = tf.concat([slots, tf.fill([(-n) % self.lanes], slots[0])], 0)
-            accuracy = self._evaluate_accuracy([tf.gather(w, padded) for w in self.weights])
+            weights = [tf.gather(w, padded) for w in self.weights]
+            if self.bound is None:
+                accuracy = self._evaluate_accuracy(weights)
+            else:
+                # the same forward pass and accuracy as ``_evaluate_accuracy``; the anchor's
+                # thresholds from its outputs, outside the vectorized map
+                accuracy, outputs = tf.vectorized_map(self._arm_accuracy_outputs, weights)
+                self._anchor(slots, output_bound.thresholds(
+                    outputs[:n], self.labels_val, self.bound[-1].activation))
             accuracy = accuracy[:n, None]
             first = tf.gather(self.first, slots)
             new = (first < 0) & (accuracy >= self.levels[None, :])
@@ -439,9 +526,21 @@ class _Group:
             at = tf.stack([slots, tf.fill([n], tf.maximum(column, 0))], 1)
             kept = tf.where(column >= 0, accuracy[:, 0], tf.gather_nd(self.dense, at))
             self.dense.scatter_nd_update(at, kept)
+            self.cross_counts.assign_add(tf.stack([tf.cast(n, tf.int64),
+                                                   tf.constant(0, tf.int64)]))
             return tf.constant(0)
 
         tf.cond(n > 0, evaluate, lambda: tf.constant(0))
+
+    def _anchor(self, slots, thresholds) -> None:
+        """Make the current weights of ``slots`` their anchor, with its ``thresholds``."""
+        import tensorflow as tf
+
+        at = slots[:, None]
+        for anchor, w in zip(self.anchors, self.weights, strict=True):
+            anchor.scatter_nd_update(at, tf.gather(w, slots))
+        self.thresholds.scatter_nd_update(at, thresholds)
+        self.anchored.scatter_nd_update(at, tf.ones_like(slots))
 
     def crossings(self) -> list[dict[float, tuple[int, float]]]:
         """Per slot: level -> (first step at or above it, val_accuracy there), levels crossed
@@ -500,6 +599,8 @@ class _Group:
         assigned its value with slot k replaced. Only variables shaped like their weight
         ([K, ...]) hold slots; the iteration counter is shared by every arm and untouched."""
         self.active[k] = False
+        if self.bound is not None:
+            _reset_slot(self.anchored, k, 0)
         _reset_slot(self.lr, k, 0.0)
         for w in self.weights:
             _reset_slot(w, k, 0.0)
@@ -701,7 +802,9 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
     train = timed(lambda: group.run(tf.constant(1), tf.constant(1 + steps)))
     group.watch.assign(np.ones(size, bool))  # every slot pending: a crossing each step
     group.first.assign(np.full(group.first.shape, -1, "int32"))
+    group.skipping.assign(False)  # the cost of an evaluation, not of the steps it skips
     crossing = timed(lambda: group.run(tf.constant(1 + steps), tf.constant(1 + 2 * steps)))
+    group.skipping.assign(True)
     full = timed(lambda: group.evaluate(group.snapshot()))
     costs = Costs(size, trace_s, train / steps, max(0.0, crossing - train) / (steps * size),
                   full / size)
