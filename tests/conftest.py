@@ -253,3 +253,21 @@ def pytest_collection_modifyitems(config, items):
     for item, names in shared.items():
         if names and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(root(names[0])))
+    # xdist schedules by a "@group" suffix of the test's id, which its own hook sets as
+    # ``item._nodeid``; pytest 9 reads the id from ``item._id``, so that suffix never took
+    # and every group's tests went to both workers, each building the group's fixtures
+    # (seen: the kill -9 store and the examples, built twice). Set it where pytest reads it.
+    if getattr(config.option, "loadgroup", False):  # set in the workers by xdist
+        for item in items:
+            marker = item.get_closest_marker("xdist_group")
+            if marker and not item.nodeid.endswith(f"@{marker.args[0]}"):
+                _suffix(item, f"@{marker.args[0]}")
+
+
+def _suffix(item, suffix: str) -> None:
+    if hasattr(item, "_id"):  # pytest 9: a structured id, its string given as it is
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(item.nodeid + suffix)
+    else:
+        item._nodeid = item.nodeid + suffix
