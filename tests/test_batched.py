@@ -8,7 +8,7 @@ import pytest
 
 from study.cli import main
 from study.config import load_config
-from study.grid import exact, expand_grid
+from study.grid import exact, expand_grid, optimizer_of
 from study.losses import LOSSES
 from study.optimizers import OPTIMIZERS
 from study.train import batched, reference
@@ -45,15 +45,14 @@ class Traced(dict):
 
     def __call__(self, arms) -> dict:
         """The warm groups for training ``arms`` (``train_arms(warm=...)``), traced if new."""
-        sizes: dict = {}
+        groups: dict = {}
         for arm in arms:
-            sizes[arm.group] = sizes.get(arm.group, 0) + 1
-        for key, n in sizes.items():
-            slots = batched.slots_for(batched.chunk_size(self.config, self.splits, n))
+            groups.setdefault(arm.group, []).append(arm)
+        for key, members in groups.items():
+            slots = batched.slots_for(batched.chunk_size(self.config, self.splits, len(members)))
             if (key, slots) not in self:
-                optimizer = next(o for o in self.config.optimizers if o.key == key[1])
                 self[key, slots] = batched._Group(slots, self.config, self.splits, key[0],
-                                                  optimizer)
+                                                  optimizer_of(self.config, members[0]))
         return {"warm": self}
 
 
