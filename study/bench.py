@@ -40,6 +40,8 @@ CONFIGS = ROOT / "configs"
 MNIST = ["dataset=mnist", "epochs=1", "seeds=[0, 1, 2]", "lr_band=null",
          "inits={glorot: [], scaled: [4], saturated_wrong: [4]}"]
 MNIST_QUICK = [*MNIST, "seeds=[0]"]
+# The printed estimate should land within this factor of the measured training time.
+ESTIMATE_BAND = 1.5
 
 
 def mnist_file(folder: Path, n_train: int = 60_000, n_test: int = 10_000) -> Path:
@@ -238,8 +240,10 @@ def report(results: dict, load: tuple[float, float]) -> dict:
             study = results[name]
             ratio = study["estimate_s"] / study["wall_s"]
             summary[f"{name} estimate/measured"] = ratio
+            band = "within" if 1 / ESTIMATE_BAND <= ratio <= ESTIMATE_BAND else "OUTSIDE"
             lines.append(f"{'estimate ' + name + ':':27s}{study['estimate_s']:6.0f} s, "
-                         f"trained in {study['wall_s']:6.0f} s: x{ratio:.2f}")
+                         f"trained in {study['wall_s']:6.0f} s: x{ratio:.2f} ({band} "
+                         f"x{ESTIMATE_BAND})")
     if "mnist" in results:
         lines.append(f"mnist peak memory:         {results['mnist']['peak_rss_mb']:.0f} MB "
                      "RSS (memory_budget_mb 2,048)")
