@@ -18,6 +18,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
+from study import plugins
 from study.config import StudyConfig
 from study.data import Splits
 from study.errors import ChunkFailed, ConfigError
@@ -67,6 +68,18 @@ def train_chunk(config: StudyConfig, arms: list[Arm]) -> list[tuple[Arm, ArmResu
 
     splits = _splits(config.dataset, config.data_seed, config.scale, config.classes)
     return list(trainer(config).train_arms(arms, config, splits))
+
+
+def _with_import_path(chunk_function: Callable, folders: list[str]) -> Callable:
+    """``chunk_function`` run with ``folders`` on the worker's import path, as they are on
+    this process's: the user's own loss, dataset loader or model builder is a module there
+    (on a cluster of several machines, at the same path on a shared file system)."""
+    def train(config: StudyConfig, arms: list[Arm]) -> list[tuple[Arm, ArmResult]]:
+        for folder in folders:
+            plugins.add_to_path(folder)
+        return chunk_function(config, arms)
+
+    return train
 
 
 def chunks(arms: list[Arm], config: StudyConfig, splits: Splits, workers: int) -> list[list[Arm]]:
@@ -150,7 +163,8 @@ class RayExecutor:
                    advance: Advance) -> Pairs:
         import ray
 
-        task = ray.remote(num_cpus=1, max_retries=self.max_retries)(self.chunk_function)
+        task = ray.remote(num_cpus=1, max_retries=self.max_retries)(
+            _with_import_path(self.chunk_function, [os.getcwd(), *plugins.FOLDERS]))
         config_ref = ray.put(config)
         pending = {task.remote(config_ref, chunk): chunk
                    for chunk in chunks(arms, config, splits, self.cpus)}

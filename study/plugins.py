@@ -14,6 +14,10 @@ import sys
 from study.errors import ConfigError
 
 MESSAGE_MAX = 300
+# The folders this process put on the import path for user code (the config's folder, the
+# working directory): a Ray worker is given them too (``executors``), so that it imports the
+# same modules.
+FOLDERS: list[str] = []
 
 
 def one_line(err: BaseException) -> str:
@@ -32,6 +36,8 @@ def add_to_path(folder: str) -> None:
     folder = os.path.abspath(folder)
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    if folder not in FOLDERS:
+        FOLDERS.append(folder)
 
 
 def import_object(key: str, path: str, what: str = "package.module:function", *,
@@ -43,7 +49,7 @@ def import_object(key: str, path: str, what: str = "package.module:function", *,
     module_name, _, attribute = path.partition(":")
     head, named = (f"{key} {path!r}", "it") if it else (key, repr(path))
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        add_to_path(os.getcwd())
     try:
         found = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:

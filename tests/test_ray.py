@@ -308,3 +308,27 @@ def test_the_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(
     assert token.stat().st_mode & 0o777 == 0o600
     assert token.parent.stat().st_mode & 0o777 == 0o700
     assert len(token.read_text().strip()) == 64  # a token was made, and is kept
+
+
+def test_a_users_own_loss_from_the_config_folder_trains_on_ray_workers(tmp_path, capsys):
+    """The workers import the user's module from the folder the CLI put on this process's
+    import path (the config's): they store what the in-process run stores."""
+    folder = tmp_path / "my-study"
+    folder.mkdir()
+    (folder / "ray_user_loss.py").write_text(
+        "from keras import ops\n\n"
+        "def half_squares(y_true, y_pred):\n"
+        "    return 0.5 * ops.sum(ops.square(y_pred - y_true), axis=-1)\n")
+    loss = '{name: half_squares, fn: "ray_user_loss:half_squares", output: sigmoid, ' \
+           'targets: one_hot}'
+    (folder / "own.yaml").write_text((CONFIGS / "smoke.yaml").read_text())
+    stores = {}
+    for executor in ("ray", "local"):
+        stores[executor] = tracking_uri(tmp_path / executor)
+        (tmp_path / executor).mkdir()
+        assert main(["run", str(folder / "own.yaml"), f"--set=losses=[{loss}]",
+                     "--set=inits={saturated_wrong: [4]}", "--executor", executor,
+                     "--tracking-uri", stores[executor], "--quiet"]) == 0, \
+            capsys.readouterr().err
+    ray_values, local_values = _values(stores["ray"]), _values(stores["local"])
+    assert len(ray_values) == 1 and ray_values == local_values
