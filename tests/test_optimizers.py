@@ -217,3 +217,20 @@ def test_callbacks_see_the_arms_measures(tf):
         np.testing.assert_allclose(by_callback.series(name), by_schedule.series(name),
                                    rtol=1e-6, atol=1e-6, err_msg=name)
     assert stopped.steps()[-1] == 66
+
+
+def test_a_callbacks_default_mode_follows_its_measure(tf):
+    """Keras' mode auto knows none of the arm's measures (it raised on val_nll, exit 1): here
+    auto is min for val_nll and max for val_accuracy. From the saturated start both improve
+    at every epoch end, so EarlyStopping(patience=0) lets the arm run its 3 epochs (99 steps)
+    in the right direction, and stops it after 2 (66) in the wrong one."""
+    common = [BATCH, "epochs=3", "trainer=reference", "inits={saturated_wrong: [4]}"]
+
+    def last_step(callback):
+        config = _config(*common, f"callbacks=[{{name: EarlyStopping, {callback}}}]")
+        (result,) = _train(reference, config, expand_grid(config)).values()
+        return result.steps()[-1]
+
+    assert last_step("monitor: val_nll, patience: 0") == 99
+    assert last_step("monitor: val_accuracy, patience: 0") == 99
+    assert last_step("monitor: val_nll, patience: 0, mode: max") == 66
