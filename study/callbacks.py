@@ -10,6 +10,9 @@ loss), so ``monitor`` may name any of them.
 
 One pydantic model per callback, with Keras' argument names (``study.options``);
 ``Callback`` is their union, told apart by ``name``. No TensorFlow import here.
+
+``mode: auto`` (the default) is decided here from the monitored measure: Keras' own "auto"
+knows only ``loss`` and compiled metrics, and fails on ``val_nll`` or ``val_accuracy``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,18 @@ from study.train.common import METRICS
 Monitor = Literal[("loss", *METRICS)]
 NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
 NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+# The measures a callback may monitor that are better higher; the others are better lower.
+HIGHER_IS_BETTER = frozenset({"train_accuracy", "val_accuracy"})
 
 
 class _Callback(Option):
     def make(self):
         import keras
 
-        return getattr(keras.callbacks, self.name)(**self.model_dump(exclude={"name"}))
+        options = self.model_dump(exclude={"name"})
+        if options["mode"] == "auto":
+            options["mode"] = "max" if self.monitor in HIGHER_IS_BETTER else "min"
+        return getattr(keras.callbacks, self.name)(**options)
 
 
 class ReduceLROnPlateau(_Callback):

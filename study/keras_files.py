@@ -37,14 +37,16 @@ def keras_datasets_dir() -> Path:
 
 def ensure(dataset: str, files: list[Path]) -> None:
     """Download each of ``files`` (paths in the Keras cache) that is not there yet."""
-    for path in files:
-        if not path.is_file():
-            _download(dataset, path)
+    missing = [path for path in files if not path.is_file()]
+    for i, path in enumerate(missing):
+        _download(dataset, path, missing[i + 1:])
 
 
-def _download(dataset: str, target: Path) -> None:
+def _download(dataset: str, target: Path, after: list[Path]) -> None:
+    """``after``: the files still missing once this one is there, named when it fails, so
+    that one line says every file to put where (Fashion-MNIST has four)."""
     origin = ORIGIN + target.name
-    _check_reachable(dataset, target, origin)  # offline: say so before TensorFlow starts
+    _check_reachable(dataset, target, origin, after)  # offline: say so before TensorFlow
     from study.backend import start_tensorflow
 
     start_tensorflow()  # before Keras imports it, so that its start-up notices stay quiet
@@ -65,7 +67,7 @@ def _download(dataset: str, target: Path) -> None:
                               f"nothing was kept: run again, or put the standard Keras file "
                               f"at {target}") from None
         except Exception as err:  # get_file's "URL fetch failure on ...": no network
-            raise _offline(dataset, target, origin, _reason(err)) from None
+            raise _offline(dataset, target, origin, _reason(err), after) from None
         target.parent.mkdir(parents=True, exist_ok=True)
         # copied beside the target, then renamed: the cache never holds half a file
         part = target.with_name(f".{target.name}.{os.getpid()}.part")
@@ -79,7 +81,7 @@ def _download(dataset: str, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _check_reachable(dataset: str, target: Path, origin: str) -> None:
+def _check_reachable(dataset: str, target: Path, origin: str, after: list[Path]) -> None:
     """Connect to the origin's host (10 s at most): no network is then one line in a
     fraction of a second, not after TensorFlow's start-up."""
     url = urllib.parse.urlsplit(origin)
@@ -87,13 +89,15 @@ def _check_reachable(dataset: str, target: Path, origin: str) -> None:
     try:
         socket.create_connection((url.hostname, port), timeout=10).close()
     except OSError as err:
-        raise _offline(dataset, target, origin, _reason(err)) from None
+        raise _offline(dataset, target, origin, _reason(err), after) from None
 
 
-def _offline(dataset: str, target: Path, origin: str, reason: str) -> ConfigError:
-    return ConfigError(f"dataset {dataset!r}: {target} is not in the Keras cache and the "
-                       f"download from {origin} failed ({reason}); put the standard Keras "
-                       "file there (KERAS_HOME moves the cache)")
+def _offline(dataset: str, target: Path, origin: str, reason: str,
+             after: list[Path]) -> ConfigError:
+    beside = f" (nor are {', '.join(p.name for p in after)} beside it)" if after else ""
+    return ConfigError(f"dataset {dataset!r}: {target} is not in the Keras cache{beside} and "
+                       f"the download from {origin} failed ({reason}); put the standard Keras "
+                       f"file{'s' if after else ''} there (KERAS_HOME moves the cache)")
 
 
 def _reason(err: Exception) -> str:

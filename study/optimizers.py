@@ -1,10 +1,11 @@
 """Optimizer registry: the stock Keras optimizers a study may use, and the options each takes.
 
 The batched trainer applies one Keras optimizer to the stacked weights of K arms. That is K
-independent optimizers only if the update is elementwise: every optimizer here is. Keras
-optimizers whose update looks across a whole variable (Lamb's per-layer trust ratio,
-Adafactor's factored moments, Muon's orthogonalized matrices) would mix arms, and are refused
-with the reason (``NOT_ELEMENTWISE``); so are options that would (``MIXING``). Norm clipping
+independent optimizers only if the update is elementwise. Keras optimizers whose update looks
+across a whole variable (Lamb's per-layer trust ratio, Adafactor's factored moments, Muon's
+orthogonalized matrices) would mix arms: the batched trainer refuses them with the reason
+(``OptimizerSpec.mixes``), the reference trainer (one Keras fit per arm) runs them;
+options that would mix arms (``MIXING``) likewise. Norm clipping
 (``clipnorm``, ``global_clipnorm``) looks across a variable too: the batched trainer computes
 it per arm itself (``PER_ARM``), the reference trainer leaves it to Keras. Each arm's
 learning rate is its own (a [K] tensor the optimizer broadcasts).
@@ -62,6 +63,9 @@ RANGES: dict[str, tuple[float, float | None] | type] = {
     "l1_regularization_strength": (0.0, None), "l2_regularization_strength": (0.0, None),
     "l2_shrinkage_regularization_strength": (0.0, None), "beta": (0.0, None),
     "learning_rate_power": (-FLOAT32_RANGE[1], POSITIVE),  # <= 0
+    # muon
+    "adam_beta_1": (0.0, 1.0), "adam_beta_2": (0.0, 1.0), "adam_weight_decay": (0.0, None),
+    "adam_lr_ratio": (POSITIVE, None), "rms_rate": (POSITIVE, None),
     # adafactor
     "beta_2_decay": (-FLOAT32_RANGE[1], POSITIVE), "epsilon_1": (POSITIVE, None),
     "epsilon_2": (POSITIVE, None), "clip_threshold": (POSITIVE, None), "relative_step": bool,
@@ -174,6 +178,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
                       "Adafactor: factored second moments",
                       mixes="its factored second moments are row and column means of a whole "
                             "variable, which holds every arm of a group"),
+        OptimizerSpec("muon", "Muon",
+                      frozenset({"momentum", "nesterov", "adam_beta_1", "adam_beta_2",
+                                 "adam_weight_decay", "adam_lr_ratio", "epsilon", "rms_rate"}),
+                      "Muon: momentum steps orthogonalized matrix by matrix (Adam on the rest)",
+                      mixes="it orthogonalizes each 2-D kernel as a whole matrix, and a stacked "
+                            "kernel holds every arm of a group"),
     ]
 }
 

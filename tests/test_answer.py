@@ -218,3 +218,24 @@ def test_a_study_without_equivalent_losses_has_an_empty_equivalence_table():
     times = times_of([("cce", "glorot", 0, 1, [60, 70]), ("bce", "glorot", 0, 16, [60, 80])])
     table = answers.equivalences(times, n_classes=10)
     assert table.empty and "level" in table.columns
+
+
+def test_the_title_names_the_dataset_model_and_optimizer_the_arms_trained_with():
+    """A study of one optimizer names it (its schedule included), its dataset and its model
+    nowhere else in the report; each as a code span, so a file name cannot inject Markdown.
+    A param that older runs lack is left out."""
+    from study.analysis import sections
+    from tests.test_convergence import make_study
+
+    study = make_study([{"loss": loss, "init": "glorot", "seed": 0, "reach": 64,
+                         "optimizer": "nadam+cosine_decay(decay_steps=300)"}
+                        for loss in ("cce", "focal")])
+    assert sections.title(sections.build(study)).startswith(
+        "**Study `synthetic`**: 2 arms (optimizer `nadam+cosine_decay(decay_steps=300)`), 1 "
+        "seeds, a budget of")
+    study.arms["dataset"] = "/home/me/my `data` *1*.npz"
+    study.arms["model"] = ["mlp-784-30-10-sigmoid", "my_models:build (25,578 params)"]
+    assert sections.title(sections.build(study)).startswith(
+        "**Study `synthetic`**: 2 arms (on ``/home/me/my `data` *1*.npz``, models "
+        "`mlp-784-30-10-sigmoid`, `my_models:build (25,578 params)`, optimizer "
+        "`nadam+cosine_decay(decay_steps=300)`), 1 seeds, a budget of")

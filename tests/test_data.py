@@ -93,8 +93,11 @@ def test_missing_cache_file_offline_is_a_config_error_naming_the_path(tmp_path, 
         s.bind(("127.0.0.1", 0))
         monkeypatch.setattr(keras_files, "ORIGIN", f"http://127.0.0.1:{s.getsockname()[1]}/")
     with pytest.raises(ConfigError, match="fashion-mnist/train-labels-idx1-ubyte.gz is not "
-                                          "in the Keras cache and the download from"):
-        DATASETS["fashion_mnist"].make_available()
+                                          r"in the Keras cache \(nor are "
+                                          "train-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, "
+                                          r"t10k-images-idx3-ubyte.gz beside it\) and the download "
+                                          ".*; put the standard Keras files there"):
+        DATASETS["fashion_mnist"].make_available()  # one line names all four files
 
 
 def test_schedule_has_step_0_log_spaced_steps_and_epoch_ends():

@@ -83,7 +83,7 @@ def _train(module, config, arms):
 def test_every_elementwise_optimizer_has_a_variant():
     assert set(ELEMENTWISE) <= set(VARIANTS)
     assert {"nadam", "adamax", "lion", "ftrl", "adadelta"} <= set(ELEMENTWISE)
-    assert {"lamb", "adafactor"} <= set(OPTIMIZERS) - set(ELEMENTWISE)
+    assert {"lamb", "adafactor", "muon"} <= set(OPTIMIZERS) - set(ELEMENTWISE)
 
 
 @pytest.mark.slow
@@ -139,14 +139,18 @@ def test_the_schedule_and_clipping_enter_the_digest_and_the_optimizers_name():
     assert clipped.optimizers[0].key == "sgd(clipnorm=1)"
 
 
-def test_what_mixes_arms_runs_with_the_reference_trainer(tf):
-    """Lamb's trust ratio is a per-variable norm: refused batched, naming the trainer, and
-    trained by Keras fit with trainer: reference."""
-    with pytest.raises(ConfigError, match="the batched trainer cannot run lamb: its trust "
-                                          "ratio .* use trainer: reference"):
-        _config("optimizer={name: lamb, lr: 0.01}")
-    config = _config("optimizer={name: lamb, lr: 0.01}", "trainer=reference",
-                     "inits={glorot: []}")
+@pytest.mark.parametrize(("optimizer", "reason"), [
+    ("{name: lamb, lr: 0.01}", "its trust ratio is the norm of a whole variable"),
+    ("{name: muon, lr: 0.01, momentum: 0.9}", "it orthogonalizes each 2-D kernel as a whole"),
+])
+def test_what_mixes_arms_runs_with_the_reference_trainer(tf, optimizer, reason):
+    """Lamb's trust ratio is a per-variable norm, Muon's step an orthogonalized matrix:
+    refused batched, naming the trainer, and trained by Keras fit with trainer: reference."""
+    name = optimizer.split(",")[0].split()[-1]
+    with pytest.raises(ConfigError, match=f"the batched trainer cannot run {name}: {reason}"
+                                          ".* use trainer: reference"):
+        _config(f"optimizer={optimizer}")
+    config = _config(f"optimizer={optimizer}", "trainer=reference", "inits={glorot: []}")
     (result,) = _train(reference, config, expand_grid(config)).values()
     assert result.series("val_accuracy")[-1] > 0.5
 
@@ -217,3 +221,20 @@ def test_callbacks_see_the_arms_measures(tf):
         np.testing.assert_allclose(by_callback.series(name), by_schedule.series(name),
                                    rtol=1e-6, atol=1e-6, err_msg=name)
     assert stopped.steps()[-1] == 66
+
+
+def test_a_callbacks_default_mode_follows_its_measure(tf):
+    """Keras' mode auto knows none of the arm's measures (it raised on val_nll, exit 1): here
+    auto is min for val_nll and max for val_accuracy. From the saturated start both improve
+    at every epoch end, so EarlyStopping(patience=0) lets the arm run its 3 epochs (99 steps)
+    in the right direction, and stops it after 2 (66) in the wrong one."""
+    common = [BATCH, "epochs=3", "trainer=reference", "inits={saturated_wrong: [4]}"]
+
+    def last_step(callback):
+        config = _config(*common, f"callbacks=[{{name: EarlyStopping, {callback}}}]")
+        (result,) = _train(reference, config, expand_grid(config)).values()
+        return result.steps()[-1]
+
+    assert last_step("monitor: val_nll, patience: 0") == 99
+    assert last_step("monitor: val_accuracy, patience: 0") == 99
+    assert last_step("monitor: val_nll, patience: 0, mode: max") == 66

@@ -70,10 +70,24 @@ def title(report: Report) -> str:
         return f"{name}: no arms stored."
     budget = int(report.all_arms["budget"].max())
     levels = ", ".join(f"{level:g}" for level in study.all_levels)
-    return (f"{name}: {len(report.all_arms):,} arms, {report.all_arms['seed'].nunique()} "
+    return (f"{name}: {len(report.all_arms):,} arms{_trained_on(study.arms)}, "
+            f"{report.all_arms['seed'].nunique()} "
             f"seeds, a budget of {budget:,} steps; val_accuracy levels {levels} (target "
             f"{study.target:g}, escape {study.escape:g}). After the answer, the tables and "
             f"figures show {md_text(describe_view(report.all_arms, report.view))}.")
+
+
+def _trained_on(arms: pd.DataFrame) -> str:
+    """" on `dataset`, model `model`, optimizer `sgd+cosine_decay(...)`": what the arms ran,
+    as their params hold it (a study with one optimizer names it nowhere else); a param that
+    runs stored by older versions lack is left out."""
+    parts = []
+    for column, word in [("dataset", "on"), ("model", "model"), ("optimizer", "optimizer")]:
+        values = sorted(arms[column].dropna().astype(str).unique()) if column in arms else []
+        if values:
+            plural = "s" if len(values) > 1 and column != "dataset" else ""
+            parts.append(f"{word}{plural} {', '.join(md_code(v) for v in values)}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def answer_words(report: Report) -> str:
