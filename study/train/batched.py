@@ -769,11 +769,13 @@ class Costs:
 
 
 def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
-          steps: int = 8) -> tuple[Costs, dict]:
+          steps: int = 8, repeats: int = 3) -> tuple[Costs, dict]:
     """Time a few real steps of the first group of ``arms`` at its real size: its tracing,
-    its steps with and without the crossings' evaluation, and one full evaluation. Returns
-    the costs and the traced group, for ``train_arms(warm=...)``: the probe costs about
-    2 x ``steps`` steps and a full evaluation, its tracing is not paid twice."""
+    its steps with and without the crossings' evaluation, and one full evaluation, each the
+    fastest of ``repeats`` timings (a single one of a few milliseconds was off by a third on
+    a quiet machine). Returns the costs and the traced group, for ``train_arms(warm=...)``:
+    the probe costs about 2 x ``steps`` x ``repeats`` steps and ``repeats`` full
+    evaluations, its tracing is not paid twice."""
     import time
 
     import tensorflow as tf
@@ -783,8 +785,9 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
     start_tensorflow()
     first = [a for a in arms if a.group == arms[0].group]
     size = slots_for(chunk_size(config, splits, len(first)))
-    steps = max(1, min(steps, (Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
-                                        config.epochs).total_steps - 1) // 3))
+    total = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
+                     config.epochs).total_steps
+    steps = max(1, min(steps, (total - 1) // (2 * repeats)))
     started = time.perf_counter()
     group = _Group(size, config, splits, arms[0].loss, optimizer_of(config, arms[0]))
     group.load(first[:size])
@@ -798,14 +801,18 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
         call()
         return time.perf_counter() - began
 
-    group.watch.assign(np.zeros(size, bool))  # no crossing: the training steps alone
-    train = timed(lambda: group.run(tf.constant(1), tf.constant(1 + steps)))
-    group.watch.assign(np.ones(size, bool))  # every slot pending: a crossing each step
-    group.first.assign(np.full(group.first.shape, -1, "int32"))
-    group.skipping.assign(False)  # the cost of an evaluation, not of the steps it skips
-    crossing = timed(lambda: group.run(tf.constant(1 + steps), tf.constant(1 + 2 * steps)))
-    group.skipping.assign(True)
-    full = timed(lambda: group.evaluate(group.snapshot()))
+    def steps_from(at: int, crossing: bool) -> float:
+        group.watch.assign(np.full(size, crossing))  # every slot pending, or none
+        group.first.assign(np.full(group.first.shape, -1, "int32"))
+        group.skipping.assign(not crossing)  # an evaluation's cost, not the steps it skips
+        try:
+            return timed(lambda: group.run(tf.constant(at), tf.constant(at + steps)))
+        finally:
+            group.skipping.assign(True)
+
+    train = min(steps_from(1 + 2 * r * steps, False) for r in range(repeats))
+    crossing = min(steps_from(1 + (2 * r + 1) * steps, True) for r in range(repeats))
+    full = min(timed(lambda: group.evaluate(group.snapshot())) for _ in range(repeats))
     costs = Costs(size, trace_s, train / steps, max(0.0, crossing - train) / (steps * size),
                   full / size)
     return costs, {(arms[0].group, size): group}
