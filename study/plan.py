@@ -129,9 +129,9 @@ def estimate(config: StudyConfig, flight: Preflight, arms: list[Arm],
 
 
 def _batched_seconds(config, splits, arms, schedule, costs) -> float:
-    """Each group's tracing, then per chunk: its training steps (every slot), its in-loop
-    val_accuracy (after every step while an arm has a level to cross) and the full
-    evaluations of its arms."""
+    """Each group's tracing (but the probe's, already paid), then per chunk: its training
+    steps (every slot), its in-loop val_accuracy (after every step while an arm has a level
+    to cross) and the full evaluations of its arms."""
     from study.train import batched
 
     groups: dict[tuple[str, str], int] = {}
@@ -146,8 +146,7 @@ def _batched_seconds(config, splits, arms, schedule, costs) -> float:
             seconds += (steps * costs.step_s * slots / costs.slots
                         + costs.cross_s * arms_in * steps * PENDING_SHARE
                         + costs.full_s * arms_in * full)
-        seconds += costs.trace_s
-    return seconds
+    return seconds + costs.trace_s * max(0, len(groups) - costs.traced)
 
 
 def calibrated(config: StudyConfig, flight: Preflight):

@@ -766,6 +766,7 @@ class Costs:
     step_s: float  # one training step of all the slots, no crossing evaluated
     cross_s: float  # one slot's val_accuracy evaluated in the loop (crossings, dense steps)
     full_s: float  # one slot's full evaluation (every measure)
+    traced: int = 0  # groups already traced (the probe's), which training reuses
 
 
 def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
@@ -814,5 +815,5 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
     crossing = min(steps_from(1 + (2 * r + 1) * steps, True) for r in range(repeats))
     full = min(timed(lambda: group.evaluate(group.snapshot())) for _ in range(repeats))
     costs = Costs(size, trace_s, train / steps, max(0.0, crossing - train) / (steps * size),
-                  full / size)
+                  full / size, traced=1)
     return costs, {(arms[0].group, size): group}
