@@ -334,7 +334,8 @@ class StudyConfig(_Frozen):
             try:
                 check_name("loss", name, [*LOSSES, *own])
             except ConfigError as err:  # a model validator's error has no key: name it
-                raise ValueError(f"losses: {err}") from None
+                raise ValueError(f"losses: {err}, or your own: {{name: ..., fn: "
+                                 "'module:function', output: ..., targets: ...}") from None
         unused = set(own) - set(self.losses)
         if unused:
             raise ValueError(f"custom_losses: {sorted(unused)} not in losses")

@@ -12,7 +12,7 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import load_study_data, make_available
-from study.errors import StoreFull, StoreUnreachable
+from study.errors import ConfigError, StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
@@ -42,7 +42,8 @@ class StudyResult:
 
 def check_model_and_starts(config: StudyConfig, splits) -> str:
     """Build the model and draw every start once, so that a model builder that fails or
-    given weights of the wrong shape stop as a ConfigError before any MLflow run exists.
+    given weights of the wrong shape (or an optimizer this Keras lacks) stop as a
+    ConfigError before any MLflow run exists.
     Returns the model's name for the child runs' params and its parameter count.
     The user's own losses are made and probed here too (``study.losses.probe``)."""
     from study.losses import loss_spec, probe
@@ -53,11 +54,26 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
     models = [build_model(config.model, splits.input_shape, splits.n_classes, output,
                           config.trainer)
               for output in sorted(outputs)]
+    _check_keras_has_the_optimizers(config)
     starts = Starts(models[0], config.inits.get("fixed"))
     for init, severities in config.inits.items():  # a draw of each scheme and severity;
         for severity in INITS[init].severities(severities):  # seeds change values only
             starts(init, severity, config.seeds[0])
     return describe(models[0], config.model), models[0].count_params()
+
+
+def _check_keras_has_the_optimizers(config: StudyConfig) -> None:
+    """Muon and its kin are recent Keras classes; an older Keras has no such optimizer."""
+    import keras
+
+    from study.optimizers import OPTIMIZERS
+
+    for optimizer in config.optimizers:
+        spec = OPTIMIZERS[optimizer.name]
+        if not hasattr(keras.optimizers, spec.keras_class):
+            raise ConfigError(f"optimizer: {optimizer.name} is keras.optimizers."
+                              f"{spec.keras_class}, which Keras {keras.__version__} does not "
+                              "have; upgrade Keras (pip install -U keras)")
 
 
 def preflight(config: StudyConfig) -> Preflight:

@@ -155,6 +155,24 @@ def test_what_mixes_arms_runs_with_the_reference_trainer(tf, optimizer, reason):
     assert result.series("val_accuracy")[-1] > 0.5
 
 
+def test_an_optimizer_this_keras_lacks_is_one_line_before_any_run(tf, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Muon came with a recent Keras: with a Keras that has no such class the study stops
+    at its pre-flight, exit 2, one line, no store."""
+    import keras
+
+    from study.cli import main
+
+    monkeypatch.delattr(keras.optimizers, "Muon")
+    code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "optimizer={name: muon, lr: 0.01}",
+                 "--set", "trainer=reference", "--tracking-uri",
+                 f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: optimizer: muon is keras.optimizers.Muon, which Keras ")
+    assert "upgrade Keras" in err[0] and not (tmp_path / "mlflow.db").exists()
+
+
 # A user's model with what only the reference trainer runs.
 def batchnorm_mlp(input_shape, n_classes, output):
     import keras
