@@ -401,3 +401,16 @@ def test_an_adds_gradient_is_summed_over_the_axes_its_input_was_broadcast_along(
     actual = batched._sum_to(tf.constant(values), tf.TensorShape(shape)).numpy()
     assert actual.shape == shape
     np.testing.assert_allclose(actual, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("total", [1, 2, 5])
+def test_the_estimates_probe_fits_any_budget(tf, digits, total):
+    """The probe times steps 1 .. total of the first group and no further, however short
+    the budget (a tiny dataset's study failed in its probe: a step past the budget)."""
+    batch = len(digits.x_train) // total
+    config = load_config(CONFIGS / "smoke.yaml", ["losses=[cce]", "inits={glorot: []}",
+                                                  f"batch_size={batch}"])
+    costs, warm = batched.probe(config, digits, expand_grid(config))
+    assert costs.traced == 1 and len(warm) == 1
+    assert costs.step_s >= 0 and costs.cross_s >= 0 and costs.full_s > 0
+    assert (costs.step_s > 0) == (total >= 3)  # two timed stretches need steps 1 and 2

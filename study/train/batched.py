@@ -788,7 +788,9 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
     size = slots_for(chunk_size(config, splits, len(first)))
     total = Schedule(steps_per_epoch(len(splits.x_train), config.batch_size),
                      config.epochs).total_steps
-    steps = max(1, min(steps, (total - 1) // (2 * repeats)))
+    # steps 1 .. total can be timed (run(a, b) trains a .. b - 1 and crosses at b)
+    repeats = max(1, min(repeats, (total - 1) // 2))
+    steps = min(steps, (total - 1) // (2 * repeats))  # 0: a budget too short to time
     started = time.perf_counter()
     group = _Group(size, config, splits, arms[0].loss, optimizer_of(config, arms[0]))
     group.load(first[:size])
@@ -811,9 +813,12 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
         finally:
             group.skipping.assign(True)
 
-    train = min(steps_from(1 + 2 * r * steps, False) for r in range(repeats))
-    crossing = min(steps_from(1 + (2 * r + 1) * steps, True) for r in range(repeats))
     full = min(timed(lambda: group.evaluate(group.snapshot())) for _ in range(repeats))
-    costs = Costs(size, trace_s, train / steps, max(0.0, crossing - train) / (steps * size),
-                  full / size, traced=1)
+    train = crossing = 0.0
+    if steps:
+        train = min(steps_from(1 + 2 * r * steps, False) for r in range(repeats)) / steps
+        crossing = min(steps_from(1 + (2 * r + 1) * steps, True)
+                       for r in range(repeats)) / steps
+    costs = Costs(size, trace_s, train, max(0.0, crossing - train) / size, full / size,
+                  traced=1)
     return costs, {(arms[0].group, size): group}
