@@ -93,14 +93,11 @@ BOUND: bool | None = None
 BOUND_MIN_WORK = 20_000_000
 
 
-def padded_rows(n: int) -> int:
-    """The validation inputs' rows as the vectorized forward passes see them: padded with
-    zero rows to a multiple of 16, so that every elementwise tensor of an evaluation holds a
-    multiple of 16 floats whatever the number of slots (each arm's holds rows x units), and
-    every element takes Eigen's packet path (see ``SLOT_MULTIPLE``). The padding rows are
-    dropped before the accuracy is counted, by exact ops (argmax, equality, a sum of 0s and
-    1s)."""
-    return -(-n // SLOT_MULTIPLE) * SLOT_MULTIPLE
+def lanes_for(n_val: int) -> int:
+    """Slots evaluated together come in multiples of this: then every elementwise tensor
+    of the evaluation holds a multiple of 16 floats (each arm's holds n_val x units), and
+    every element takes Eigen's packet path whatever the batch (see ``SLOT_MULTIPLE``)."""
+    return 16 // math.gcd(16, n_val)
 
 
 def _model_size(config: StudyConfig, splits: Splits) -> tuple[int, int]:
@@ -276,9 +273,6 @@ class _Group:
         self.x_train = tf.constant(splits.inputs("train"))
         self.y_train = tf.constant(training_targets(spec, splits))
         self.x_val = tf.constant(splits.inputs("val"))
-        x_val, self.n_val = splits.inputs("val"), len(splits.x_val)
-        self.x_val_rows = tf.constant(np.concatenate([x_val, np.zeros(
-            (padded_rows(self.n_val) - self.n_val, *x_val.shape[1:]), x_val.dtype)]))
         # the training-set measures' examples: all, or a fixed sample at MNIST scale
         rows = train_eval_rows(n_train)
         self.x_eval = tf.constant(splits.inputs("train")[rows])
@@ -293,6 +287,7 @@ class _Group:
         self.first = tf.Variable(tf.fill((size, n_levels), -1))
         self.first_accuracy = tf.Variable(tf.zeros((size, n_levels), tf.float64))
         self.watch = tf.Variable(tf.zeros(size, tf.bool))
+        self.lanes = lanes_for(len(splits.x_val))
         self._anchor_state(size, splits)
         # The dense val_accuracy schedule is taken while a slot has a level still to cross,
         # by the crossings' own forward pass (it evaluates that slot at that step anyway),
@@ -453,23 +448,22 @@ class _Group:
                          fn_output_signature=tf.TensorSpec([len(self.names)], tf.float64))
 
     def _arm_accuracy(self, weights):
-        """One arm's val_accuracy: a forward pass over the validation split (its rows
-        padded, ``padded_rows``)."""
-        return self._arm_accuracy_outputs(weights)[0]
+        """One arm's val_accuracy: a forward pass over the validation split."""
+        outputs, _ = self.model.stateless_call(list(weights), [], self.x_val)
+        return accuracy_tf(outputs, self.labels_val)
 
     def _evaluate_accuracy(self, weights):
-        """val_accuracy of stacked arms [n, ...], any n: one vectorized forward pass, so
-        that every evaluation of val_accuracy (full, scheduled or at a crossing) is the same
-        computation, and an arm's value the same bits whatever else is in the batch (no op
-        mixes arms; see ``padded_rows``)."""
+        """val_accuracy of stacked arms [n, ...], n a multiple of ``lanes``: one vectorized
+        forward pass, so that every evaluation of val_accuracy (full, scheduled or at a
+        crossing) is the same computation, and an arm's value the same bits whatever else
+        is in the batch (no op mixes arms; see ``lanes_for``)."""
         import tensorflow as tf
 
         return tf.vectorized_map(self._arm_accuracy, weights)
 
     def _arm_accuracy_outputs(self, weights):
-        """One arm's val_accuracy and its outputs on the validation split."""
-        outputs, _ = self.model.stateless_call(list(weights), [], self.x_val_rows)
-        outputs = outputs[:self.n_val]
+        """One arm's val_accuracy (``_arm_accuracy``'s computation) and its outputs."""
+        outputs, _ = self.model.stateless_call(list(weights), [], self.x_val)
         return accuracy_tf(outputs, self.labels_val), outputs
 
     def _skippable(self, pending):
@@ -512,7 +506,9 @@ class _Group:
         n = tf.size(slots)
 
         def evaluate():
-            weights = [tf.gather(w, slots) for w in self.weights]
+            # Pad to a multiple of ``lanes`` by repeating a slot; the repeats are dropped.
+            padded = tf.concat([slots, tf.fill([(-n) % self.lanes], slots[0])], 0)
+            weights = [tf.gather(w, padded) for w in self.weights]
             if self.bound is None:
                 accuracy = self._evaluate_accuracy(weights)
             else:
@@ -520,8 +516,8 @@ class _Group:
                 # thresholds from its outputs, outside the vectorized map
                 accuracy, outputs = tf.vectorized_map(self._arm_accuracy_outputs, weights)
                 self._anchor(slots, output_bound.thresholds(
-                    outputs, self.labels_val, self.bound[-1].activation))
-            accuracy = accuracy[:, None]
+                    outputs[:n], self.labels_val, self.bound[-1].activation))
+            accuracy = accuracy[:n, None]
             first = tf.gather(self.first, slots)
             new = (first < 0) & (accuracy >= self.levels[None, :])
             self.first.scatter_nd_update(slots[:, None], tf.where(new, step, first))
@@ -565,9 +561,10 @@ class _Group:
         """Every logged metric (or val_accuracy alone) at a snapshot of the ``slots`` (every
         slot if not given), as arrays [K], NaN in the slots not evaluated. An arm's values
         do not depend on which other slots are evaluated with it (per arm, or vectorized
-        over padded validation rows)."""
+        over a multiple of ``lanes``)."""
         slots = np.arange(self.size) if slots is None else np.asarray(slots)
-        accuracy = self.accuracy_graph(weights, slots.astype("int32")).numpy()
+        padded = np.concatenate([slots, np.repeat(slots[:1], (-len(slots)) % self.lanes)])
+        accuracy = self.accuracy_graph(weights, padded.astype("int32")).numpy()[:len(slots)]
         columns = {"val_accuracy": accuracy}
         if full:
             values = self.evaluate_graph(weights, slots.astype("int32")).numpy()
