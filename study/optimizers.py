@@ -104,6 +104,15 @@ class OptimizerSpec:
             raise ConfigError(f"{self.name} options {' and '.join(map(repr, clipping))}: Keras "
                               "takes one of clipnorm, clipvalue and global_clipnorm")
 
+    def check_available(self) -> None:
+        """Muon and its kin are recent Keras classes; an older Keras has no such optimizer."""
+        import keras
+
+        if not hasattr(keras.optimizers, self.keras_class):
+            raise ConfigError(f"optimizer: {self.name} is keras.optimizers.{self.keras_class}, "
+                              f"which Keras {keras.__version__} does not have; upgrade Keras "
+                              "(pip install -U keras)")
+
     def make(self, learning_rate, options: dict):
         """A fresh Keras optimizer; ``learning_rate`` a float, a callable or a Keras
         schedule."""

@@ -24,9 +24,9 @@ WRITE_SHARE = 0.5
 BYTES_PER_VALUE, BYTES_PER_RUN = 290, 5000
 # An arm evaluates val_accuracy after every step while a level is still to be crossed: how
 # long that lasts is what the study measures, from none of its budget to all of it. Measured
-# share of the arm-steps: 0.19 on the default study, 0.35 on optimizers, 0.83 on cnn (most of
-# its arms never reach 0.9). The midpoint keeps the estimate within x1.5 of any share from
-# 0.1 to 1 on these studies, where a quarter made cnn's x0.6.
+# share of the arm-steps: 0.25 on the default study, 0.35 on optimizers, 0.83 on cnn (most of
+# its arms never reach 0.9). No one share keeps all three within x1.5: at the midpoint cnn is
+# x0.7 and the default study x1.6 (a quarter made cnn's x0.6); docs/trainers.md.
 PENDING_SHARE = 0.5
 # Without a probe (``make show``, the reference trainer): the batched trainer's costs of the
 # default model (64-30-10 MLP, batch 10, 359 validation examples) per slot, measured here,

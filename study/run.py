@@ -12,11 +12,12 @@ import yaml
 from study.claims import study_lock
 from study.config import StudyConfig, config_hash
 from study.data import load_study_data, make_available
-from study.errors import ConfigError, StoreFull, StoreUnreachable
+from study.errors import StoreFull, StoreUnreachable
 from study.executors import LocalExecutor, executor_for
 from study.grid import Arm, expand_grid
 from study.inits import INITS, Starts
 from study.models import build_model, describe
+from study.optimizers import OPTIMIZERS
 from study.plan import ASK_ABOVE_GB, Estimate, Preflight, check_fits_data, check_memory, estimate
 from study.tracking import STORE_TIMEOUT_S, ArmWriter, StudyTracker, arm_params, sqlite_path
 from study.train.common import ArmResult
@@ -54,26 +55,13 @@ def check_model_and_starts(config: StudyConfig, splits) -> str:
     models = [build_model(config.model, splits.input_shape, splits.n_classes, output,
                           config.trainer)
               for output in sorted(outputs)]
-    _check_keras_has_the_optimizers(config)
+    for optimizer in config.optimizers:
+        OPTIMIZERS[optimizer.name].check_available()
     starts = Starts(models[0], config.inits.get("fixed"))
     for init, severities in config.inits.items():  # a draw of each scheme and severity;
         for severity in INITS[init].severities(severities):  # seeds change values only
             starts(init, severity, config.seeds[0])
     return describe(models[0], config.model), models[0].count_params()
-
-
-def _check_keras_has_the_optimizers(config: StudyConfig) -> None:
-    """Muon and its kin are recent Keras classes; an older Keras has no such optimizer."""
-    import keras
-
-    from study.optimizers import OPTIMIZERS
-
-    for optimizer in config.optimizers:
-        spec = OPTIMIZERS[optimizer.name]
-        if not hasattr(keras.optimizers, spec.keras_class):
-            raise ConfigError(f"optimizer: {optimizer.name} is keras.optimizers."
-                              f"{spec.keras_class}, which Keras {keras.__version__} does not "
-                              "have; upgrade Keras (pip install -U keras)")
 
 
 def preflight(config: StudyConfig) -> Preflight:
