@@ -57,20 +57,21 @@ def shrink(config, **changes):
 
 
 def _copy_new_stores_from_a_template() -> None:
-    """MLflow makes a new SQLite store by running its schema migrations one by one: about 5 s
-    of CPU a store, and the suite makes over a hundred in this process. Here a new store gets
-    the tables of one empty store that MLflow migrated itself, copied with SQLite's backup
-    API; MLflow then goes on as always (it checks the schema's version and adds its Default
-    experiment). Only files with no table at all; the processes the tests start make their
-    stores the ordinary way, so that path stays tested."""
+    """A study copies a new SQLite store from an empty one MLflow migrated itself
+    (``study.tracking.empty_store``), instead of running MLflow's migrations one by one
+    (about 5 s a store). The tests also make stores in this process by other ways (an MLflow
+    client on a new file): those get the same template here, copied with SQLite's backup
+    API into the file MLflow has just created. Only files with no table at all."""
     import sqlite3
-    import tempfile
 
     import mlflow.store.db.utils as db_utils
-    import sqlalchemy
+
+    from study.tracking.empty_store import template
 
     migrate = db_utils._initialize_tables
-    template: list[str] = []
+    empty = template()  # made (once per MLflow version) before MLflow's function is replaced
+    if empty is None:
+        return
 
     def initialize(engine) -> None:
         path = engine.url.database
@@ -79,10 +80,7 @@ def _copy_new_stores_from_a_template() -> None:
         with contextlib.closing(sqlite3.connect(path)) as target:
             if target.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 return migrate(engine)
-            if not template:
-                template.append(os.path.join(tempfile.mkdtemp(prefix="empty-store-"), "m.db"))
-                migrate(sqlalchemy.create_engine(f"sqlite:///{template[0]}"))
-            with contextlib.closing(sqlite3.connect(template[0])) as source:
+            with contextlib.closing(sqlite3.connect(empty)) as source:
                 source.backup(target)
 
     db_utils._initialize_tables = initialize

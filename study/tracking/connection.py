@@ -15,6 +15,7 @@ from study.claims import owner_is_gone, schema_lock
 from study.errors import ConfigError, StoreFull, StoreUnreachable, quote
 from study.tracking import server_claim, sql_writes
 from study.tracking.artifacts import artifact_location, relocate_artifacts
+from study.tracking.empty_store import start_from_template
 from study.tracking.faults import out_of_room, reason, unreachable
 from study.tracking.retries import STORE_TIMEOUT_S, Outage, requests_once
 from study.tracking.store import absolute_uri, check_store, default_tracking_uri, sqlite_path
@@ -113,6 +114,8 @@ class StoreConnection:
         # raising it, which the study reports in one line or raises itself.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         with schema_lock(sqlite_path(self.uri)):  # a new store's tables, one process at once
+            if sqlite_path(self.uri) is not None:
+                start_from_template(sqlite_path(self.uri))
             try:
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)
