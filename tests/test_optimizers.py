@@ -15,6 +15,7 @@ from study.grid import expand_grid
 from study.optimizers import OPTIMIZERS
 from study.train import batched, reference
 from tests.conftest import CONFIGS
+from tests.test_batched import Traced
 
 ELEMENTWISE = sorted(name for name, spec in OPTIMIZERS.items() if spec.mixes is None)
 COSINE = "{name: cosine_decay, decay_steps: 25, warmup_target: 0.3, warmup_steps: 8}"
@@ -65,19 +66,21 @@ BATCH = "batch_size=32"
 
 
 @pytest.fixture(scope="session")
-def variants():
-    """Every variant's config (one study), its arms, and the batched trainer's results in
-    grid order."""
+def variants(tf, digits):
+    """Every variant's config (one study), its arms, the batched trainer's results in grid
+    order, and its groups as traced for them (``Traced``), for the tests that train the
+    same groups again: each of the 20 groups is traced once."""
     config = _config(BATCH, f"optimizers=[{', '.join(VARIANTS.values())}]")
     arms = expand_grid(config)
-    return config, arms, _train(batched, config, arms)
+    traced = Traced(config, digits)
+    return config, arms, _train(batched, config, arms, **traced(arms)), traced
 
 
-def _train(module, config, arms):
+def _train(module, config, arms, **warm):
     from study.data import load_dataset
 
     digits = load_dataset("digits", 0)
-    return {arm.key: result for arm, result in module.train_arms(arms, config, digits)}
+    return {arm.key: result for arm, result in module.train_arms(arms, config, digits, **warm)}
 
 
 def test_every_elementwise_optimizer_has_a_variant():
@@ -91,16 +94,17 @@ def test_an_arms_values_do_not_depend_on_its_slot_or_group(tf, variants):
     """In reverse order every arm sits in another slot beside other arms; alone, it is the
     one arm of its group (padded to 16 slots): the same bits as in grid order. (Alone for
     what the batched trainer adds to Keras' update: Nadam's shared state, the per-arm
-    clipping, a schedule built on the slots' rates.)"""
-    config, arms, forward = variants
+    clipping, a schedule built on the slots' rates.) Each group is the one traced for the
+    grid order, loaded afresh, as a study's chunks reuse their group."""
+    config, arms, forward, traced = variants
     assert len(arms) == 2 * 2 * len(VARIANTS)
-    reverse = _train(batched, config, arms[::-1])
+    reverse = _train(batched, config, arms[::-1], **traced(arms))
     alone = {}
     for optimizer in config.optimizers:
         if optimizer.key.startswith(("nadam", "sgd(clipnorm", "adam(global", "sgd(mom")):
             # its group's last arm: slot 3 in grid order, slot 0 alone
             last = [arm for arm in arms if arm.optimizer == optimizer.key][-1]
-            alone.update(_train(batched, config, [last]))
+            alone.update(_train(batched, config, [last], **traced([last])))
     assert len(alone) == 6  # nadam, nadam with cosine, both clippings, sgd: nesterov, cosine
     for key, result in forward.items():
         assert reverse[key].history == result.history, key
@@ -115,7 +119,7 @@ def test_an_arms_values_do_not_depend_on_its_slot_or_group(tf, variants):
 def test_each_variant_matches_keras_fit(tf, variants, variant):
     """An arm from the saturated start at the higher rate, as Keras fit trains it with the
     same optimizer, clipping and schedule: every metric at every logged step within 1e-5."""
-    config, arms, forward = variants
+    config, arms, forward, _ = variants
     index = list(VARIANTS).index(variant)
     key = config.optimizers[index].key
     arm = next(a for a in arms[::-1] if a.optimizer == key and a.init == "saturated_wrong")
