@@ -3,7 +3,8 @@ experiment only one process can create), so no arm is stored twice. Against a re
 `mlflow server`: two `study run` of one study started at once store each arm once, with the
 values of a single run, and the second stops with one line; a claim left by a dead process
 (this machine: its pid and start time; another: a lease that ran out) does not block a
-rerun, and a live one does."""
+rerun, and a live one does. Another study written at the same time stores its arms once
+too, and its process prints the server's link, not MLflow's "View run" lines."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from study.claims import _start_time, this_process
 from study.errors import ConfigError
 from study.tracking import LEASE_S, StudyTracker, claim_name
-from tests.conftest import MlflowServer
+from tests.conftest import CONFIGS, ROOT, MlflowServer
 from tests.test_resume import _run, _statuses, _values
 
 
@@ -97,8 +98,18 @@ def test_a_live_owners_claim_stops_a_second_run_in_one_line(server, where):
 @pytest.mark.slow
 def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_values):
     """Both started at once: one trains every arm, the other stops with one line, exit 2,
-    having written nothing; the values are a single run's (``resume_values``)."""
+    having written nothing; the values are a single run's (``resume_values``). A second
+    study written to the server at the same time by a third process stores its arms once,
+    prints the server's own link and no "View run" lines from MLflow."""
     first, second = _run(server.url), _run(server.url)
+    other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
+                              "--set", "name=alongside", "--quiet", "--tracking-uri",
+                              server.url], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    out, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err
+    assert "View run" not in out + err
+    assert f"browse it: {server.url}/#/experiments/" in out
     codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
     loser = first if first.returncode == 2 else second
     err = loser.stderr.read().decode()
@@ -110,3 +121,8 @@ def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_
     assert children == ["FINISHED"] * 48  # one run per arm
     assert len(resume_values) == 48 and _values(server.url) == resume_values
     assert _free(server.url, "smoke")
+    client = MlflowClient(server.url)
+    beside = client.search_runs([client.get_experiment_by_name("alongside").experiment_id],
+                                "attributes.status = 'FINISHED'")
+    assert len([r for r in beside if "study.arm" in r.data.tags]) == 8
+    assert _free(server.url, "alongside")
