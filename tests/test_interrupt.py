@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM stop a study with one line, keep its finished arms and mark its parent
 KILLED; a closed pipe ends quietly. Real processes, real signals. (A study into a tracking
-server prints its link and no "View run" lines: tests/test_resume.py.)"""
+server prints its link and no "View run" lines: tests/test_server_claim.py.)"""
 
 from __future__ import annotations
 
