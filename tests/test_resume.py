@@ -152,14 +152,19 @@ def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     first, second = _run(uri), _run(uri)
-    deadline = time.monotonic() + 480
-    while not _parents(db):
-        assert first.poll() is None or second.poll() is None, "neither made a parent run"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    beside = run_study(load_config(CONFIGS / "smoke.yaml", ["name=beside", "losses=[bce, mse]"]),
-                       uri, progress=False)
-    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    try:
+        deadline = time.monotonic() + 480
+        while not _parents(db):
+            assert first.poll() is None or second.poll() is None, "neither made a parent run"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        beside = run_study(load_config(CONFIGS / "smoke.yaml",
+                                       ["name=beside", "losses=[bce, mse]"]), uri, progress=False)
+        codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    finally:  # never left running when a check fails
+        for process in (first, second):
+            process.kill()
+            process.wait()
     assert codes == [0, 2]
     loser = first if first.returncode == 2 else second
     assert "is being run into" in loser.stderr.read().decode()

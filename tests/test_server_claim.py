@@ -106,20 +106,25 @@ def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_
     from study.cli import main
 
     first, second = _run(server.url), _run(server.url)
-    deadline = time.monotonic() + 480
-    while not _parents(server.folder / "mlflow.db"):
-        assert first.poll() is None or second.poll() is None, "neither made a parent run"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    # MLflow prints a "View run" line per run unless this is set; the study sets it itself
-    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    capsys.readouterr()
-    assert main(["run", str(CONFIGS / "smoke.yaml"), "--set", "name=alongside",
-                 "--set", "losses=[bce, mse]", "--quiet", "--tracking-uri", server.url]) == 0
-    out, err = capsys.readouterr()
-    assert "View run" not in out + err
-    assert f"browse it: {server.url}/#/experiments/" in out
-    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    try:
+        deadline = time.monotonic() + 480
+        while not _parents(server.folder / "mlflow.db"):
+            assert first.poll() is None or second.poll() is None, "neither made a parent run"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # MLflow prints a "View run" line per run unless this is set; the study sets it itself
+        monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+        capsys.readouterr()
+        assert main(["run", str(CONFIGS / "smoke.yaml"), "--set", "name=alongside",
+                     "--set", "losses=[bce, mse]", "--quiet", "--tracking-uri", server.url]) == 0
+        out, err = capsys.readouterr()
+        assert "View run" not in out + err
+        assert f"browse it: {server.url}/#/experiments/" in out
+        codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    finally:  # never left running when a check fails
+        for process in (first, second):
+            process.kill()
+            process.wait()
     loser = first if first.returncode == 2 else second
     err = loser.stderr.read().decode()
     assert codes == [0, 2], err
