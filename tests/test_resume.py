@@ -101,7 +101,7 @@ def killed(tmp_path_factory):
     writes, each kill in the rerun of the one before, then rerun to the end (in this
     process: the processes killed are what the test is about). Each kill is followed by a
     rerun, as in five separate stores, for a third of the processes. The moment
-    -> (return code, FINISHED children when it died), and the store's URI."""
+    -> (return code, FINISHED children when it died), and the store's statuses and values."""
     db = tmp_path_factory.mktemp("killed") / "mlflow.db"
     uri = f"sqlite:///{db}"
     died = {}
@@ -121,7 +121,7 @@ def killed(tmp_path_factory):
         died[moment] = (process.returncode, finished, _finished_children(db))
     # the last rerun in this process: each kill above is met by the rerun the next one kills
     run_study(load_config(CONFIGS / "smoke.yaml", RESUME_OVERRIDES), uri, progress=False)
-    return died, uri
+    return died, _statuses(uri), _values(uri)  # read once: the moments share the store
 
 
 @pytest.mark.slow
@@ -129,16 +129,14 @@ def killed(tmp_path_factory):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(killed, uninterrupted, moment):
     """Killed during start-up (no store yet), once the parent run exists, inside the first
     group's writes, in the middle, and in the last group's writes; then rerun to the end."""
-    died, uri = killed
+    died, (parents, children), resumed = killed
     code, before, after = died[moment]
     assert code == -signal.SIGKILL
     assert after < 48  # it died mid-study
     if moment in ("first arm", "middle", "last"):
         assert after > before  # it had stored arms of its own
-    parents, children = _statuses(uri)
     assert "RUNNING" not in parents and parents.count("FINISHED") == 1
     assert children == ["FINISHED"] * 48  # one FINISHED child per arm, nothing half-written
-    resumed = _values(uri)
     assert resumed.keys() == uninterrupted.keys()
     for key, histories in uninterrupted.items():
         assert resumed[key] == histories, key
