@@ -208,29 +208,29 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path, capsys, monke
     assert not db.exists()
 
 
-def test_a_cluster_address_where_nothing_listens_fails_in_seconds(tmp_path, capsys):
-    import socket
+def _listening(pid: int) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every socket listening in the process ``pid`` and
+    its descendants."""
+    import psutil
 
-    with socket.socket() as s:  # a free port: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    db = tmp_path / "mlflow.db"
-    # An address matters only to a process that has not joined a cluster: this test leaves
-    # the module's cluster (the next test that needs one starts it again).
-    ray.shutdown()
-    code = main(["run", str(CONFIGS / "smoke.yaml"), "--executor", "ray", "--address",
-                 f"127.0.0.1:{port}", "--tracking-uri", f"sqlite:///{db}", "--quiet"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert f"cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused)" in err
-    assert not db.exists()
+    root = psutil.Process(pid)
+    names = {process.pid: process.name() for process in [root, *root.children(recursive=True)]}
+    return [(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in names]
 
 
 @pytest.mark.slow  # a study process with a local cluster of its own
 def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_killed(tmp_path):
     """ray.init installs its own SIGTERM handler; the study's is put back: one line, exit
     143, the finished chunks' arms kept whole, the parent KILLED, and the local cluster
-    that the study started is shut down."""
+    that the study started is shut down.
+
+    That cluster (`--executor ray` without an address, a home folder of its own: Ray keeps
+    the token it loaded for the life of a process) listens on loopback only and keeps its
+    token private: every process of it (gcs_server, raylet, workers, agents, the driver)
+    listens on 127.0.0.1 only, and the token Ray writes for it is readable by its owner
+    only."""
+    import ipaddress
     import signal
     import subprocess
     import sys
@@ -239,22 +239,34 @@ def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_kil
     from tests.conftest import ROOT
     from tests.test_resume import _finished_children
 
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    environment["HOME"] = str(tmp_path)
     db = tmp_path / "mlflow.db"
     study = [str(CONFIGS / "smoke.yaml"), *[f"--set={item}" for item in OVERRIDES],
              f"--set=seeds={list(range(16))}", "--set=epochs=2", "--executor", "ray"]
     process = subprocess.Popen(
         [sys.executable, "-m", "study", "run", *study, "--tracking-uri", f"sqlite:///{db}",
-         "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--quiet"], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
     # 4 chunks of 16 on 2 CPUs: the first two train side by side and end together, so a
     # signal as the first is stored can meet the second as Ray completes it (its "Tried to
     # complete task that was not pending", exit 1). Once both are stored, the last two have
-    # just started: the signal finds them mid-training.
-    deadline = time.monotonic() + 180
-    while _finished_children(db) < 32:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    # just started: the signal finds them mid-training. The sockets are read as the first
+    # arms are stored: the cluster and its workers are up.
+    listening = None
+    try:
+        deadline = time.monotonic() + 480  # a loaded machine: 180 s can be too short
+        while (stored := _finished_children(db)) < 32:
+            assert process.poll() is None and time.monotonic() < deadline
+            if listening is None and stored:
+                listening = _listening(process.pid)
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:  # never left running when a wait fails
+        process.kill()
+        process.wait()
     assert process.returncode == 143, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("interrupted: ") and lines[-1].endswith("rerun to finish")
@@ -263,41 +275,7 @@ def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_kil
     assert parents == ["KILLED"]
     assert kept % 16 == 0 and 32 <= kept < 64 and children == ["FINISHED"] * kept
 
-
-# Run in a process of its own, with a home folder of its own: the module's cluster is not the
-# study's kind, and Ray keeps the token it loaded for the life of a process.
-LOCAL_CLUSTER = """
-import json, psutil
-from study.executors import RayExecutor
-
-with RayExecutor(num_cpus=2) as executor:
-    assert executor.started
-    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
-    names = {pid: psutil.Process(pid).name() for pid in ours}
-    listening = [(c.laddr.ip, c.laddr.port, names[c.pid]) for c in psutil.net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
-print(json.dumps(listening))
-"""
-
-
-def test_the_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(tmp_path):
-    """`--executor ray` without an address: every process of the cluster the study starts
-    (gcs_server, raylet, workers, agents, the driver) listens on 127.0.0.1 only, and the
-    token Ray writes for it is readable by its owner only."""
-    import ipaddress
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-    environment["HOME"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    listening = json.loads(done.stdout.splitlines()[-1])
+    assert listening is not None  # read while the study trained
     names = {name for _, _, name in listening}
     assert {"gcs_server", "raylet"} <= names, listening  # the cluster's own servers, found
     for ip, port, name in listening:
@@ -332,3 +310,21 @@ def test_a_users_own_loss_from_the_config_folder_trains_on_ray_workers(tmp_path,
             capsys.readouterr().err
     ray_values, local_values = _values(stores["ray"]), _values(stores["local"])
     assert len(ray_values) == 1 and ray_values == local_values
+
+
+def test_a_cluster_address_where_nothing_listens_fails_in_seconds(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a free port: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "mlflow.db"
+    # An address matters only to a process that has not joined a cluster: this test leaves
+    # the module's cluster, so it comes last (a new cluster's workers start TensorFlow again).
+    ray.shutdown()
+    code = main(["run", str(CONFIGS / "smoke.yaml"), "--executor", "ray", "--address",
+                 f"127.0.0.1:{port}", "--tracking-uri", f"sqlite:///{db}", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused)" in err
+    assert not db.exists()

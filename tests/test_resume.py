@@ -1,6 +1,7 @@
 """kill -9 at any moment, then a rerun: one FINISHED child per arm, no run left RUNNING, and
 every arm's stored values equal an uninterrupted run's, bit for bit (the rerun trains the
-missing arms in other groups and slots). Two runs of one study at once store each arm once."""
+missing arms in other groups and slots). Two runs of one study at once store each arm once
+(on a tracking server: tests/test_server_claim.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.config import load_config
+from study.run import run_study
 from tests.conftest import CONFIGS, RESUME_OVERRIDES, ROOT
 
-# 3 losses x 2 starts x 4 seeds x 2 learning rates = 48 arms in 3 groups of 16, 3 epochs.
+# 3 losses x 2 starts x 4 seeds x 2 learning rates = 48 arms in 3 groups of 16, 1 epoch.
 STUDY = [str(CONFIGS / "smoke.yaml"), *(f"--set={item}" for item in RESUME_OVERRIDES),
          "--quiet"]
 
@@ -95,9 +98,10 @@ def _reached(moment: str, db, parents: int, finished: int) -> bool:
 def killed(tmp_path_factory):
     """One store: the study killed with SIGKILL during start-up (no store yet), once its
     parent run exists, inside the first group's writes, in the middle and in the last group's
-    writes, each kill in the rerun of the one before, then rerun to the end. Each kill is
-    followed by a rerun, as in five separate stores, for a third of the processes. The moment
-    -> (return code, FINISHED children when it died), and the store's URI."""
+    writes, each kill in the rerun of the one before, then rerun to the end (in this
+    process: the processes killed are what the test is about). Each kill is followed by a
+    rerun, as in five separate stores, for a third of the processes. The moment
+    -> (return code, FINISHED children when it died), and the store's statuses and values."""
     db = tmp_path_factory.mktemp("killed") / "mlflow.db"
     uri = f"sqlite:///{db}"
     died = {}
@@ -115,8 +119,9 @@ def killed(tmp_path_factory):
             process.kill()  # SIGKILL, unless it has ended
             process.wait()
         died[moment] = (process.returncode, finished, _finished_children(db))
-    assert _run(uri).wait(timeout=300) == 0
-    return died, uri
+    # the last rerun in this process: each kill above is met by the rerun the next one kills
+    run_study(load_config(CONFIGS / "smoke.yaml", RESUME_OVERRIDES), uri, progress=False)
+    return died, _statuses(uri), _values(uri)  # read once: the moments share the store
 
 
 @pytest.mark.slow
@@ -124,16 +129,14 @@ def killed(tmp_path_factory):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(killed, uninterrupted, moment):
     """Killed during start-up (no store yet), once the parent run exists, inside the first
     group's writes, in the middle, and in the last group's writes; then rerun to the end."""
-    died, uri = killed
+    died, (parents, children), resumed = killed
     code, before, after = died[moment]
     assert code == -signal.SIGKILL
     assert after < 48  # it died mid-study
     if moment in ("first arm", "middle", "last"):
         assert after > before  # it had stored arms of its own
-    parents, children = _statuses(uri)
     assert "RUNNING" not in parents and parents.count("FINISHED") == 1
     assert children == ["FINISHED"] * 48  # one FINISHED child per arm, nothing half-written
-    resumed = _values(uri)
     assert resumed.keys() == uninterrupted.keys()
     for key, histories in uninterrupted.items():
         assert resumed[key] == histories, key
@@ -142,42 +145,32 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(killed, uninterrupted, mo
 @pytest.mark.slow
 def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
     """Two `study run` of one study on one new store at once: one trains, the other stops
-    with one line; and another study runs beside them on the same store."""
+    with one line; and another study runs beside them on the same store (in this process,
+    once the study's parent run exists: while the winner trains and writes)."""
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
     first, second = _run(uri), _run(uri)
-    other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
-                              "--set", "name=beside", "--quiet", "--tracking-uri", uri],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
-    assert other.wait(timeout=300) == 0
+    try:
+        deadline = time.monotonic() + 480
+        while not _parents(db):
+            assert first.poll() is None or second.poll() is None, "neither made a parent run"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        beside = run_study(load_config(CONFIGS / "smoke.yaml",
+                                       ["name=beside", "losses=[bce, mse]"]), uri, progress=False)
+        codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    finally:  # never left running when a check fails
+        for process in (first, second):
+            process.kill()
+            process.wait()
     assert codes == [0, 2]
     loser = first if first.returncode == 2 else second
     assert "is being run into" in loser.stderr.read().decode()
     assert _values(uri) == uninterrupted  # each arm once, with its values
     _, children = _statuses(uri)
     assert len(children) == 48
-
-
-@pytest.mark.slow
-def test_two_studies_write_to_one_real_tracking_server_at_once(mlflow_server, uninterrupted):
-    """Two processes, two studies, one `mlflow server`: each stores its arms once, and the
-    48-arm study's values equal the uninterrupted run's in a local SQLite store. The other
-    prints the server's own link, and no "View run" lines from MLflow."""
-    study = _run(mlflow_server)
-    other = subprocess.Popen([sys.executable, "-m", "study", "run", str(CONFIGS / "smoke.yaml"),
-                              "--set", "name=alongside", "--quiet", "--tracking-uri",
-                              mlflow_server], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    out, err = other.communicate(timeout=300)
-    assert other.returncode == 0, err
-    assert study.wait(timeout=300) == 0, study.stderr.read().decode()
-    assert "View run" not in out + err
-    assert f"browse it: {mlflow_server}/#/experiments/" in out
-    assert _values(mlflow_server) == uninterrupted
-    parents, children = _statuses(mlflow_server)
-    assert parents == ["FINISHED"] and children == ["FINISHED"] * 48
-    client = MlflowClient(mlflow_server)
-    beside = client.search_runs([client.get_experiment_by_name("alongside").experiment_id],
-                                "attributes.status = 'FINISHED'")
-    assert len([r for r in beside if "study.arm" in r.data.tags]) == 8
+    assert len(beside.results) == 4 and not beside.skipped  # 2 losses x 2 starts
+    client = MlflowClient(uri)
+    beside_runs = client.search_runs([client.get_experiment_by_name("beside").experiment_id],
+                                     "attributes.status = 'FINISHED'")
+    assert len([r for r in beside_runs if "study.arm" in r.data.tags]) == 4

@@ -3,7 +3,8 @@ experiment only one process can create), so no arm is stored twice. Against a re
 `mlflow server`: two `study run` of one study started at once store each arm once, with the
 values of a single run, and the second stops with one line; a claim left by a dead process
 (this machine: its pid and start time; another: a lease that ran out) does not block a
-rerun, and a live one does."""
+rerun, and a live one does. Another study written at the same time stores its arms once
+too, and prints the server's link, not MLflow's "View run" lines."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from study.claims import _start_time, this_process
 from study.errors import ConfigError
 from study.tracking import LEASE_S, StudyTracker, claim_name
-from tests.conftest import MlflowServer
-from tests.test_resume import _run, _statuses, _values
+from tests.conftest import CONFIGS, MlflowServer
+from tests.test_resume import _parents, _run, _statuses, _values
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +96,35 @@ def test_a_live_owners_claim_stops_a_second_run_in_one_line(server, where):
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_values):
+def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_values, capsys,
+                                                                  monkeypatch):
     """Both started at once: one trains every arm, the other stops with one line, exit 2,
-    having written nothing; the values are a single run's (``resume_values``)."""
+    having written nothing; the values are a single run's (``resume_values``). A second
+    study written to the server while the first trains (in this process, through the CLI,
+    once the first's parent run exists) stores its arms once, prints the server's own link
+    and no "View run" lines from MLflow."""
+    from study.cli import main
+
     first, second = _run(server.url), _run(server.url)
-    codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    try:
+        deadline = time.monotonic() + 480
+        while not _parents(server.folder / "mlflow.db"):
+            assert first.poll() is None or second.poll() is None, "neither made a parent run"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # MLflow prints a "View run" line per run unless this is set; the study sets it itself
+        monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+        capsys.readouterr()
+        assert main(["run", str(CONFIGS / "smoke.yaml"), "--set", "name=alongside",
+                     "--set", "losses=[bce, mse]", "--quiet", "--tracking-uri", server.url]) == 0
+        out, err = capsys.readouterr()
+        assert "View run" not in out + err
+        assert f"browse it: {server.url}/#/experiments/" in out
+        codes = sorted([first.wait(timeout=300), second.wait(timeout=300)])
+    finally:  # never left running when a check fails
+        for process in (first, second):
+            process.kill()
+            process.wait()
     loser = first if first.returncode == 2 else second
     err = loser.stderr.read().decode()
     assert codes == [0, 2], err
@@ -110,3 +135,8 @@ def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_
     assert children == ["FINISHED"] * 48  # one run per arm
     assert len(resume_values) == 48 and _values(server.url) == resume_values
     assert _free(server.url, "smoke")
+    client = MlflowClient(server.url)
+    beside = client.search_runs([client.get_experiment_by_name("alongside").experiment_id],
+                                "attributes.status = 'FINISHED'")
+    assert len([r for r in beside if "study.arm" in r.data.tags]) == 4  # 2 losses x 2 starts
+    assert _free(server.url, "alongside")
