@@ -105,6 +105,22 @@ def smoke_store(tmp_path_factory):
     return uri
 
 
+def parent_only_store(folder: Path, name: str) -> str:
+    """A study in the store ``folder/mlflow.db`` (made if missing) whose parent run has no
+    arms (every arm refused): what ``study run`` leaves when nothing trained. No TensorFlow
+    needed; its report renders in seconds. Returns the store's URI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(name, (folder / "mlartifacts").as_uri())
+    run = client.create_run(experiment_id, tags={"study.role": "parent",
+                                                 "study.config_hash": "0" * 16})
+    client.log_param(run.info.run_id, "target", "0.5")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return uri
+
+
 class MlflowServer:
     """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
     killed (SIGKILL to its process group, as a crash would) and started again on the same
