@@ -97,8 +97,8 @@ def test_report_is_logged_on_the_parent_run(report):
     assert {"report/report.html", "report/summary.csv", "report/figures"} <= logged
 
 
-def test_report_of_an_unknown_experiment_exits_2(smoke_store, tmp_path, capsys):
-    code = main(["report", "--experiment", "nope", "--tracking-uri", smoke_store,
+def test_report_of_an_unknown_experiment_exits_2(report, tmp_path, capsys):
+    code = main(["report", "--experiment", "nope", "--tracking-uri", report[0],
                  "--out", str(tmp_path)])
     assert code == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
