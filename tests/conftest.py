@@ -103,6 +103,22 @@ def smoke_store(tmp_path_factory):
     return uri
 
 
+def parent_only_store(folder: Path, name: str) -> str:
+    """A study in the store ``folder/mlflow.db`` (made if missing) whose parent run has no
+    arms (every arm refused): what ``study run`` leaves when nothing trained. No TensorFlow
+    needed; its report renders in seconds. Returns the store's URI."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(name, (folder / "mlartifacts").as_uri())
+    run = client.create_run(experiment_id, tags={"study.role": "parent",
+                                                 "study.config_hash": "0" * 16})
+    client.log_param(run.info.run_id, "target", "0.5")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return uri
+
+
 class MlflowServer:
     """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
     killed (SIGKILL to its process group, as a crash would) and started again on the same
@@ -179,12 +195,44 @@ class MlflowServer:
 
 
 @pytest.fixture(scope="session")
-def smoke_report(smoke_store, tmp_path_factory):
-    """The smoke study's report rendered once (about 40 s): (store, out folder, HTML paths)."""
-    from study.report import build_reports
+def smoke_piped_run(tmp_path_factory):
+    """configs/smoke.yaml run as a user runs it (``python -m study run``, this worktree's
+    code), its stdout and stderr to a file, not a terminal: (store, what it printed)."""
+    import sys
 
+    folder = tmp_path_factory.mktemp("piped")
+    uri = tracking_uri(folder)
+    log = folder / "log"
+    with open(log, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "study", "run",
+                               str(CONFIGS / "smoke.yaml"), "--tracking-uri", uri],
+                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode == 0, log.read_text()
+    return uri, log.read_text()
+
+
+@pytest.fixture(scope="session")
+def smoke_reported(smoke_piped_run, tmp_path_factory):
+    """``python -m study report`` of smoke_piped_run's store, its stdout and stderr to one
+    pipe: (store, reports folder, what it printed). Rendered once (about 15 s of CPU)."""
+    import sys
+
+    uri, _ = smoke_piped_run
     out = tmp_path_factory.mktemp("reports")
-    return smoke_store, out, [path for _, path in build_reports(smoke_store, "smoke", out)]
+    done = subprocess.run([sys.executable, "-m", "study", "report", "--tracking-uri", uri,
+                           "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout
+    return uri, out, done.stdout
+
+
+@pytest.fixture(scope="session")
+def smoke_report(smoke_reported):
+    """The smoke study's report (smoke_reported): (store, out folder, the HTML paths the
+    command said it wrote)."""
+    uri, out, log = smoke_reported
+    return uri, out, [Path(line.removeprefix("wrote ")) for line in log.splitlines()
+                      if line.startswith("wrote ")]
 
 
 @pytest.fixture(scope="session")

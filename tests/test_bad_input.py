@@ -202,19 +202,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
 BAD_NAMES = ["..", ".", "../x", "/tmp/abs-study", "x" * 300]
 
 
-@pytest.mark.slow
 def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, capsys):
     """Studies renamed in the MLflow UI to names that would escape `--out`: `study report`
     writes each inside `--out`, under a folder named from it, and a canary beside `--out`
-    (and the folder above it) survives."""
+    (and the folder above it) survives. Where a report may write depends on the study's
+    name alone, so the studies are stores' parent runs with no arms (what `study run`
+    leaves when every arm is refused; tests/test_report.py renders one): no training."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    from tests.conftest import parent_only_store
+
     (tmp_path / "store").mkdir()
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     client = MlflowClient(uri)
     for i, name in enumerate(BAD_NAMES):
-        assert main(["run", SMOKE, "--set", f"name=study{i}", "--set", "losses=[cce]",
-                     "--tracking-uri", uri, "--quiet"]) == 0
+        parent_only_store(tmp_path / "store", f"study{i}")
         client.rename_experiment(client.get_experiment_by_name(f"study{i}").experiment_id,
                                  name)
     out = tmp_path / "sandbox" / "reports"
@@ -290,8 +292,25 @@ def test_a_read_only_store_or_folder_exits_2_before_any_file_is_made(tmp_path, m
     assert snapshot(tmp_path) == before  # no lock file, no journal, no table
 
 
+def _in_process(command: str, *args: str, capsys, monkeypatch) -> tuple[int, list[str], str]:
+    """``study COMMAND ARGS`` through ``study.cli.main`` in this process, as ``_study`` gives
+    it. ``ui`` ends by becoming ``mlflow ui`` (os.execvp): here that would replace the test
+    run, so it fails the test instead."""
+    def no_exec(*args):
+        raise AssertionError(f"study {command} went on to start {args[1][:2]}")
+
+    monkeypatch.setattr(os, "execvp", no_exec)
+    capsys.readouterr()
+    code = main([command, *args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines(), captured.out
+
+
 @pytest.mark.parametrize("command", ["report", "ui"])
-def test_report_and_ui_refuse_a_missing_or_foreign_store_and_create_nothing(tmp_path, command):
+def test_report_and_ui_refuse_a_missing_or_foreign_store_and_create_nothing(
+        tmp_path, command, capsys, monkeypatch):
+    """Each case in this process (the refusal is the CLI's, before anything is started);
+    the foreign database once more through the real ``python -m study`` entry point."""
     _foreign_db(tmp_path / "foreign.db")
     (tmp_path / "folder").mkdir()
     cases = [(f"sqlite:///{tmp_path / 'mlflow.db'}", f"no MLflow store at {tmp_path}/mlflow.db"),
@@ -300,21 +319,27 @@ def test_report_and_ui_refuse_a_missing_or_foreign_store_and_create_nothing(tmp_
              (f"sqlite:///{tmp_path / 'folder'}/", "ends in '/', a folder"),
              ("sqlite:///:memory:", "names no file")]
     before = snapshot(tmp_path)
+    out = ["--out", str(tmp_path / "reports")] if command == "report" else []
     for uri, message in cases:
-        out = ["--out", str(tmp_path / "reports")] if command == "report" else []
-        code, err, stdout = _study(command, "--tracking-uri", uri, *out)
+        code, err, stdout = _in_process(command, "--tracking-uri", uri, *out, capsys=capsys,
+                                        monkeypatch=monkeypatch)
         assert code == 2 and len(err) == 1 and message in err[0], err
         assert stdout == ""
+    uri, message = cases[2]
+    code, err, stdout = _study(command, "--tracking-uri", uri, *out)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert stdout == ""
     assert snapshot(tmp_path) == before  # no store, no reports/ folder, the foreign file as it was
 
 
-def test_ui_on_a_busy_port_exits_2_and_names_a_free_one(mlflow_store):
+def test_ui_on_a_busy_port_exits_2_and_names_a_free_one(mlflow_store, capsys, monkeypatch):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, err, stdout = _study("ui", "--tracking-uri", f"sqlite:///{mlflow_store}",
-                                   "--port", str(port))
+        code, err, stdout = _in_process("ui", "--tracking-uri", f"sqlite:///{mlflow_store}",
+                                        "--port", str(port), capsys=capsys,
+                                        monkeypatch=monkeypatch)
         assert code == 2 and len(err) == 1, err
         assert f"port {port} is in use by another program" in err[0]
         assert stdout == ""  # no link to whatever owns the port

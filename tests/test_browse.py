@@ -104,8 +104,9 @@ def test_link_takes_the_port_and_a_servers_own_url(monkeypatch):
         "http://tracker:8080/#/experiments/3/runs")
 
 
-def test_run_prints_the_link_with_the_given_port(smoke_store, capsys):
-    assert main(["run", SMOKE, "--tracking-uri", smoke_store, "--quiet", "--port", "5123"]) == 0
+def test_run_prints_the_link_with_the_given_port(smoke_piped_run, capsys):
+    assert main(["run", SMOKE, "--tracking-uri", smoke_piped_run[0], "--quiet", "--port",
+                 "5123"]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("browse it:")][0]
     assert line.startswith("browse it: make ui PORT=5123, then open http://127.0.0.1:5123/#/")
     assert line.endswith("&viewStateShareKey=saturated_wrong-m4")

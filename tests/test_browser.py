@@ -65,10 +65,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def printed_link(smoke_store):
+def printed_link(smoke_piped_run):
     """`python -m study ui` on a free loopback port over the smoke study's store: the link
     it prints for the study, once the server answers."""
-    yield from _serve(smoke_store, "smoke")
+    yield from _serve(smoke_piped_run[0], "smoke")
 
 
 # configs/default.yaml shrunk, starts in the same order (scaled before saturated_wrong):

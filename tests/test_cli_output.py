@@ -89,23 +89,9 @@ def test_a_line_says_the_share_done_and_the_time_left_at_the_recent_rate():
         "report: 150/200 cells (75%), 2 min 30 s so far, about 50 s left, 37 stored"]
 
 
-@pytest.fixture(scope="session")
-def piped_run(tmp_path_factory):
-    """configs/smoke.yaml (4 groups) run with stdout and stderr to a file: (store, log)."""
-    folder = tmp_path_factory.mktemp("piped")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    log = folder / "log"
-    with open(log, "wb") as out:
-        done = subprocess.run([sys.executable, "-m", "study", "run",
-                               str(CONFIGS / "smoke.yaml"), "--tracking-uri", uri],
-                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=600)
-    assert done.returncode == 0, log.read_text()
-    return uri, log.read_text()
-
-
 @pytest.mark.slow
-def test_a_piped_run_logs_a_few_lines_not_bar_redraws(piped_run):
-    _, log = piped_run
+def test_a_piped_run_logs_a_few_lines_not_bar_redraws(smoke_piped_run):
+    _, log = smoke_piped_run
     assert "\r" not in log  # no redraws
     lines = log.splitlines()
     # the size, a line per tenth at most, the last progress line, the four closing lines
@@ -179,8 +165,8 @@ def _serve_and_browse(uri: str, folder: Path, *flags: str) -> str:
 
 
 @pytest.mark.slow
-def test_ui_prints_no_access_log_unless_verbose(piped_run, tmp_path):
-    uri, _ = piped_run
+def test_ui_prints_no_access_log_unless_verbose(smoke_piped_run, tmp_path):
+    uri, _ = smoke_piped_run
     quiet = _serve_and_browse(uri, tmp_path)
     assert "serving " in quiet and "Uvicorn running" in quiet  # it did serve
     assert "HTTP/1.1" not in quiet, quiet
@@ -190,16 +176,12 @@ def test_ui_prints_no_access_log_unless_verbose(piped_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_piped_report_says_its_stages_and_keeps_a_rerunnable_notebook(piped_run, tmp_path):
+def test_a_piped_report_says_its_stages_and_keeps_a_rerunnable_notebook(smoke_reported):
+    """The session's smoke report (tests/conftest.py), made by the real command with its
+    output to a pipe."""
     import nbformat
 
-    uri, _ = piped_run
-    out = tmp_path / "reports"
-    done = subprocess.run([sys.executable, "-m", "study", "report", "--tracking-uri", uri,
-                           "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout
-    log = done.stdout
+    uri, out, log = smoke_reported
     assert "\r" not in log and len(log.splitlines()) <= 20, log
     stages = [line for line in log.splitlines() if line.startswith("report 'smoke': ")]
     assert [s.removeprefix("report 'smoke': ") for s in stages] == [

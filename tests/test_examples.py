@@ -1,14 +1,17 @@
 """The files under examples/, run as a user runs them, into one MLflow store, then one
-``python -m study report`` of every study in it; each example's losses, optimizers and data
-must be in MLflow and in the report. The focal and own-data examples run as real processes
-(``python -m study run``) from a copy outside the repository (the user's own folder, a module
-and a relative .npz beside the config); the cosine and builder examples through the same CLI
-in this process (the cosine one from the user's folder, the builder one from examples/
-itself). Shrunk to one seed and one epoch: the point is the path, not the numbers."""
+``study report`` of every study in it; each example's losses, optimizers and data must be in
+MLflow and in the report. Everything runs from a copy outside the repository (the user's own
+folder, a module and a relative .npz beside the config): the image script and the focal
+example as real processes (``python -m study run``: the user's module imported by a fresh
+interpreter), the own-data, cosine and builder examples and the report through the same CLI
+in this process (the builder one from examples/ itself); each process pays ~13 s of start-up.
+Shrunk to one seed and one epoch: the point is the path, not the numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import shutil
 import subprocess
@@ -22,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow  # two study processes and a report start TensorFlow
+pytestmark = pytest.mark.slow  # a study process and four reports
 EXAMPLES = ROOT / "examples"
 SMALL = ["--set", "epochs=1", "--set", "seeds=[0]", "--quiet"]
 
@@ -51,12 +54,17 @@ def examples_report(tmp_path_factory):
     _python("my-study/make_images_npz.py", cwd=home)
     _python("-m", "study", "run", "my-study/focal.yaml", "--tracking-uri", uri, *SMALL,
             cwd=home)
-    own_data = _python("-m", "study", "run", "my-study/own_data.yaml", "--tracking-uri", uri,
-                       "--set", "epochs=1", "--set", "seeds=[0]", cwd=home)
-    for config in (mine / "cosine_schedule.yaml", EXAMPLES / "builder.yaml"):
-        assert main(["run", str(config), "--tracking-uri", uri, *SMALL]) == 0
-    _python("-m", "study", "report", "--tracking-uri", uri, "--out", "reports", cwd=home)
-    return home, uri, home / "reports", own_data.stdout
+    with pytest.MonkeyPatch.context() as user:
+        user.chdir(home)  # relative paths as the user typed them
+        user.delenv("MLFLOW_TRACKING_URI", raising=False)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["run", "my-study/own_data.yaml", "--tracking-uri", uri,
+                         "--set", "epochs=1", "--set", "seeds=[0]"]) == 0
+        for config in ("my-study/cosine_schedule.yaml", str(EXAMPLES / "builder.yaml")):
+            assert main(["run", config, "--tracking-uri", uri, *SMALL]) == 0
+        assert main(["report", "--tracking-uri", uri, "--out", "reports"]) == 0
+    return home, uri, home / "reports", printed.getvalue()
 
 
 def _arms(uri: str, study: str) -> list:

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from study.cli import main
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, parent_only_store
 
 
 @pytest.fixture(scope="session")
@@ -97,8 +97,8 @@ def test_report_is_logged_on_the_parent_run(report):
     assert {"report/report.html", "report/summary.csv", "report/figures"} <= logged
 
 
-def test_report_of_an_unknown_experiment_exits_2(smoke_store, tmp_path, capsys):
-    code = main(["report", "--experiment", "nope", "--tracking-uri", smoke_store,
+def test_report_of_an_unknown_experiment_exits_2(report, tmp_path, capsys):
+    code = main(["report", "--experiment", "nope", "--tracking-uri", report[0],
                  "--out", str(tmp_path)])
     assert code == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
@@ -138,25 +138,10 @@ def _tree(root: Path) -> dict:
     return tree
 
 
-def _parent_only_store(folder: Path, name: str) -> str:
-    """A store holding one study whose parent run has no arms (every arm refused): what
-    ``study run`` leaves when nothing trained. No TensorFlow needed."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment_id = client.create_experiment(name, (folder / "mlartifacts").as_uri())
-    run = client.create_run(experiment_id, tags={"study.role": "parent",
-                                                 "study.config_hash": "0" * 16})
-    client.log_param(run.info.run_id, "target", "0.5")
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return uri
-
-
 @pytest.fixture(scope="session")
 def configs_store(tmp_path_factory):
     """A study named ``configs``, the name of a folder users keep beside their reports."""
-    return _parent_only_store(tmp_path_factory.mktemp("configs-store"), "configs")
+    return parent_only_store(tmp_path_factory.mktemp("configs-store"), "configs")
 
 
 def _report(*args: str) -> tuple[int, list[str]]:
@@ -318,7 +303,7 @@ def test_a_study_with_no_arms_renders_and_says_so(tmp_path, monkeypatch):
     """The latest parent run trained nothing (every arm refused): the report renders the
     sentence, not 'cannot convert float NaN to integer'."""
     monkeypatch.setattr(tempfile, "tempdir", str(_temp(tmp_path)))
-    store = _parent_only_store(tmp_path, "nothing")
+    store = parent_only_store(tmp_path, "nothing")
     code, err = _report("--tracking-uri", store, "--out", str(tmp_path / "out"))
     assert code == 0, err
     html = (tmp_path / "out" / "nothing" / "report.html").read_text()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import pytest
 import yaml
 
 from study.cli import main
@@ -114,28 +116,26 @@ def test_runs_carry_their_training_times(smoke_store):
         assert start <= times[0] and times[-1] <= end
 
 
-def test_same_config_same_curves_in_another_store(smoke_store, tmp_path):
-    other = tracking_uri(tmp_path)
-    assert main(["run", SMOKE, "--tracking-uri", other, "--quiet"]) == 0
-    first = {r.data.tags["study.arm"]: r for r in _children(_client(smoke_store), "smoke")}
-    again = {r.data.tags["study.arm"]: r for r in _children(_client(other), "smoke")}
-    assert first.keys() == again.keys()
-    for key, run in again.items():
-        assert _histories(_client(other), run) == _histories(_client(smoke_store), first[key])
+@pytest.fixture(scope="module")
+def mse_only(tmp_path_factory):
+    """configs/smoke.yaml with losses=[mse] (two arms, one group of two slots) trained into
+    a store of its own: (store, the command, arm key -> metric histories as first stored)."""
+    other = tracking_uri(tmp_path_factory.mktemp("mse-only"))
+    args = ["run", SMOKE, "--set", "losses=[mse]", "--tracking-uri", other, "--quiet"]
+    assert main(args) == 0
+    client = _client(other)
+    return other, args, {r.data.tags["study.arm"]: _histories(client, r)
+                         for r in _children(client, "smoke")}
 
 
-def test_a_subset_of_the_grid_gives_the_same_curves(smoke_store, tmp_path):
+def test_a_subset_of_the_grid_gives_the_same_curves(smoke_store, mse_only):
     """Two of the eight arms alone (one group of two slots instead of four): the same
     values, bit for bit, as in the whole study."""
-    other = tracking_uri(tmp_path)
-    assert main(["run", SMOKE, "--set", "losses=[mse]", "--tracking-uri", other,
-                 "--quiet"]) == 0
+    _, _, subset = mse_only
     first = {r.data.tags["study.arm"]: r for r in _children(_client(smoke_store), "smoke")}
-    subset = _children(_client(other), "smoke")
     assert len(subset) == 2
-    for run in subset:
-        mine = _histories(_client(other), run)
-        assert mine == _histories(_client(smoke_store), first[run.data.tags["study.arm"]])
+    for key, mine in subset.items():
+        assert mine == _histories(_client(smoke_store), first[key])
 
 
 def test_a_diverged_arm_is_tagged_and_the_study_goes_on(tmp_path):
@@ -152,11 +152,11 @@ def test_a_diverged_arm_is_tagged_and_the_study_goes_on(tmp_path):
     assert len(client.get_metric_history(runs["0.5"].info.run_id, "val_nll")) == 9
 
 
-def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, tf):
-    """Ctrl-C after two arms: their runs are complete, the other arms' runs are gone, the
-    parent is KILLED, and a rerun trains just the missing arms."""
-    import pytest
-
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, tf):
+    """configs/smoke.yaml interrupted (Ctrl-C) after two arms, then run again to the end in
+    the same store: (store, what the store held after the interruption, the rerun's
+    result)."""
     from study.run import run_study
     from study.train import batched
 
@@ -168,32 +168,51 @@ def test_an_interrupted_study_leaves_only_finished_arms(tmp_path, monkeypatch, t
                 raise KeyboardInterrupt
             yield item
 
-    uri = tracking_uri(tmp_path)
+    uri = tracking_uri(tmp_path_factory.mktemp("interrupted"))
     config = load_config(SMOKE)
-    monkeypatch.setattr(batched, "train_arms", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_study(config, uri, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(batched, "train_arms", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_study(config, uri, progress=False)
     client = _client(uri)
     children = _children(client, "smoke")  # search_runs skips deleted runs
-    assert len(children) == 2
-    assert {r.info.status for r in children} == {"FINISHED"}
-    for run in children:
-        assert len(client.get_metric_history(run.info.run_id, "val_nll")) == 9
     experiment = client.get_experiment_by_name("smoke").experiment_id
     parent = client.search_runs([experiment], "tags.`study.role` = 'parent'")[0]
-    assert parent.info.status == "KILLED"
-    assert every_thread_has_every_core()
+    left = SimpleNamespace(
+        children=children, parent_status=parent.info.status,
+        val_nll_lengths=[len(client.get_metric_history(run.info.run_id, "val_nll"))
+                         for run in children],
+        every_core=every_thread_has_every_core())
+    return uri, left, run_study(config, uri, progress=False)
 
-    monkeypatch.setattr(batched, "train_arms", real)
-    resumed = run_study(config, uri, progress=False)
+
+def test_an_interrupted_study_leaves_only_finished_arms(interrupted):
+    """Ctrl-C after two arms: their runs are complete, the other arms' runs are gone, the
+    parent is KILLED, and a rerun trains just the missing arms."""
+    uri, left, resumed = interrupted
+    assert len(left.children) == 2
+    assert {r.info.status for r in left.children} == {"FINISHED"}
+    assert left.val_nll_lengths == [9, 9]
+    assert left.parent_status == "KILLED"
+    assert left.every_core
     assert len(resumed.skipped) == 2 and len(resumed.results) == 6
-    assert len(_children(client, "smoke")) == 8
+    assert len(_children(_client(uri), "smoke")) == 8
+
+
+def test_same_config_same_curves_in_another_store(smoke_store, interrupted):
+    """The smoke study trained again in another store (here the interrupted one, finished
+    by its rerun: every arm trained afresh, in two runs): the same values, bit for bit."""
+    other = interrupted[0]
+    first = {r.data.tags["study.arm"]: r for r in _children(_client(smoke_store), "smoke")}
+    again = {r.data.tags["study.arm"]: r for r in _children(_client(other), "smoke")}
+    assert first.keys() == again.keys()
+    for key, run in again.items():
+        assert _histories(_client(other), run) == _histories(_client(smoke_store), first[key])
 
 
 def test_a_failed_write_leaves_no_half_written_run(tmp_path, monkeypatch, tf):
     """If MLflow fails while an arm is written, the study stops with the error and the arm's
     run is deleted: every child run in the store stays complete."""
-    import pytest
     from mlflow.tracking import MlflowClient
 
     from study.run import run_study
@@ -209,8 +228,9 @@ def test_a_failed_write_leaves_no_half_written_run(tmp_path, monkeypatch, tf):
 
     uri = tracking_uri(tmp_path)
     monkeypatch.setattr(MlflowClient, "log_batch", failing)
+    # the parent's write, the first arm's, then the second arm's fails: two groups will do
     with pytest.raises(OSError, match="disk full"):
-        run_study(load_config(SMOKE), uri, progress=False)
+        run_study(load_config(SMOKE, ["losses=[bce, cce]"]), uri, progress=False)
     monkeypatch.setattr(MlflowClient, "log_batch", real)
     client = _client(uri)
     children = _children(client, "smoke")
@@ -233,14 +253,10 @@ def test_tracking_uri_defaults(tmp_path, monkeypatch):
     assert absolute_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
-def test_force_replaces_the_stored_arms_instead_of_adding_beside_them(tmp_path, capsys):
+def test_force_replaces_the_stored_arms_instead_of_adding_beside_them(mse_only, capsys):
     from mlflow.entities import ViewType
 
-    uri = tracking_uri(tmp_path)
-    args = ["run", SMOKE, "--set", "losses=[mse]", "--tracking-uri", uri, "--quiet"]
-    assert main(args) == 0
-    first = {r.data.tags["study.arm"]: _histories(_client(uri), r)
-             for r in _children(_client(uri), "smoke")}
+    uri, args, first = mse_only
     capsys.readouterr()
     assert main([*args, "--force"]) == 0
     assert "their 2 earlier runs are in MLflow's trash" in capsys.readouterr().out
