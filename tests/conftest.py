@@ -59,8 +59,8 @@ def shrink(config, **changes):
 def _copy_new_stores_from_a_template() -> None:
     """A study copies a new SQLite store from an empty one MLflow migrated itself
     (``study.tracking.empty_store``), instead of running MLflow's migrations one by one
-    (about 5 s a store). The tests also make stores in this process by other ways (an MLflow
-    client on a new file): those get the same template here, copied with SQLite's backup
+    (1.6-3 s of CPU a store). The tests also make stores in this process by other ways (an
+    MLflow client on a new file): those get the same template here, copied with SQLite's backup
     API into the file MLflow has just created. Only files with no table at all."""
     import sqlite3
 

@@ -113,14 +113,15 @@ class StoreConnection:
         # it logs a traceback for each database error (a full disk: one per try) before
         # raising it, which the study reports in one line or raises itself.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-        with schema_lock(sqlite_path(self.uri)):  # a new store's tables, one process at once
-            if sqlite_path(self.uri) is not None:
-                start_from_template(sqlite_path(self.uri))
+        db = sqlite_path(self.uri)
+        with schema_lock(db):  # a new store's tables, one process at once
+            if db is not None:
+                start_from_template(db)
             try:
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)
             except Exception as err:
-                if out_of_room(err, sqlite_path(self.uri)):
+                if out_of_room(err, db):
                     raise self.full(err) from None
                 raise
         relocate_artifacts(self.uri)
