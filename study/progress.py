@@ -31,6 +31,12 @@ def progress(total: float, desc: str, unit: str, *, disable: bool = False, file=
     return Lines(total, desc, unit, file)
 
 
+def alerting(bar):
+    """How to tell the reader something they must not miss: a line of its own in a log, the
+    postfix of a bar on a terminal."""
+    return bar.alert if isinstance(bar, Lines) else bar.set_postfix_str
+
+
 def is_terminal(file) -> bool:
     isatty = getattr(file, "isatty", None)
     return bool(isatty and isatty())
@@ -51,6 +57,7 @@ class Lines:
         self.tenths = 0  # of the work, when the last line was written
         self.share_then = None  # the share done at the last line (None: no line yet)
         self.closed = False
+        self.alerting = False  # the last line was an alert
         self.lock = threading.Lock()  # the MLflow writer thread sets the postfix
 
     def update(self, n: float = 1) -> None:
@@ -64,7 +71,18 @@ class Lines:
                 self._line(now)
 
     def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
-        self.postfix = text  # shown with the next line, not a line of its own
+        self.postfix, self.alerting = text, False  # shown with the next line, not a line of its own
+
+    def alert(self, text: str) -> None:
+        """Something the reader must not miss (the store stopped answering): a line at once,
+        then one at most every MIN_GAP_S while it lasts, whatever the work's share; a bar
+        shows it as its postfix (``alerting``)."""
+        with self.lock:
+            now = self.clock()
+            if not self.alerting or now - self.last_line >= MIN_GAP_S:
+                self.postfix = text
+                self._line(now)
+            self.postfix, self.alerting = text, True
 
     def set_description(self, desc: str = "", refresh: bool = True) -> None:
         self.desc = desc

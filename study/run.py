@@ -169,7 +169,7 @@ def _resume(flight: Preflight, tracker: StudyTracker, *, progress: bool, force: 
 
 def _train_and_log(flight: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
                    config_yaml: str, progress: bool, executor) -> StudyResult:
-    from study.progress import progress as progress_of
+    from study.progress import alerting, progress as progress_of
 
     config, splits, digest, model = flight.config, flight.splits, flight.digest, flight.model
     arms = list(flight.arms)
@@ -183,7 +183,7 @@ def _train_and_log(flight: Preflight, tracker: StudyTracker, todo: list[Arm], do
                                      "{postfix}]")
         started = time.perf_counter()
         # MLflow may still be writing when training ends: the bar says how far it has got
-        with bar, ArmWriter(tracker, bar.set_postfix_str) as writer:
+        with bar, ArmWriter(tracker, bar.set_postfix_str, alerting(bar)) as writer:
             def advance(arms: float) -> None:  # fractions of arms add up to a hair over
                 bar.update(min(arms, bar.total - bar.n))
                 writer.check()  # the store is gone for good: stop training now

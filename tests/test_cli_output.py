@@ -89,6 +89,27 @@ def test_a_line_says_the_share_done_and_the_time_left_at_the_recent_rate():
         "report: 150/200 cells (75%), 2 min 30 s so far, about 50 s left, 37 stored"]
 
 
+def test_an_outage_gets_a_line_at_once_then_one_per_gap_while_it_lasts():
+    """A store that stops answering is said in the log when it happens, not with the next
+    tenth of the work (which may come after the study has trained everything)."""
+    clock, log = Clock(), Log()
+    lines = Lines(32, "brief", "arm", log, clock)
+    clock.now = 2.0
+    lines.update(8)  # a tenth crossed, but under MIN_GAP_S since the start: no line
+    lines.set_postfix_str("8 stored")
+    for second in range(3, 3 + 15):  # the writer hears every second of the outage
+        clock.now = float(second)
+        lines.alert(f"store unreachable, retrying ({second - 3} s of 120 s)")
+    clock.now = 18.0
+    lines.set_postfix_str("9 stored")  # back: counting again, shown with the next line
+    lines.update(24)
+    lines.close()
+    assert log.text.splitlines() == [
+        "brief: 8/32 arms (25%), 3 s so far, store unreachable, retrying (0 s of 120 s)",
+        "brief: 8/32 arms (25%), 13 s so far, store unreachable, retrying (10 s of 120 s)",
+        "brief: 32/32 arms in 18 s, 9 stored"]
+
+
 @pytest.mark.slow
 def test_a_piped_run_logs_a_few_lines_not_bar_redraws(smoke_piped_run):
     _, log = smoke_piped_run

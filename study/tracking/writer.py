@@ -20,17 +20,20 @@ class ArmWriter:
     ``write`` returns at once. Leaving the ``with`` block waits for every write and raises the
     first error; that holds when the study is cut short too, so every arm that finished is
     kept, and an arm that did not finish never has a run. ``show`` hears, from the writer
-    thread, how many arms are in the store so far ("52 stored"), or, while a tracking server
-    does not answer, how long the writer has been retrying. Once the store timeout has run
-    out, or the store is full, the queued writes fail at once and ``check``, ``write`` and
-    leaving the block raise StoreUnreachable or StoreFull, so the study stops training.
+    thread, how many arms are in the store so far ("52 stored"); ``alert`` (``show`` if not
+    given) hears, while a tracking server does not answer, how long the writer has been
+    retrying. Once the store timeout has run out, or the store is full, the queued writes
+    fail at once and ``check``, ``write`` and leaving the block raise StoreUnreachable or
+    StoreFull, so the study stops training.
     While writes are queued, the writer has a core to itself (``study.cores``).
     """
 
-    def __init__(self, tracker, show: Callable[[str], None] = lambda text: None):
+    def __init__(self, tracker, show: Callable[[str], None] = lambda text: None,
+                 alert: Callable[[str], None] | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.tracker, self.show, self.n_stored = tracker, show, 0
+        self.alert = alert or show
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
         self.written: dict[str, Future] = {}  # arm key -> future run id
         self.core = WriterCore()
@@ -55,7 +58,7 @@ class ArmWriter:
 
     def _waiting(self, waited: float, budget: float) -> None:
         self.core.release()  # a writer that sleeps between tries needs no core of its own
-        self.show(f"store unreachable, retrying ({waited:.0f} s of {budget:g} s)")
+        self.alert(f"store unreachable, retrying ({waited:.0f} s of {budget:g} s)")
 
     def _timed(self, arm: Arm, result: ArmResult, params: dict[str, str]) -> str:
         self.core.reserve()
