@@ -169,7 +169,8 @@ def _resume(flight: Preflight, tracker: StudyTracker, *, progress: bool, force: 
 
 def _train_and_log(flight: Preflight, tracker: StudyTracker, todo: list[Arm], done: set[str],
                    config_yaml: str, progress: bool, executor) -> StudyResult:
-    from study.progress import alerting, progress as progress_of
+    from study.progress import alerting
+    from study.progress import progress as progress_of
 
     config, splits, digest, model = flight.config, flight.splits, flight.digest, flight.model
     arms = list(flight.arms)
