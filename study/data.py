@@ -11,7 +11,9 @@ missing (``study.keras_files``).
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +44,19 @@ class Splits:
     # The sha256 of a user's data (file bytes or a loader's arrays): the data's identity in
     # the study's config hash. None for built-in datasets, which their name identifies.
     source_sha256: str | None = None
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of every array and shape: the data's identity in a process (a traced
+        group is kept for these very splits, ``study.train.traced``)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test,
+                      self.y_test, self.t_train):
+            if array is not None:
+                digest.update(f"{array.dtype}{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array).data)
+        digest.update(f"{self.n_classes}{self.image_shape}".encode())
+        return digest.hexdigest()
 
     @property
     def n_features(self) -> int:

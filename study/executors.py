@@ -34,11 +34,8 @@ MAX_RETRIES = 3
 
 
 class LocalExecutor:
-    """Every arm in this process, through the config's trainer; the batched trainer starts
-    from the ``warm`` groups the estimate's probe traced."""
-
-    def __init__(self, warm: dict | None = None):
-        self.warm = warm or {}
+    """Every arm in this process, through the config's trainer (the batched trainer reuses
+    the groups this process has traced, the estimate's probe's among them)."""
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -50,8 +47,7 @@ class LocalExecutor:
                    advance: Advance) -> Pairs:
         from study.train import trainer
 
-        extra = {"warm": self.warm} if self.warm else {}
-        yield from trainer(config).train_arms(arms, config, splits, advance, **extra)
+        yield from trainer(config).train_arms(arms, config, splits, advance)
 
 
 @functools.cache
@@ -284,10 +280,8 @@ def _failure(chunk: list[Arm], err: Exception, retries: int) -> str:
             "the arms of the chunks that finished are stored, rerun to train the rest")
 
 
-def executor_for(config: StudyConfig, say: Callable[[str], None] = lambda line: None,
-                 warm: dict | None = None):
-    """The executor the config asks for, not yet entered (``warm``: groups the estimate
-    traced, for the local batched trainer)."""
+def executor_for(config: StudyConfig, say: Callable[[str], None] = lambda line: None):
+    """The executor the config asks for, not yet entered."""
     if config.executor == "ray":
         return RayExecutor(config.ray_address, say=say)
-    return LocalExecutor(warm)
+    return LocalExecutor()

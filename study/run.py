@@ -79,20 +79,19 @@ def preflight(config: StudyConfig) -> Preflight:
                      config_hash(config, splits.source_sha256), model, params, units)
 
 
-def measured_estimate(config: StudyConfig, flight: Preflight,
-                      arms: list[Arm]) -> tuple[Estimate, dict]:
+def measured_estimate(config: StudyConfig, flight: Preflight, arms: list[Arm]) -> Estimate:
     """The estimate from a few real steps of the study's own first group when the batched
-    trainer runs in this process (and that group, traced, for training), else from the
+    trainer runs in this process (that group stays traced for training), else from the
     calibration."""
-    costs, warm = None, {}
+    costs = None
     # A store too big to write without asking needs no probe to say so: the size does not
     # depend on it, and a huge study's first group takes seconds to trace.
     huge = estimate(config, flight, arms).store_bytes > ASK_ABOVE_GB * 1e9
     if config.trainer == "batched" and config.executor == "local" and arms and not huge:
         from study.train.batched import probe
 
-        costs, warm = probe(config, flight.splits, arms)
-    return estimate(config, flight, arms, costs), warm
+        costs = probe(config, flight.splits, arms)
+    return estimate(config, flight, arms, costs)
 
 
 def run_study(config: StudyConfig, tracking_uri: str | None = None, *, progress: bool = True,
@@ -129,7 +128,7 @@ def _resume(flight: Preflight, tracker: StudyTracker, *, progress: bool, force: 
         tracker.check_active(config.name)  # an experiment in the trash takes no run
     done = set() if force or not tracker.store_exists() else tracker.patiently(
         lambda: tracker.finished_arms(config.name, digest))
-    planned, warm = measured_estimate(config, flight, [a for a in arms if a.key not in done])
+    planned = measured_estimate(config, flight, [a for a in arms if a.key not in done])
     confirm(planned)  # may stop a big study
 
     config_yaml = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -137,8 +136,7 @@ def _resume(flight: Preflight, tracker: StudyTracker, *, progress: bool, force: 
     # Connected before the store is touched: a cluster that cannot be reached is bad input
     # (one line, exit 2, nothing written); no cluster starts when every arm is stored.
     if executor is None:
-        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say,
-                                                                               warm)
+        executor = LocalExecutor() if len(done) == len(arms) else executor_for(config, say)
     # One process at a time writes a study into a store: a lock file beside a SQLite store,
     # a claim the server arbitrates otherwise.
     held = study_lock(db, config.name, tracker.uri) if db is not None else \

@@ -80,6 +80,7 @@ from study.train.common import (
     train_eval_rows,
     training_targets,
 )
+from study.train.traced import Traced
 from study.yardsticks import accuracy_tf, yardsticks_tf
 
 FLOAT = "float32"
@@ -245,6 +246,7 @@ class _Group:
         import tensorflow as tf
 
         self.size, self.config, self.splits = size, config, splits
+        self.trace_s: float | None = None  # its tracing, as the estimate's probe timed it
         spec = loss_spec(config, loss)
         self.model = build_model(config.model, splits.input_shape, splits.n_classes,
                                  spec.output)
@@ -269,6 +271,9 @@ class _Group:
         self.order = tf.Variable(tf.zeros((size, self.schedule.total_steps, config.batch_size),
                                           "int32"))
         self.active = np.zeros(size, bool)
+        # what keeping it costs (``TRACED``): its copies of the data, its slots
+        self.nbytes = (2 * splits.x_train.nbytes + splits.x_val.nbytes
+                       + size * bytes_per_arm(config, splits))
 
         self.x_train = tf.constant(splits.inputs("train"))
         self.y_train = tf.constant(training_targets(spec, splits))
@@ -738,8 +743,9 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
                advance: Callable[[float], None] = lambda arms_done: None,
                warm: dict | None = None) -> Iterator[tuple[Arm, ArmResult]]:
     """Yield (arm, result) for every arm, group by group, in chunks under the memory budget.
-    ``warm``: groups already traced (by ``probe``), by (group, slots), used instead of
-    tracing them again (``load`` puts every chunk's state in afresh)."""
+    Each group's graphs come from the groups this process has traced (``group_for``);
+    ``warm``: groups to use first, by (group, slots) (``load`` puts every chunk's state in
+    afresh)."""
     from study.backend import start_tensorflow
 
     start_tensorflow()
@@ -749,11 +755,36 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
         groups.setdefault(arm.group, []).append(arm)
     for key, members in groups.items():
         size = chunk_size(config, splits, len(members))
-        group = warm.pop((key, slots_for(size)), None) or _Group(
+        group = warm.pop((key, slots_for(size)), None) or group_for(
             slots_for(size), config, splits, key[0], optimizer_of(config, members[0]))
         for first in range(0, len(members), size):
             chunk = members[first:first + size]
             yield from zip(chunk, train_group(group, chunk, advance), strict=True)
+
+
+# The groups this process has traced (``study.train.traced``).
+TRACED: Traced[_Group] = Traced()
+
+
+def group_key(size: int, config: StudyConfig, splits: Splits, loss: str,
+              optimizer: OptimizerConfig) -> tuple:
+    """Everything ``_Group`` builds its graphs and constants from: two groups with the same
+    key train the same bits. (A new input of ``_Group.__init__`` belongs here too.)"""
+    spec = loss_spec(config, loss)
+    return (size, splits.fingerprint, config.model.model_dump_json(),
+            repr(config.inits.get("fixed")), config.batch_size, config.epochs,
+            config.crossing_levels, spec.name, spec.output, spec.labels, spec.summary,
+            optimizer.name, repr(sorted(optimizer.options.items())),
+            optimizer.schedule and optimizer.schedule.model_dump_json(),
+            BOUND, BOUND_MIN_WORK, len(train_eval_rows(len(splits.x_train))))
+
+
+def group_for(size: int, config: StudyConfig, splits: Splits, loss: str,
+              optimizer: OptimizerConfig) -> _Group:
+    """A group of ``size`` slots, traced before in this process if it has been."""
+    return TRACED.get(group_key(size, config, splits, loss, optimizer),
+                      lambda: _Group(size, config, splits, loss, optimizer),
+                      lambda group: group.nbytes)
 
 
 @dataclass(frozen=True)
@@ -766,17 +797,17 @@ class Costs:
     step_s: float  # one training step of all the slots, no crossing evaluated
     cross_s: float  # one slot's val_accuracy evaluated in the loop (crossings, dense steps)
     full_s: float  # one slot's full evaluation (every measure)
-    traced: int = 0  # groups already traced (the probe's), which training reuses
+    traced: int = 0  # the study's groups this process has traced (the probe's at least)
 
 
 def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
-          steps: int = 8, repeats: int = 3) -> tuple[Costs, dict]:
+          steps: int = 8, repeats: int = 3) -> Costs:
     """Time a few real steps of the first group of ``arms`` at its real size: its tracing,
     its steps with and without the crossings' evaluation, and one full evaluation, each the
     fastest of ``repeats`` timings (a single one of a few milliseconds was off by a third on
-    a quiet machine). Returns the costs and the traced group, for ``train_arms(warm=...)``:
-    the probe costs about 2 x ``steps`` x ``repeats`` steps and ``repeats`` full
-    evaluations, its tracing is not paid twice."""
+    a quiet machine). The probe costs about 2 x ``steps`` x ``repeats`` steps and
+    ``repeats`` full evaluations; its group stays traced (``TRACED``) for training, so its
+    tracing is not paid twice."""
     import time
 
     import tensorflow as tf
@@ -792,12 +823,13 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
     repeats = max(1, min(repeats, (total - 1) // 2))
     steps = min(steps, (total - 1) // (2 * repeats))  # 0: a budget too short to time
     started = time.perf_counter()
-    group = _Group(size, config, splits, arms[0].loss, optimizer_of(config, arms[0]))
+    group = group_for(size, config, splits, arms[0].loss, optimizer_of(config, arms[0]))
     group.load(first[:size])
     group.cross_graph(tf.constant(0))
     group.run(tf.constant(0), tf.constant(1))
     group.evaluate(group.snapshot())
-    trace_s = time.perf_counter() - started
+    if group.trace_s is None:  # traced now (or by an earlier training, then less than this)
+        group.trace_s = time.perf_counter() - started
 
     def timed(call) -> float:
         began = time.perf_counter()
@@ -819,6 +851,15 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
         train = min(steps_from(1 + 2 * r * steps, False) for r in range(repeats)) / steps
         crossing = min(steps_from(1 + (2 * r + 1) * steps, True)
                        for r in range(repeats)) / steps
-    costs = Costs(size, trace_s, train, max(0.0, crossing - train) / size, full / size,
-                  traced=1)
-    return costs, {(arms[0].group, size): group}
+    return Costs(size, group.trace_s, train, max(0.0, crossing - train) / size, full / size,
+                 traced=_traced_groups(config, splits, arms))
+
+
+def _traced_groups(config: StudyConfig, splits: Splits, arms: list[Arm]) -> int:
+    """How many of the groups that will train ``arms`` this process has traced already."""
+    groups: dict[tuple[str, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault(arm.group, []).append(arm)
+    return sum(group_key(slots_for(chunk_size(config, splits, len(members))), config, splits,
+                         key[0], optimizer_of(config, members[0])) in TRACED
+               for key, members in groups.items())
