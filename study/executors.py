@@ -166,8 +166,12 @@ class RayExecutor:
                    for chunk in chunks(arms, config, splits, self.cpus)}
         try:
             while pending:
-                [done], _ = ray.wait(list(pending), num_returns=1)
-                chunk = pending.pop(done)
+                # a second at a time: a signal's handler (Ctrl-C, SIGTERM) runs between waits,
+                # not once the next chunk happens to finish
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                chunk = pending.pop(done := ready[0])
                 try:
                     pairs = ray.get(done)
                 except ray.exceptions.RayError as err:

@@ -244,7 +244,7 @@ def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_kil
     environment["HOME"] = str(tmp_path)
     db = tmp_path / "mlflow.db"
     study = [str(CONFIGS / "smoke.yaml"), *[f"--set={item}" for item in OVERRIDES],
-             f"--set=seeds={list(range(16))}", "--set=epochs=2", "--executor", "ray"]
+             f"--set=seeds={list(range(16))}", "--set=epochs=5", "--executor", "ray"]
     process = subprocess.Popen(
         [sys.executable, "-m", "study", "run", *study, "--tracking-uri", f"sqlite:///{db}",
          "--quiet"], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
@@ -252,7 +252,9 @@ def test_sigterm_during_a_ray_study_keeps_finished_arms_and_marks_the_parent_kil
     # 4 chunks of 16 on 2 CPUs: the first two train side by side and end together, so a
     # signal as the first is stored can meet the second as Ray completes it (its "Tried to
     # complete task that was not pending", exit 1). Once both are stored, the last two have
-    # just started: the signal finds them mid-training. The sockets are read as the first
+    # just started: the signal finds them mid-training. (5 epochs: the workers have traced
+    # the group for the first two, so the last two only train; at 2 epochs they were all
+    # stored 2.5 s after the 32nd arm, at load 5.) The sockets are read as the first
     # arms are stored: the cluster and its workers are up.
     listening = None
     try:
