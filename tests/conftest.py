@@ -119,6 +119,23 @@ def parent_only_store(folder: Path, name: str) -> str:
     return uri
 
 
+def title_only_notebooks(folder: Path) -> Path:
+    """A notebooks folder whose report.ipynb is the real one's title and parameters cell
+    and one light code cell: a report through every step of `study report` (papermill, a
+    kernel, the HTML export, the marker, the rename into place, the upload to MLflow) that
+    does not spend seconds on imports the test does not look at."""
+    import nbformat
+
+    import study.report
+
+    node = nbformat.read(study.report.NOTEBOOKS / "report.ipynb", as_version=4)
+    assert "parameters" in node.cells[1].metadata.get("tags", [])
+    node.cells = node.cells[:2] + [nbformat.v4.new_code_cell("print(experiment)")]
+    folder.mkdir()
+    nbformat.write(node, folder / "report.ipynb")
+    return folder
+
+
 class MlflowServer:
     """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
     killed (SIGKILL to its process group, as a crash would) and started again on the same

@@ -428,9 +428,13 @@ def test_a_stopped_report_leaves_the_old_report_and_nothing_else(report, tmp_pat
 def test_after_a_kill_9_the_next_report_removes_what_the_killed_one_left(report, tmp_path,
                                                                         monkeypatch):
     """kill -9 leaves the scratch folders (nothing can run then); the previous report is
-    still whole, and the next run removes them and replaces the report."""
+    still whole, and the next run removes them and replaces the report. What the next run
+    renders is not what is tested: it runs the title-only notebook (tests/conftest.py)."""
     import json
     import shutil
+
+    import study.report
+    from tests.conftest import title_only_notebooks
 
     store, built, _ = report
     out, temp = tmp_path / "out", _temp(tmp_path)
@@ -446,6 +450,7 @@ def test_after_a_kill_9_the_next_report_removes_what_the_killed_one_left(report,
     assert _kernels_gone(temp)
 
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(study.report, "NOTEBOOKS", title_only_notebooks(tmp_path / "nb"))
     code, err = _report("--experiment", "smoke", "--tracking-uri", store, "--out", str(out))
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["smoke"]
