@@ -53,15 +53,20 @@ def expand_grid(config: StudyConfig) -> list[Arm]:
     every configured rate from every start, and with ``lr_band`` each rate / factor and
     x factor from the band's starts."""
     band = band_starts(config)
+    factor = config.lr_band.factor if config.lr_band is not None else None
+    # an optimizer's (lr, loss) pairs depend on whether the start is in the band alone:
+    # worked out once each, not once per start and seed (a study may have 20,000 seeds)
+    pairs = {in_band: [(optimizer.key, _rates_and_losses(optimizer, config.losses,
+                                                         factor if in_band else None))
+                       for optimizer in config.optimizers]
+             for in_band in (False, True)}
     return [
-        Arm(init, severity, seed, optimizer.key, lr, loss)
+        Arm(init, severity, seed, key, lr, loss)
         for init, severities in config.inits.items()
         for severity, seed in itertools.product(INITS[init].severities(severities),
                                                 config.seeds)
-        for optimizer in config.optimizers
-        for lr, loss in _rates_and_losses(optimizer, config.losses,
-                                          config.lr_band.factor if (init, severity) in band
-                                          else None)
+        for key, rates in pairs[(init, severity) in band]
+        for lr, loss in rates
     ]
 
 

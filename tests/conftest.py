@@ -119,6 +119,23 @@ def parent_only_store(folder: Path, name: str) -> str:
     return uri
 
 
+def title_only_notebooks(folder: Path) -> Path:
+    """A notebooks folder whose report.ipynb is the real one's title and parameters cell
+    and one light code cell: a report through every step of `study report` (papermill, a
+    kernel, the HTML export, the marker, the rename into place, the upload to MLflow) that
+    does not spend seconds on imports the test does not look at."""
+    import nbformat
+
+    import study.report
+
+    node = nbformat.read(study.report.NOTEBOOKS / "report.ipynb", as_version=4)
+    assert "parameters" in node.cells[1].metadata.get("tags", [])
+    node.cells = node.cells[:2] + [nbformat.v4.new_code_cell("print(experiment)")]
+    folder.mkdir()
+    nbformat.write(node, folder / "report.ipynb")
+    return folder
+
+
 class MlflowServer:
     """A real `mlflow server` on a loopback port over a SQLite store in ``folder``; it can be
     killed (SIGKILL to its process group, as a crash would) and started again on the same
@@ -247,6 +264,68 @@ def mlflow_server(tmp_path_factory):
     yield server.url
     server.stop()
 
+
+
+# ---- `python -m study ui` servers shared by test_browser.py and test_cli_output.py ----------
+
+def serve_study_ui(store: str, log: Path, *flags: str):
+    """``python -m study ui`` (this worktree's code) over ``store`` on a free loopback port,
+    everything it prints to ``log``; yields (port, the lines it printed before serving) once
+    the server answers, and stops it with SIGTERM (as Ctrl-C would) afterwards."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(log, "wb") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "study", "ui", "--tracking-uri", store,
+                               "--port", str(port), *flags], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        text = log.read_text()  # the links and the serving line are flushed before mlflow starts
+        yield port, text[:text.index("serving ")].splitlines()
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def smoke_study_ui(smoke_piped_run, tmp_path_factory):
+    """`python -m study ui` over smoke_piped_run's store, as users start it (no access log):
+    (port, the lines it printed before serving, the file everything it printed goes to)."""
+    log = tmp_path_factory.mktemp("smoke-ui") / "ui.log"
+    for port, printed in serve_study_ui(smoke_piped_run[0], log):
+        yield port, printed, log
+
+
+@pytest.fixture(scope="session")
+def default_study_ui_verbose(tmp_path_factory):
+    """configs/default.yaml shrunk (tests/test_browser.py's DEFAULT_SHRUNK: 32 arms, 1 epoch)
+    trained in this process, then `python -m study ui --verbose` over its store: (port, the
+    lines it printed before serving, the file everything it printed goes to, access log
+    included)."""
+    from study.cli import main
+    from tests.test_browser import DEFAULT_SHRUNK
+
+    folder = tmp_path_factory.mktemp("default-shrunk")
+    config = shrink(load_config(CONFIGS / "default.yaml"), **DEFAULT_SHRUNK)
+    (folder / "default.yaml").write_text(config.model_dump_json())  # JSON is YAML
+    uri = tracking_uri(folder)
+    assert main(["run", str(folder / "default.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
+    for port, printed in serve_study_ui(uri, folder / "ui.log", "--verbose"):
+        yield port, printed, folder / "ui.log"
 
 
 # 3 losses x 2 starts x 4 seeds x 2 learning rates = 48 arms in 3 groups of 16, 1 epoch: the

@@ -202,15 +202,20 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
 BAD_NAMES = ["..", ".", "../x", "/tmp/abs-study", "x" * 300]
 
 
-def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, capsys):
+def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, capsys,
+                                                                   monkeypatch):
     """Studies renamed in the MLflow UI to names that would escape `--out`: `study report`
     writes each inside `--out`, under a folder named from it, and a canary beside `--out`
     (and the folder above it) survives. Where a report may write depends on the study's
     name alone, so the studies are stores' parent runs with no arms (what `study run`
-    leaves when every arm is refused; tests/test_report.py renders one): no training."""
+    leaves when every arm is refused; tests/test_report.py renders one with the real
+    notebook): no training, and a title-only notebook (``title_only_notebooks``)."""
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import parent_only_store
+    import study.report
+    from tests.conftest import parent_only_store, title_only_notebooks
+
+    monkeypatch.setattr(study.report, "NOTEBOOKS", title_only_notebooks(tmp_path / "nb"))
 
     (tmp_path / "store").mkdir()
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
@@ -231,6 +236,8 @@ def test_no_name_from_the_store_reaches_outside_the_report_folder(tmp_path, caps
     written = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(written) == len(BAD_NAMES)
     assert all((folder / "report.html").is_file() for folder in written)
+    assert all("How fast does each loss converge" in (folder / "report.html").read_text()
+               for folder in written)  # the title-only notebook, rendered
     assert all(len(folder.name) <= 100 and not folder.name.startswith(".")
                for folder in written)
     assert "(experiment '..')" in printed  # the mapping is shown

@@ -7,15 +7,8 @@ never skipped."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,17 +51,12 @@ def screenshots():
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def printed_link(smoke_piped_run):
-    """`python -m study ui` on a free loopback port over the smoke study's store: the link
-    it prints for the study, once the server answers."""
-    yield from _serve(smoke_piped_run[0], "smoke")
+def printed_link(smoke_study_ui):
+    """`python -m study ui` on a free loopback port over the smoke study's store (the session's
+    server, tests/conftest.py): the link it prints for the study, once the server answers."""
+    port, printed, _ = smoke_study_ui
+    return port, _link(printed, "smoke")
 
 
 # configs/default.yaml shrunk, starts in the same order (scaled before saturated_wrong):
@@ -80,45 +68,18 @@ DEFAULT_SHRUNK = {"losses": DEFAULT_LOSSES, "seeds": [0, 1], "epochs": 1, "lr_ba
 
 
 @pytest.fixture(scope="session")
-def default_link(tmp_path_factory):
+def default_link(default_study_ui_verbose):
     """configs/default.yaml shrunk (4 losses, 4 starts, 2 seeds, 1 epoch: 32 arms), trained
-    through the CLI, then `python -m study ui` over its store: the link it prints."""
-    from study.cli import main
-    from study.config import load_config
-    from tests.conftest import CONFIGS, shrink, tracking_uri
-
-    folder = tmp_path_factory.mktemp("default-shrunk")
-    config = shrink(load_config(CONFIGS / "default.yaml"), **DEFAULT_SHRUNK)
-    (folder / "default.yaml").write_text(config.model_dump_json())  # JSON is YAML
-    uri = tracking_uri(folder)
-    assert main(["run", str(folder / "default.yaml"), "--tracking-uri", uri, "--quiet"]) == 0
-    yield from _serve(uri, "default")
+    through the CLI, then `python -m study ui` over its store (the session's server, with
+    its access log: tests/test_cli_output.py reads it): the link it prints."""
+    port, printed, _ = default_study_ui_verbose
+    return port, _link(printed, "default")
 
 
-def _serve(store: str, study: str):
-    port = _free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "study", "ui", "--tracking-uri", store, "--port",
-         str(port)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        first = ui.stdout.readline()
-        assert first.startswith(f"study '{study}': "), first
-        link = first.removeprefix(f"study '{study}': ").strip()
-        # keep reading what the server prints, so a full pipe never stalls it
-        threading.Thread(target=ui.stdout.read, daemon=True).start()
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert ui.poll() is None and time.monotonic() < deadline, "no mlflow ui"
-                time.sleep(0.3)
-        yield port, link
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=30)
+def _link(printed: list[str], study: str) -> str:
+    first = printed[0]
+    assert first.startswith(f"study '{study}': "), printed
+    return first.removeprefix(f"study '{study}': ").strip()
 
 
 def _open(browser, url: str):

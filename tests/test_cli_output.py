@@ -4,12 +4,6 @@ and keeps the executed notebook beside its HTML, ready to re-run."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -152,48 +146,29 @@ def test_show_prints_a_summary_and_the_arms_only_when_asked(capsys):
     assert len(keys) == 1140 and "cce|saturated_wrong:8|seed=9|sgd|lr=2" in "\n".join(keys)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _serve_and_browse(uri: str, folder: Path, *flags: str) -> str:
-    """``python -m study ui`` on a free port: wait for it, fetch a few pages, stop it with
-    SIGTERM (as Ctrl-C would), and return everything it printed."""
-    port = _free_port()
-    log = folder / f"ui{'-'.join(flags)}.log"
-    with open(log, "wb") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "study", "ui", "--tracking-uri", uri,
-                               "--port", str(port), *flags], cwd=ROOT, stdout=out,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert ui.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.5)
-        for page in ["/", "/ajax-api/2.0/mlflow/experiments/search?max_results=10",
-                     "/static-files/favicon.ico"]:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=30).read()
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        ui.wait(timeout=60)
-    return log.read_text()
+def _browse(port: int) -> None:
+    """Fetch a few pages of the UI on ``port``: each request is in the access log, if any,
+    before its answer is read (uvicorn logs a request as it starts the response)."""
+    for page in ["/health", "/", "/ajax-api/2.0/mlflow/experiments/search?max_results=10",
+                 "/static-files/favicon.ico"]:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=30).read()
 
 
 @pytest.mark.slow
-def test_ui_prints_no_access_log_unless_verbose(smoke_piped_run, tmp_path):
-    uri, _ = smoke_piped_run
-    quiet = _serve_and_browse(uri, tmp_path)
+def test_ui_prints_no_access_log_unless_verbose(smoke_study_ui, default_study_ui_verbose):
+    """The session's two `python -m study ui` servers (tests/conftest.py): the smoke store's
+    as users start it, the shrunk default study's with --verbose; everything each printed."""
+    port, _, log = smoke_study_ui
+    _browse(port)
+    quiet = log.read_text()
     assert "serving " in quiet and "Uvicorn running" in quiet  # it did serve
     assert "HTTP/1.1" not in quiet, quiet
     assert len(quiet.splitlines()) < 20, quiet
-    verbose = _serve_and_browse(uri, tmp_path, "--verbose")
-    assert verbose.count('"GET /') >= 4, verbose  # /health at least once, and the 3 pages
+    port, _, log = default_study_ui_verbose
+    before = log.read_text().count('"GET /')
+    _browse(port)
+    verbose = log.read_text()
+    assert verbose.count('"GET /') >= before + 4, verbose  # /health and the 3 pages
 
 
 @pytest.mark.slow

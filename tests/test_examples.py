@@ -1,11 +1,13 @@
-"""The files under examples/, run as a user runs them, into one MLflow store, then one
-``study report`` of every study in it; each example's losses, optimizers and data must be in
-MLflow and in the report. Everything runs from a copy outside the repository (the user's own
-folder, a module and a relative .npz beside the config): the image script and the focal
-example as real processes (``python -m study run``: the user's module imported by a fresh
-interpreter), the own-data, cosine and builder examples and the report through the same CLI
-in this process (the builder one from examples/ itself); each process pays ~13 s of start-up.
-Shrunk to one seed and one epoch: the point is the path, not the numbers."""
+"""The files under examples/, run as a user runs them, into one MLflow store; each example's
+losses, optimizers and data must be in MLflow and reach the report. Everything runs from a
+copy outside the repository (the user's own folder, a module and a relative .npz beside the
+config): the image script as a real process (it is a script), every study through the CLI in
+this process (the builder one from examples/ itself), the user's modules found beside their
+config as a fresh process finds them (``study.plugins.add_to_path``). ``study report`` renders
+the focal study's notebook, the one with the most to show (its own losses in every table and
+legend); the other studies reach the report's analysis (``study.analysis.sections``, what the
+notebook calls) in this process, a notebook execution each saved. Shrunk to one seed and one
+epoch: the point is the path, not the numbers."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from study.cli import main
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow  # a study process and four reports
+pytestmark = pytest.mark.slow  # four studies and a report
 EXAMPLES = ROOT / "examples"
 SMALL = ["--set", "epochs=1", "--set", "seeds=[0]", "--quiet"]
 
@@ -42,8 +44,10 @@ def _python(*args: str, cwd) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def examples_report(tmp_path_factory):
-    """Every example trained into one store in the user's folder and reported: (the user's
-    home, store URI, reports folder, what the own-data study printed)."""
+    """Every example trained into one store in the user's folder; the focal study reported
+    by ``study report``, the others' report tables written by the analysis the notebook
+    calls: (the user's home, store URI, reports folder, what the own-data study printed,
+    {study: its report's title})."""
     home = tmp_path_factory.mktemp("user")  # outside the repository
     mine = home / "my-study"
     mine.mkdir()
@@ -52,8 +56,6 @@ def examples_report(tmp_path_factory):
         shutil.copy(EXAMPLES / name, mine / name)
     uri = f"sqlite:///{home / 'mlflow.db'}"
     _python("my-study/make_images_npz.py", cwd=home)
-    _python("-m", "study", "run", "my-study/focal.yaml", "--tracking-uri", uri, *SMALL,
-            cwd=home)
     with pytest.MonkeyPatch.context() as user:
         user.chdir(home)  # relative paths as the user typed them
         user.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -61,10 +63,27 @@ def examples_report(tmp_path_factory):
         with contextlib.redirect_stdout(printed):
             assert main(["run", "my-study/own_data.yaml", "--tracking-uri", uri,
                          "--set", "epochs=1", "--set", "seeds=[0]"]) == 0
-        for config in ("my-study/cosine_schedule.yaml", str(EXAMPLES / "builder.yaml")):
+        for config in ("my-study/focal.yaml", "my-study/cosine_schedule.yaml",
+                       str(EXAMPLES / "builder.yaml")):
             assert main(["run", config, "--tracking-uri", uri, *SMALL]) == 0
-        assert main(["report", "--tracking-uri", uri, "--out", "reports"]) == 0
-    return home, uri, home / "reports", printed.getvalue()
+        assert main(["report", "--experiment", "focal", "--tracking-uri", uri,
+                     "--out", "reports"]) == 0
+    titles = {study: _report_tables(uri, study, home / "reports" / study)
+              for study in ("own_data", "cosine_schedule", "builder")}
+    return home, uri, home / "reports", printed.getvalue(), titles
+
+
+def _report_tables(uri: str, study: str, folder) -> str:
+    """The report's analysis of ``study`` as its notebook runs it (load, build, write the
+    tables beside the HTML): its title, the line that names the arms' data, model and
+    optimizer."""
+    from study.analysis import load_study, sections
+
+    report = sections.build(load_study(uri, study))
+    assert report.ok, report.problem
+    folder.mkdir(parents=True)
+    sections.write_tables(report, str(folder))
+    return sections.title(report)
 
 
 def _arms(uri: str, study: str) -> list:
@@ -77,7 +96,7 @@ FOCAL_LOSSES = ["cce", "focal", "keras_focal", "cce_logits"]
 
 
 def test_own_losses_train_log_and_reach_the_report(examples_report):
-    _, uri, reports, _ = examples_report
+    _, uri, reports, _, _ = examples_report
     runs = _arms(uri, "focal")
     assert sorted({r.data.params["loss"] for r in runs}) == sorted(FOCAL_LOSSES)
     focal = [r for r in runs if r.data.params["loss"] == "focal"]
@@ -97,14 +116,15 @@ def test_own_losses_train_log_and_reach_the_report(examples_report):
 
 
 def test_own_model_trains_and_reaches_the_report(examples_report):
-    _, uri, reports, _ = examples_report
+    _, uri, reports, _, _ = examples_report
     params = 64 * 32 + 32 + 32 * 10 + 10
     assert {r.data.params["model"] for r in _arms(uri, "builder")} == {
         f"builder:build ({params} params)"}
     summary = pd.read_csv(reports / "builder" / "summary.csv")
     assert sorted(set(summary["loss"])) == ["cce", "mse"]
-    html = (reports / "builder" / "report.html").read_text()
-    assert html.count("mse") >= 3 and html.count("cce") >= 3
+    assert f"model `builder:build ({params} params)`" in examples_report[4]["builder"]
+    answer = pd.read_csv(reports / "builder" / "answer.csv")
+    assert set(answer["loss"]) == {"cce", "mse"}
 
 
 def test_the_script_writes_28x28_images_in_keras_layout(examples_report):
@@ -117,7 +137,7 @@ def test_the_script_writes_28x28_images_in_keras_layout(examples_report):
 
 
 def test_the_study_trains_on_the_file_and_mlflow_records_it(examples_report):
-    home, uri, _, stdout = examples_report
+    home, uri, _, stdout, _ = examples_report
     assert "study 'own_data': trained 4 arms" in stdout  # 2 losses x 2 starts x 1 seed
     runs = _arms(uri, "own_data")
     assert len(runs) == 4
@@ -130,8 +150,9 @@ def test_the_study_trains_on_the_file_and_mlflow_records_it(examples_report):
 
 
 def test_the_report_shows_the_own_data_study(examples_report):
-    folder = examples_report[2] / "own_data"
-    assert (folder / "report.html").is_file()
+    home, _, reports, _, titles = examples_report
+    folder = reports / "own_data"
+    assert f"on `{home / 'my-study' / 'digits28.npz'}`" in titles["own_data"]
     with (folder / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {row["loss"] for row in rows} == {"cce", "mse"}
@@ -140,12 +161,13 @@ def test_the_report_shows_the_own_data_study(examples_report):
 def test_the_cosine_example_names_its_optimizer_in_full(examples_report):
     """Nadam with a cosine schedule: its arms are in MLflow with the optimizer named in full
     and its clipping as a param, and in the report."""
-    _, uri, reports, _ = examples_report
+    _, uri, reports, _, _ = examples_report
     runs = _arms(uri, "cosine_schedule")
     name = ("nadam(clipnorm=1)+cosine_decay(decay_steps=300,alpha=0.1,warmup_target=0.01,"
             "warmup_steps=20)")
     scheduled = [r for r in runs if r.data.params["optimizer"] == name]
     assert len(runs) == 2 * 2 * 3 and len(scheduled) == 2 * 2 * 2
     assert all(r.data.params["optimizer.clipnorm"] == "1.0" for r in scheduled)
-    report = (reports / "cosine_schedule" / "report.html").read_text()
-    assert "cosine_decay" in report
+    assert f"`{name}`" in examples_report[4]["cosine_schedule"]  # the report's title
+    answer = pd.read_csv(reports / "cosine_schedule" / "answer.csv")
+    assert name in set(answer["optimizer"])

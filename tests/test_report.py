@@ -388,19 +388,38 @@ def test_a_failed_notebook_leaves_the_old_report_and_nothing_else(report, tmp_pa
 
 def _start_report(store: str, out: Path, temp: Path) -> subprocess.Popen:
     """``python -m study report`` of the smoke study in a process of its own, once its
-    notebook kernel runs (its connection file is in the report's temp folder)."""
+    notebook kernel runs the notebook's first cell of its own (the analysis: seconds of
+    work), as papermill's copy of the notebook in the report's temp folder says."""
     report = subprocess.Popen(
         [sys.executable, "-m", "study", "report", "--experiment", "smoke", "--tracking-uri",
          store, "--out", str(out)], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(temp)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not list(temp.glob("study-report-kernel-*/kernel.json")):
+    while not _in_the_notebook(temp):
         assert report.poll() is None and time.monotonic() < deadline, report.communicate()
-        time.sleep(0.2)
-    time.sleep(3)  # into the notebook
+        time.sleep(0.1)
+    assert list(temp.glob("study-report-kernel-*/kernel.json"))  # the kernel's, in temp
     assert report.poll() is None, "the report ended before it could be stopped"
     return report
+
+
+def _in_the_notebook(temp: Path) -> bool:
+    """A cell of the notebook's own (not the parameters papermill sets) is running: papermill
+    saves its copy of the notebook as each cell starts."""
+    import nbformat
+
+    for executed in temp.glob("study-report-kernel-*/report.ipynb"):
+        try:
+            cells = nbformat.read(executed, as_version=4).cells
+        except Exception:  # noqa: BLE001 - read while papermill writes it: look again
+            continue
+        if any(cell.get("metadata", {}).get("papermill", {}).get("status") == "running"
+               and cell.cell_type == "code"
+               and not {"parameters", "injected-parameters"} & set(cell.metadata.get("tags", []))
+               for cell in cells):
+            return True
+    return False
 
 
 @pytest.mark.slow
@@ -428,9 +447,13 @@ def test_a_stopped_report_leaves_the_old_report_and_nothing_else(report, tmp_pat
 def test_after_a_kill_9_the_next_report_removes_what_the_killed_one_left(report, tmp_path,
                                                                         monkeypatch):
     """kill -9 leaves the scratch folders (nothing can run then); the previous report is
-    still whole, and the next run removes them and replaces the report."""
+    still whole, and the next run removes them and replaces the report. What the next run
+    renders is not what is tested: it runs the title-only notebook (tests/conftest.py)."""
     import json
     import shutil
+
+    import study.report
+    from tests.conftest import title_only_notebooks
 
     store, built, _ = report
     out, temp = tmp_path / "out", _temp(tmp_path)
@@ -446,6 +469,7 @@ def test_after_a_kill_9_the_next_report_removes_what_the_killed_one_left(report,
     assert _kernels_gone(temp)
 
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(study.report, "NOTEBOOKS", title_only_notebooks(tmp_path / "nb"))
     code, err = _report("--experiment", "smoke", "--tracking-uri", store, "--out", str(out))
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["smoke"]
