@@ -215,6 +215,12 @@ class MlflowServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def up(self) -> MlflowServer:
+        """Answering: started again if a test left it dead, else waited for."""
+        if self.process is None or self.process.poll() is not None:
+            return self.start()
+        return self.ready()
+
 
 @pytest.fixture(scope="session")
 def smoke_piped_run(tmp_path_factory):
@@ -263,6 +269,17 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("server")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def killable_mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (MlflowServer) that tests may kill and start again: one start
+    (11-13 s of a test's time) shared by tests/test_server_claim.py and
+    tests/test_store_outage.py, each writing experiments of its own names. Launched, not
+    waited for: each test calls ``up()``, which also restarts it if a test left it dead."""
+    server = MlflowServer(tmp_path_factory.mktemp("killable")).launch()
+    yield server
+    server.kill()
 
 
 
