@@ -8,7 +8,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from study.cli import main
 from study.config import load_config
 from study.grid import exact, expand_grid, optimizer_of
 from study.losses import LOSSES
@@ -176,20 +175,28 @@ def _stored_arms(uri: str) -> dict[str, tuple[dict, dict]]:
 
 
 @pytest.fixture(scope="session")
-def diverging(tmp_path_factory, tf):
-    """The smoke study's control and saturated starts under every optimizer, run through
-    the CLI twice: with a 1e30 rate beside each optimizer's good one (a diverging arm in
-    every group) and without. Both exit 0; the stores' arms."""
+def diverging(tmp_path_factory, tf, digits):
+    """The smoke study's control and saturated starts under every optimizer, with a 1e30
+    rate beside each optimizer's good one (a diverging arm in every group), run as a study
+    into a store: it finishes (the study goes on), and the store's arms. Then the same arms
+    without the diverging ones, trained again in the same groups (``Traced``: each group
+    traced once, for both): arm key -> their histories."""
+    from study.executors import LocalExecutor
+    from study.run import run_study
+
     # a new optimizer joins this test (those that mix arms run only with trainer: reference)
     assert set(STATEFUL) == {n for n, spec in OPTIMIZERS.items() if spec.mixes is None}
-    stored = {}
-    for huge in (True, False):
-        uri = tracking_uri(tmp_path_factory.mktemp("diverging" if huge else "healthy"))
-        code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "losses=[cce]", "--set",
-                     _every_optimizer(huge), "--tracking-uri", uri, "--quiet"])
-        assert code == 0
-        stored[huge] = _stored_arms(uri)
-    return stored
+    config = load_config(CONFIGS / "smoke.yaml", ["losses=[cce]", _every_optimizer(True)])
+    arms = expand_grid(config)
+    traced = Traced(config, digits)
+    uri = tracking_uri(tmp_path_factory.mktemp("diverging"))
+    result = run_study(config, uri, progress=False,
+                       executor=LocalExecutor(traced(arms)["warm"]))
+    assert result.diverged and len(result.results) == len(arms)
+    healthy = [a for a in arms if a.lr != _huge(optimizer_of(config, a).name)]
+    without = _train(batched, config, digits, healthy, **traced(healthy))
+    assert len(traced) == VARIANTS  # every group traced once
+    return _stored_arms(uri), without
 
 
 def _diverging_keys(stored) -> list[str]:
@@ -198,7 +205,7 @@ def _diverging_keys(stored) -> list[str]:
 
 
 def test_an_arm_diverging_under_any_optimizer_is_stored_and_the_study_goes_on(diverging):
-    stored = diverging[True]
+    stored, without = diverging
     assert len(stored) == 2 * 2 * VARIANTS  # two starts, two rates, each optimizer variant
     keys = _diverging_keys(stored)
     assert len(keys) == VARIANTS
@@ -209,16 +216,19 @@ def test_an_arm_diverging_under_any_optimizer_is_stored_and_the_study_goes_on(di
         assert step > 0 and history["train_loss"][-1][0] == step, key  # stopped there
         last = history["train_loss"][-1][1]  # MLflow stores inf as the largest float
         assert not np.isfinite(last) or abs(last) == np.finfo(float).max, key
-    assert all(stored[key][0]["study.diverged"] == "false" for key in diverging[False])
+    # the arms at a good rate, beside a diverging arm and without one: none diverged
+    assert all(stored[key][0]["study.diverged"] == "false" for key in without)
+    assert not any(result.diverged for result in without.values())
 
 
 def test_a_diverging_arm_leaves_the_rest_of_its_group_bit_for_bit(diverging):
     """Whatever state the optimizer keeps, freezing the diverged arm touches only its own
-    slot: every other arm of its group has the history it has without the diverging arm."""
-    with_bad, without = diverging[True], diverging[False]
+    slot: every other arm of its group has the history it has without the diverging arm
+    (as the store holds it: MLflow keeps float64 values as they are)."""
+    with_bad, without = diverging
     assert len(without) == 2 * VARIANTS and without.keys() <= with_bad.keys()
-    for key, (_, history) in without.items():
-        assert with_bad[key][1] == history, key
+    for key, result in without.items():
+        assert with_bad[key][1] == result.history, key
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -260,11 +270,12 @@ def test_the_reference_trainer_records_a_diverged_arm_the_same_way(tf, digits, d
     the same steps logged. Values are compared at the start only: once the weights are near
     1e30, sums of squares overflow float32 in either trainer's order of operations."""
     config = _config("epochs=1", "losses=[cce]", _every_optimizer(huge=True))
-    keys = _diverging_keys(diverging[True])
+    stored, _ = diverging
+    keys = _diverging_keys(stored)
     arms = [arm for arm in expand_grid(config) if arm.key in keys]
     assert len(arms) == VARIANTS
     for arm, result in reference.train_arms(arms, config, digits):
-        tags, history = diverging[True][arm.key]
+        tags, history = stored[arm.key]
         assert result.diverged_at == int(tags["study.diverged_at_step"]), arm.key
         assert result.history.keys() == history.keys()
         for name, points in history.items():
