@@ -199,6 +199,23 @@ def _stored_arms(uri: str) -> dict[str, tuple[dict, dict]]:
         for name in run.data.metrics}) for run in runs}
 
 
+class InGroups:
+    """A study's executor that trains every arm in this process, in the groups of a
+    ``Traced`` (the batched trainer's ``warm``), so that a test can train them again."""
+
+    def __init__(self, traced: Traced):
+        self.traced = traced
+
+    def __enter__(self) -> InGroups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def train_arms(self, arms, config, splits, advance):
+        yield from batched.train_arms(arms, config, splits, advance, **self.traced(arms))
+
+
 @pytest.fixture(scope="session")
 def diverging(tmp_path_factory, tf, digits):
     """The smoke study's control and saturated starts under every optimizer, with a 1e30
@@ -206,7 +223,6 @@ def diverging(tmp_path_factory, tf, digits):
     into a store: it finishes (the study goes on), and the store's arms. Then the same arms
     without the diverging ones, trained again in the same groups (``Traced``: each group
     traced once, for both): arm key -> their histories."""
-    from study.executors import LocalExecutor
     from study.run import run_study
 
     # a new optimizer joins this test (those that mix arms run only with trainer: reference)
@@ -215,8 +231,7 @@ def diverging(tmp_path_factory, tf, digits):
     arms = expand_grid(config)
     traced = Traced(config, digits)
     uri = tracking_uri(tmp_path_factory.mktemp("diverging"))
-    result = run_study(config, uri, progress=False,
-                       executor=LocalExecutor(traced(arms)["warm"]))
+    result = run_study(config, uri, progress=False, executor=InGroups(traced))
     assert result.diverged and len(result.results) == len(arms)
     healthy = [a for a in arms if a.lr != _huge(optimizer_of(config, a).name)]
     without = _train(batched, config, digits, healthy, **traced(healthy))
