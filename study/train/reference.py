@@ -197,11 +197,8 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
 
 def keras_clear_session() -> None:
     # Hundreds of models in one process would otherwise pile up in Keras' global state.
-    # Without a full garbage collection each time: it took as long as the arm's fit (40
-    # smoke arms: 72 s with it, 37 s without, 2026-11); Python's own collector frees the
-    # old models as it goes (memory 2% higher after 40 arms).
     import keras
 
-    keras.backend.clear_session(free_memory=False)
+    keras.backend.clear_session()
 
 
