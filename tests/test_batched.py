@@ -8,7 +8,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from study.cli import main
 from study.config import load_config
 from study.grid import exact, expand_grid, optimizer_of
 from study.losses import LOSSES
@@ -74,35 +73,60 @@ def _assert_identical(expected, actual):
         assert actual[key].history == expected[key].history, key
 
 
-def test_every_loss_and_init_matches_the_reference_trainer(tf, digits):
+@pytest.fixture(scope="session")
+def reference_pairs(tf, digits):
+    """Both trainers over 3 epochs on arms that pair the i-th loss with the i-th optimizer
+    (both lists in order), from the saturated start and, for the MLP, from the (i mod 4)-th
+    start too: model -> (arms, reference results, batched results). The batched trainer
+    trains one group per pair, traced once for the two tests that read them."""
+    trained = {}
+
+    def pairs(model: str):
+        if model not in trained:
+            config = _config("batch_size=64", ALL_LOSSES, ALL_OPTIMIZERS, ALL_INITS,
+                             *([CNN] if model == "cnn" else []))
+            starts, names = list(config.inits), [o.key for o in config.optimizers]
+            arms = [a for a in expand_grid(config) if names.index(a.optimizer) == (
+                i := list(LOSSES).index(a.loss)) and (a.init == "saturated_wrong" or (
+                    model == "mlp" and a.init == starts[i % len(starts)]))]
+            if model == "cnn":  # a sigmoid and a softmax output, a stateful optimizer
+                arms = [a for a in arms if a.loss in ("bce", "scce")]
+            trained[model] = (arms, _train(reference, config, digits, arms),
+                              _train(batched, config, digits, arms))
+        return trained[model]
+
+    return pairs
+
+
+def _some(results: dict, arms) -> dict:
+    return {arm.key: results[arm.key] for arm in arms}
+
+
+def test_every_loss_and_init_matches_the_reference_trainer(reference_pairs):
     """Each loss from one start and each start under at least one loss (the i-th loss from
     the (i mod 4)-th start, the last two losses from the control and the scaled start): the
     start only sets the weights a loss's gradient is taken at, so this covers every path of
     either, and the reference trainer's cost is one Keras fit per arm (6 here, not 24)."""
-    config = _config("batch_size=32", ALL_LOSSES, ALL_INITS)
-    starts = list(config.inits)
-    arms = [a for a in expand_grid(config)
-            if starts.index(a.init) == list(LOSSES).index(a.loss) % len(starts)]
+    arms, expected, actual = reference_pairs("mlp")
+    starts = list(_config(ALL_INITS).inits)
+    arms = [a for a in arms if starts.index(a.init) == list(LOSSES).index(a.loss) % len(starts)]
     assert len(arms) == len(LOSSES) == 6 and {a.init for a in arms} == set(starts)
-    _assert_same_curves(_train(reference, config, digits, arms),
-                        _train(batched, config, digits, arms), 1e-5)
+    _assert_same_curves(_some(expected, arms), _some(actual, arms), 1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-def test_every_loss_and_optimizer_matches_the_reference_trainer(tf, digits, model):
+def test_every_loss_and_optimizer_matches_the_reference_trainer(reference_pairs, model):
     """Each loss under one optimizer and each optimizer under one loss (the i-th loss with
-    the i-th optimizer, both lists in order): the loss only makes the gradient and the
-    optimizer only applies it, so pairing them covers every path of either, and the
-    reference trainer's cost is one Keras fit per arm (6 here, not 36)."""
-    config = _config("batch_size=64", ALL_LOSSES, ALL_OPTIMIZERS, "inits={saturated_wrong: [4]}",
-                     *([CNN] if model == "cnn" else []))
-    names = [o.key for o in config.optimizers]
-    arms = [a for a in expand_grid(config)
-            if names.index(a.optimizer) == list(LOSSES).index(a.loss)]
-    assert len(names) == len(LOSSES) == len(arms) == 6
-    _assert_same_curves(_train(reference, config, digits, arms),
-                        _train(batched, config, digits, arms), 1e-5)
+    the i-th optimizer, both lists in order), from the saturated start: the loss only makes
+    the gradient and the optimizer only applies it, so pairing them covers every path of
+    either, and the reference trainer's cost is one Keras fit per arm (6 here, not 36). The
+    CNN only makes the outputs: bce under SGD and scce under Adam."""
+    arms, expected, actual = reference_pairs(model)
+    arms = [a for a in arms if a.init == "saturated_wrong"]
+    assert len(arms) == (len(LOSSES) if model == "mlp" else 2)
+    assert len({a.optimizer for a in arms}) == len(arms) == len({a.loss for a in arms})
+    _assert_same_curves(_some(expected, arms), _some(actual, arms), 1e-5)
 
 
 def test_a_diverging_arm_is_isolated(tf, digits):
@@ -175,21 +199,44 @@ def _stored_arms(uri: str) -> dict[str, tuple[dict, dict]]:
         for name in run.data.metrics}) for run in runs}
 
 
+class InGroups:
+    """A study's executor that trains every arm in this process, in the groups of a
+    ``Traced`` (the batched trainer's ``warm``), so that a test can train them again."""
+
+    def __init__(self, traced: Traced):
+        self.traced = traced
+
+    def __enter__(self) -> InGroups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def train_arms(self, arms, config, splits, advance):
+        yield from batched.train_arms(arms, config, splits, advance, **self.traced(arms))
+
+
 @pytest.fixture(scope="session")
-def diverging(tmp_path_factory, tf):
-    """The smoke study's control and saturated starts under every optimizer, run through
-    the CLI twice: with a 1e30 rate beside each optimizer's good one (a diverging arm in
-    every group) and without. Both exit 0; the stores' arms."""
+def diverging(tmp_path_factory, tf, digits):
+    """The smoke study's control and saturated starts under every optimizer, with a 1e30
+    rate beside each optimizer's good one (a diverging arm in every group), run as a study
+    into a store: it finishes (the study goes on), and the store's arms. Then the same arms
+    without the diverging ones, trained again in the same groups (``Traced``: each group
+    traced once, for both): arm key -> their histories."""
+    from study.run import run_study
+
     # a new optimizer joins this test (those that mix arms run only with trainer: reference)
     assert set(STATEFUL) == {n for n, spec in OPTIMIZERS.items() if spec.mixes is None}
-    stored = {}
-    for huge in (True, False):
-        uri = tracking_uri(tmp_path_factory.mktemp("diverging" if huge else "healthy"))
-        code = main(["run", str(CONFIGS / "smoke.yaml"), "--set", "losses=[cce]", "--set",
-                     _every_optimizer(huge), "--tracking-uri", uri, "--quiet"])
-        assert code == 0
-        stored[huge] = _stored_arms(uri)
-    return stored
+    config = load_config(CONFIGS / "smoke.yaml", ["losses=[cce]", _every_optimizer(True)])
+    arms = expand_grid(config)
+    traced = Traced(config, digits)
+    uri = tracking_uri(tmp_path_factory.mktemp("diverging"))
+    result = run_study(config, uri, progress=False, executor=InGroups(traced))
+    assert result.diverged and len(result.results) == len(arms)
+    healthy = [a for a in arms if a.lr != _huge(optimizer_of(config, a).name)]
+    without = _train(batched, config, digits, healthy, **traced(healthy))
+    assert len(traced) == VARIANTS  # every group traced once
+    return _stored_arms(uri), without, traced
 
 
 def _diverging_keys(stored) -> list[str]:
@@ -198,7 +245,7 @@ def _diverging_keys(stored) -> list[str]:
 
 
 def test_an_arm_diverging_under_any_optimizer_is_stored_and_the_study_goes_on(diverging):
-    stored = diverging[True]
+    stored, without, _ = diverging
     assert len(stored) == 2 * 2 * VARIANTS  # two starts, two rates, each optimizer variant
     keys = _diverging_keys(stored)
     assert len(keys) == VARIANTS
@@ -209,31 +256,39 @@ def test_an_arm_diverging_under_any_optimizer_is_stored_and_the_study_goes_on(di
         assert step > 0 and history["train_loss"][-1][0] == step, key  # stopped there
         last = history["train_loss"][-1][1]  # MLflow stores inf as the largest float
         assert not np.isfinite(last) or abs(last) == np.finfo(float).max, key
-    assert all(stored[key][0]["study.diverged"] == "false" for key in diverging[False])
+    # the arms at a good rate, beside a diverging arm and without one: none diverged
+    assert all(stored[key][0]["study.diverged"] == "false" for key in without)
+    assert not any(result.diverged for result in without.values())
 
 
 def test_a_diverging_arm_leaves_the_rest_of_its_group_bit_for_bit(diverging):
     """Whatever state the optimizer keeps, freezing the diverged arm touches only its own
-    slot: every other arm of its group has the history it has without the diverging arm."""
-    with_bad, without = diverging[True], diverging[False]
+    slot: every other arm of its group has the history it has without the diverging arm
+    (as the store holds it: MLflow keeps float64 values as they are)."""
+    with_bad, without, _ = diverging
     assert len(without) == 2 * VARIANTS and without.keys() <= with_bad.keys()
-    for key, (_, history) in without.items():
-        assert with_bad[key][1] == history, key
+    for key, result in without.items():
+        assert with_bad[key][1] == result.history, key
 
 
-@pytest.mark.parametrize("optimizer", [
-    "{name: sgd, lr: [0.1, 0.2], momentum: 0.9}", "{name: adam, lr: [0.01, 0.02], amsgrad: true}",
-    "{name: rmsprop, lr: [0.01, 0.02], momentum: 0.5, centered: true}",
-    "{name: adagrad, lr: [0.1, 0.2], initial_accumulator_value: 0.1}",
-    "{name: ftrl, lr: [0.1, 0.2], beta: 0.1}", "{name: adadelta, lr: [1.0, 2.0]}",
-    "{name: adamax, lr: [0.01, 0.02]}", "{name: lion, lr: [0.001, 0.002]}"])
-def test_freezing_a_slot_resets_only_that_slot(tf, digits, optimizer):
+# Every variant of STATEFUL that keeps a state: SGD with momentum and every other optimizer.
+KEEPING = [(i, f"{name}({options[2:]})" if options else name) for i, (name, options) in enumerate(
+    (name, options) for name, variants in STATEFUL.items() for _, options in variants)
+    if options or name != "sgd"]
+
+
+@pytest.mark.parametrize("variant", [i for i, _ in KEEPING], ids=[name for _, name in KEEPING])
+def test_freezing_a_slot_resets_only_that_slot(tf, diverging, variant):
     """After some steps, freezing slot 1 zeroes its rate and weights, puts every per-slot
     optimizer variable back to its start, and leaves every other slot's bits and the shared
-    iteration counter as they were."""
-    config = _config("epochs=1", "losses=[mse]", f"optimizer={optimizer}")
-    group = batched._Group(16, config, digits, "mse", config.optimizers[0])
-    group.load(expand_grid(config))
+    iteration counter as they were. (In the diverging study's group of the optimizer, its
+    four arms loaded afresh: slot 1 is the control start at the diverging rate.)"""
+    *_, traced = diverging
+    optimizer = traced.config.optimizers[variant]
+    arms = [a for a in expand_grid(traced.config) if a.optimizer == optimizer.key]
+    assert len(arms) == 4 and arms[1].lr == _huge(optimizer.name)
+    group = traced[arms[0].group, batched.slots_for(len(arms))]
+    group.load(arms)
     group.run(tf.constant(0), tf.constant(5))
     variables = [group.lr, *group.weights, *(v for opt in group.optimizers
                                              for v in opt.variables)]
@@ -245,14 +300,15 @@ def test_freezing_a_slot_resets_only_that_slot(tf, digits, optimizer):
     per_slot = 0
     for variable, old, start in zip(variables, before, fresh, strict=True):
         now = variable.numpy()
-        if now.ndim == 0:  # the iteration counter: shared, untouched
-            assert now == old == 5
+        if now.ndim == 0:  # shared, untouched: the iteration counter (and Nadam's product
+            assert now.tobytes() == old.tobytes()  # of momentum factors, a function of it)
             continue
         per_slot += 1
         np.testing.assert_array_equal(now[1], start[1])
         others = np.arange(len(now)) != 1
         assert now[others].tobytes() == old[others].tobytes()
     assert per_slot > 1 + len(group.weights)  # optimizer state was among them
+    assert all(opt.iterations.numpy() == 5 for opt in group.optimizers)
 
 
 def test_the_reference_trainer_records_a_diverged_arm_the_same_way(tf, digits, diverging):
@@ -260,11 +316,12 @@ def test_the_reference_trainer_records_a_diverged_arm_the_same_way(tf, digits, d
     the same steps logged. Values are compared at the start only: once the weights are near
     1e30, sums of squares overflow float32 in either trainer's order of operations."""
     config = _config("epochs=1", "losses=[cce]", _every_optimizer(huge=True))
-    keys = _diverging_keys(diverging[True])
+    stored, _, _ = diverging
+    keys = _diverging_keys(stored)
     arms = [arm for arm in expand_grid(config) if arm.key in keys]
     assert len(arms) == VARIANTS
     for arm, result in reference.train_arms(arms, config, digits):
-        tags, history = diverging[True][arm.key]
+        tags, history = stored[arm.key]
         assert result.diverged_at == int(tags["study.diverged_at_step"]), arm.key
         assert result.history.keys() == history.keys()
         for name, points in history.items():
@@ -279,8 +336,11 @@ def test_an_arms_values_do_not_depend_on_its_group(tf, digits, model):
     """The default budget (1,605 steps) at the default study's high learning rates from its
     bad starts, where any rounding difference would grow: an arm alone, in a group of 13
     at its last slot, and in the whole study (a group of 24), all give the same values bit
-    for bit. (One loss: the probes' group is all the study a probe trains beside.)"""
-    epochs = 15 if model == "mlp" else 3
+    for bit. (One loss: the probes' group is all the study a probe trains beside.) The CNN
+    over one epoch (107 steps, its whole budget): what it adds is the convolution's ops, and
+    an op that mixed slots would change a bit at the first step; the long budget is the
+    MLP's."""
+    epochs = 15 if model == "mlp" else 1
     config = load_config(CONFIGS / "default.yaml", [
         "losses=[mse]", "inits={scaled: [4], saturated_wrong: [4], large_normal: []}",
         "seeds=[0, 1, 2, 3]", "optimizer.lr=[8, 32]", f"epochs={epochs}", "lr_band=null",
@@ -301,7 +361,14 @@ def test_an_arms_values_do_not_depend_on_its_group(tf, digits, model):
     assert all(np.ptp(series) > 0.05 for series in moving)  # they train, not sit still
 
 
-def test_chunks_under_a_memory_budget_give_the_same_curves(tf, digits):
+@pytest.fixture(scope="session")
+def one_epoch_groups(tf, digits):
+    """The smoke study's cce and mse groups over one epoch (``Traced``), traced once for the
+    tests below that train or evaluate in them."""
+    return Traced(_config("epochs=1", "losses=[cce, mse]"), digits)
+
+
+def test_chunks_under_a_memory_budget_give_the_same_curves(tf, digits, one_epoch_groups):
     config = _config("epochs=1", "losses=[mse]", f"seeds={list(range(16))}")  # one group of 32
     per_arm = batched.bytes_per_arm(config, digits)
     assert batched.chunk_size(config, digits, 32) == 32
@@ -309,16 +376,19 @@ def test_chunks_under_a_memory_budget_give_the_same_curves(tf, digits):
     assert batched.chunk_size(small, digits, 32) == 16  # one set of slots at a time
     assert batched.chunk_size(small, digits, 40) == 14  # 40 arms as 14 + 14 + 12
     assert per_arm > 4 * 107 * 10  # at least the minibatch order
-    together = _train(batched, config, digits, expand_grid(config))
-    _assert_identical(together, _train(batched, small, digits, expand_grid(config)))
+    arms = expand_grid(config)
+    together = _train(batched, config, digits, arms)
+    # the chunks of 16 in the one-epoch study's mse group of 16 slots (another config: its
+    # seeds and losses change no graph)
+    warm = one_epoch_groups([a for a in expand_grid(one_epoch_groups.config) if a.loss == "mse"])
+    _assert_identical(together, _train(batched, small, digits, arms, **warm))
 
 
-def test_an_evaluation_sees_its_snapshot_while_training_goes_on(tf, digits):
+def test_an_evaluation_sees_its_snapshot_while_training_goes_on(tf, one_epoch_groups):
     """Evaluations run beside training on snapshots of the weights: a snapshot keeps its
     values however many steps follow, and evaluating it later gives the same metrics."""
-    config = _config("epochs=1", "losses=[mse]")
-    arms = expand_grid(config)
-    group = batched._Group(len(arms), config, digits, "mse", config.optimizers[0])
+    arms = [a for a in expand_grid(one_epoch_groups.config) if a.loss == "mse"]
+    group = one_epoch_groups(arms)["warm"][arms[0].group, 16]
     group.load(arms)
     snapshot = group.snapshot()
     before = [w.numpy().copy() for w in snapshot]
@@ -332,10 +402,11 @@ def test_an_evaluation_sees_its_snapshot_while_training_goes_on(tf, digits):
         np.testing.assert_array_equal(later[name], metrics[name])
 
 
-def test_progress_adds_up_to_the_number_of_arms(tf, digits):
-    config = _config("epochs=1", "losses=[cce, mse]")  # two groups, four arms
+def test_progress_adds_up_to_the_number_of_arms(digits, one_epoch_groups):
+    config = one_epoch_groups.config  # two groups, four arms
     seen = []
-    list(batched.train_arms(expand_grid(config), config, digits, seen.append))
+    list(batched.train_arms(expand_grid(config), config, digits, seen.append,
+                            **one_epoch_groups(expand_grid(config))))
     assert sum(seen) == pytest.approx(len(expand_grid(config)))
     assert len(seen) > 1  # it moves during training, not only at the end
 
