@@ -47,11 +47,11 @@ class Splits:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """A digest of every array and shape: the data's identity in a process (a traced
-        group is kept for these very splits, ``study.train.traced``)."""
+        """A digest of the arrays and shapes training sees (not the test split): the data's
+        identity in a process (a traced group is kept for these very splits,
+        ``study.train.traced``)."""
         digest = hashlib.blake2b(digest_size=16)
-        for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test,
-                      self.y_test, self.t_train):
+        for array in (self.x_train, self.y_train, self.x_val, self.y_val, self.t_train):
             if array is not None:
                 digest.update(f"{array.dtype}{array.shape}".encode())
                 digest.update(np.ascontiguousarray(array).data)

@@ -22,7 +22,7 @@ from study import plugins
 from study.config import StudyConfig
 from study.data import Splits
 from study.errors import ChunkFailed, ConfigError
-from study.grid import Arm
+from study.grid import Arm, by_group
 from study.train.common import ArmResult
 
 Pairs = Iterator[tuple[Arm, ArmResult]]
@@ -84,9 +84,7 @@ def chunks(arms: list[Arm], config: StudyConfig, splits: Splits, workers: int) -
     not below one set of slots (16 arms), which a smaller chunk would pay for anyway."""
     from study.train import batched
 
-    groups: dict[tuple[str, str], list[Arm]] = {}
-    for arm in arms:
-        groups.setdefault(arm.group, []).append(arm)
+    groups = by_group(arms)
     share = max(batched.SLOT_MULTIPLE, -(-len(arms) // (2 * max(1, workers))))
     cut = []
     for members in groups.values():

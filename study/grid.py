@@ -37,6 +37,14 @@ class Arm:
         return (self.loss, self.optimizer)
 
 
+def by_group(arms: list[Arm]) -> dict[tuple[str, str], list[Arm]]:
+    """The arms of each group, groups and arms in the order given."""
+    groups: dict[tuple[str, str], list[Arm]] = {}
+    for arm in arms:
+        groups.setdefault(arm.group, []).append(arm)
+    return groups
+
+
 def exact(x: float) -> str:
     """The shortest text that reads back as the same float ('0.5', '2', '0.5000001', '1e-05'):
     two rates or severities that differ get different arm keys and params."""

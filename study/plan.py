@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from study.config import StudyConfig
 from study.data import Splits
 from study.errors import ConfigError
-from study.grid import Arm
+from study.grid import Arm, by_group
 from study.train.common import Schedule, steps_per_epoch
 
 # MLflow's SQLite store: about 10 ms of the writer thread per 160 values of an arm (its Core
@@ -136,9 +136,7 @@ def _batched_seconds(config, splits, arms, schedule, costs) -> float:
     to cross) and the full evaluations of its arms."""
     from study.train import batched
 
-    groups: dict[tuple[str, str], int] = {}
-    for arm in arms:
-        groups[arm.group] = groups.get(arm.group, 0) + 1
+    groups = {key: len(members) for key, members in by_group(arms).items()}
     steps, full = schedule.total_steps, len(schedule.steps)
     share = pending_share(config)
     seconds = 0.0

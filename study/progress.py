@@ -71,18 +71,18 @@ class Lines:
                 self._line(now)
 
     def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
-        self.postfix, self.alerting = text, False  # shown with the next line, not a line of its own
+        # shown with the next line, not a line of its own
+        self.postfix, self.alerting = text, False
 
     def alert(self, text: str) -> None:
         """Something the reader must not miss (the store stopped answering): a line at once,
         then one at most every MIN_GAP_S while it lasts, whatever the work's share; a bar
         shows it as its postfix (``alerting``)."""
         with self.lock:
-            now = self.clock()
+            now, self.postfix = self.clock(), text
             if not self.alerting or now - self.last_line >= MIN_GAP_S:
-                self.postfix = text
                 self._line(now)
-            self.postfix, self.alerting = text, True
+            self.alerting = True
 
     def set_description(self, desc: str = "", refresh: bool = True) -> None:
         self.desc = desc

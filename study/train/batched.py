@@ -60,7 +60,7 @@ import numpy as np
 
 from study.config import OptimizerConfig, StudyConfig
 from study.data import Splits
-from study.grid import Arm, optimizer_of
+from study.grid import Arm, by_group, optimizer_of
 from study.inits import Starts
 from study.losses import loss_spec
 from study.models import build_model
@@ -750,9 +750,7 @@ def train_arms(arms: list[Arm], config: StudyConfig, splits: Splits,
 
     start_tensorflow()
     warm = dict(warm or {})
-    groups: dict[tuple[str, str], list[Arm]] = {}
-    for arm in arms:
-        groups.setdefault(arm.group, []).append(arm)
+    groups = by_group(arms)
     for key, members in groups.items():
         size = chunk_size(config, splits, len(members))
         group = warm.pop((key, slots_for(size)), None) or group_for(
@@ -857,9 +855,7 @@ def probe(config: StudyConfig, splits: Splits, arms: list[Arm],
 
 def _traced_groups(config: StudyConfig, splits: Splits, arms: list[Arm]) -> int:
     """How many of the groups that will train ``arms`` this process has traced already."""
-    groups: dict[tuple[str, str], list[Arm]] = {}
-    for arm in arms:
-        groups.setdefault(arm.group, []).append(arm)
+    groups = by_group(arms)
     return sum(group_key(slots_for(chunk_size(config, splits, len(members))), config, splits,
                          key[0], optimizer_of(config, members[0])) in TRACED
                for key, members in groups.items())
