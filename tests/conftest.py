@@ -272,6 +272,17 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def study_forks(tmp_path_factory):
+    """Forks `python -m study` processes from a parent that imported everything once
+    (tests/forks.py): for the tests whose subject is a process, not its start-up."""
+    from tests.forks import StudyForks
+
+    forks = StudyForks(tmp_path_factory.mktemp("forks"), ROOT)
+    yield forks
+    forks.close()
+
+
+@pytest.fixture(scope="session")
 def killable_mlflow_server(tmp_path_factory):
     """A real `mlflow server` (MlflowServer) that tests may kill and start again: one start
     (11-13 s of a test's time) shared by tests/test_server_claim.py and

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
-import resource
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -33,19 +31,17 @@ STUDY = [str(CONFIGS / "smoke.yaml"), *(f"--set={item}" for item in RESUME_OVERR
 LIMIT = 1_500_000
 
 
-def _study(uri: str, limit: int) -> subprocess.CompletedProcess:
-    def limited():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", uri],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          preexec_fn=limited)
+def _study(forks, uri: str, limit: int) -> subprocess.CompletedProcess:
+    """The study as a process (forked: tests/forks.py) whose writes past ``limit`` bytes
+    fail with EFBIG."""
+    return forks.run([sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", uri],
+                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                     timeout=300, file_size_limit=limit)
 
 
 @pytest.mark.slow
 def test_a_full_store_stops_the_study_in_one_line_and_a_rerun_completes_it(
-        tmp_path, capsys, resume_values):
+        tmp_path, capsys, resume_values, study_forks):
     """The limited study is a process of its own (the limit is a process's); the rerun runs
     in this one, through the CLI (where it trains is not what is compared)."""
     from study.cli import main
@@ -55,7 +51,7 @@ def test_a_full_store_stops_the_study_in_one_line_and_a_rerun_completes_it(
     assert len(uninterrupted) == N_ARMS
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    full = _study(uri, LIMIT)
+    full = _study(study_forks, uri, LIMIT)
     assert full.returncode == 1, full.stderr
     lines = full.stderr.splitlines()
     assert len(lines) == 1, full.stderr  # no traceback, no MLflow log

@@ -26,18 +26,19 @@ STUDY = [str(CONFIGS / "smoke.yaml"), "--set", "seeds=[0, 1, 2, 3]", "--set", "e
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_keeps_finished_arms_and_marks_the_parent_killed(tmp_path, sent, code):
+def test_a_signal_keeps_finished_arms_and_marks_the_parent_killed(tmp_path, sent, code,
+                                                                  study_forks):
     db = tmp_path / "mlflow.db"
-    process = subprocess.Popen(
+    process = study_forks.popen(  # a process of its own (forked: tests/forks.py)
         [sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", f"sqlite:///{db}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 480  # a loaded machine: 120 s was seen too short
         while _finished_children(db) < 1:  # the first group is stored, the others train
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(sent)
-        _, err = process.communicate(timeout=120)
+        err = process.communicate(timeout=120)[1].decode()
     finally:  # never left running when a wait fails
         process.kill()
         process.wait()

@@ -24,9 +24,10 @@ STUDY = [str(CONFIGS / "smoke.yaml"), *(f"--set={item}" for item in RESUME_OVERR
          "--quiet"]
 
 
-def _run(uri: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", uri],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _run(forks, uri: str):
+    """The study as a process of its own (forked: tests/forks.py)."""
+    return forks.popen([sys.executable, "-m", "study", "run", *STUDY, "--tracking-uri", uri],
+                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _count(db, where: str) -> int:
@@ -95,7 +96,7 @@ def _reached(moment: str, db, parents: int, finished: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def killed(tmp_path_factory):
+def killed(tmp_path_factory, study_forks):
     """One store: the study killed with SIGKILL during start-up (no store yet), once its
     parent run exists, inside the first group's writes, in the middle and in the last group's
     writes, each kill in the rerun of the one before, then rerun to the end (in this
@@ -107,7 +108,7 @@ def killed(tmp_path_factory):
     died = {}
     for moment in MOMENTS:
         parents, finished = _parents(db), _finished_children(db)
-        process = _run(uri)
+        process = _run(study_forks, uri)
         try:
             deadline = time.monotonic() + 480  # a loaded machine: 240 s was seen too short
             if moment == "start-up":
@@ -143,13 +144,13 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(killed, uninterrupted, mo
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted):
+def test_two_runs_of_one_study_store_each_arm_once(tmp_path, uninterrupted, study_forks):
     """Two `study run` of one study on one new store at once: one trains, the other stops
     with one line; and another study runs beside them on the same store (in this process,
     once the study's parent run exists: while the winner trains and writes)."""
     db = tmp_path / "mlflow.db"
     uri = f"sqlite:///{db}"
-    first, second = _run(uri), _run(uri)
+    first, second = _run(study_forks, uri), _run(study_forks, uri)
     try:
         deadline = time.monotonic() + 480
         while not _parents(db):

@@ -102,7 +102,7 @@ def test_a_live_owners_claim_stops_a_second_run_in_one_line(server, where):
 
 @pytest.mark.slow
 def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_values, capsys,
-                                                                  monkeypatch):
+                                                                  monkeypatch, study_forks):
     """Both started at once: one trains every arm, the other stops with one line, exit 2,
     having written nothing; the values are a single run's (``resume_values``). A second
     study written to the server while the first trains (in this process, through the CLI,
@@ -110,7 +110,7 @@ def test_two_runs_of_one_study_on_one_server_store_each_arm_once(server, resume_
     and no "View run" lines from MLflow."""
     from study.cli import main
 
-    first, second = _run(server.url), _run(server.url)
+    first, second = _run(study_forks, server.url), _run(study_forks, server.url)
     try:
         deadline = time.monotonic() + 480
         while not _parents(server.folder / "mlflow.db", "smoke"):

@@ -46,13 +46,13 @@ BRIEF_BUDGET_S = 300  # the brief one's: held, then the long outage, then a serv
 SLACK_S = 15  # the last try, stopping, a loaded machine
 
 
-def _study(uri: str, output: Path, *extra: str) -> subprocess.Popen:
-    """``study run`` as a process, its stdout and stderr to ``output``.out and .err."""
+def _study(forks, uri: str, output: Path, *extra: str):
+    """``study run`` as a process (forked: tests/forks.py), its stdout and stderr to
+    ``output``.out and .err."""
     with open(output.with_suffix(".out"), "wb") as out, \
             open(output.with_suffix(".err"), "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "study", "run", *STUDY,
-                                 "--tracking-uri", uri, *extra],
-                                cwd=ROOT, stdout=out, stderr=err)
+        return forks.popen([sys.executable, "-m", "study", "run", *STUDY,
+                            "--tracking-uri", uri, *extra], cwd=ROOT, stdout=out, stderr=err)
 
 
 def _said(output: Path) -> tuple[str, str]:
@@ -106,7 +106,7 @@ def uninterrupted(resume_values) -> dict:
 
 
 @pytest.fixture(scope="session")
-def outages(killable_mlflow_server, uninterrupted, tmp_path_factory):
+def outages(killable_mlflow_server, uninterrupted, tmp_path_factory, study_forks):
     """The brief study starts first and, once it has stored an arm, is held (SIGSTOP) until
     the long one has stored one too (and is held for the moment the server takes to die), so
     that neither has stored every arm when the server is killed, however unevenly the
@@ -118,12 +118,12 @@ def outages(killable_mlflow_server, uninterrupted, tmp_path_factory):
 
     server = killable_mlflow_server.up()
     folder = tmp_path_factory.mktemp("outages")
-    brief = _study(server.url, folder / BRIEF, "--set", f"name={BRIEF}",
+    brief = _study(study_forks, server.url, folder / BRIEF, "--set", f"name={BRIEF}",
                    "--store-timeout", str(BRIEF_BUDGET_S))
     long = None
     try:
         _hold_once_stored(server, brief, folder / BRIEF)
-        long = _study(server.url, folder / LONG, "--set", f"name={LONG}", "--quiet",
+        long = _study(study_forks, server.url, folder / LONG, "--set", f"name={LONG}", "--quiet",
                       "--store-timeout", str(BUDGET_S))
         # held for a moment only: a write held in flight starts the outage's clock early
         _hold_once_stored(server, long, folder / LONG)
