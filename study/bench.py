@@ -158,7 +158,6 @@ def _timed_parts():
         init(group, *args, **kwargs)
         spent["tracing"] += time.perf_counter() - began  # building it: its model, its state
         group.run = timed("training loop", group.run, group)
-        group.cross_graph = timed("training loop", group.cross_graph, group)
 
     def timed_probe(*args, **kwargs):  # the estimate's: its group's tracing is reused
         began = time.perf_counter()

@@ -17,9 +17,10 @@ from tests.reference_numpy import accuracy_every_step, first_crossings
 from tests.test_batched import Traced
 
 # Non-chaotic arms: the control start, cce and mse at moderate rates, 321 steps, so that
-# float32 and float64 trajectories stay within rounding of each other.
+# float32 and float64 trajectories stay within rounding of each other. Every arm crosses
+# 0.01 at step 0, its start (``cross_at_start``), and the others in the loop.
 SMALL = ["epochs=3", "losses=[cce, mse]", "inits={glorot: []}", "seeds=[0, 1, 2]",
-         "optimizer.lr={cce: 0.5, mse: 8}", "levels=[0.3, 0.5, 0.7, 0.8, 0.9]"]
+         "optimizer.lr={cce: 0.5, mse: 8}", "levels=[0.01, 0.3, 0.5, 0.7, 0.8, 0.9]"]
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +40,9 @@ def crossings_of(result) -> dict[float, int]:
 
 def test_levels_include_the_target_and_escape(small):
     config, _, _, _ = small
-    assert config.crossing_levels == (0.3, 0.5, 0.7, 0.8, 0.9)  # target and escape: 0.5
+    assert config.crossing_levels == (0.01, 0.3, 0.5, 0.7, 0.8, 0.9)  # target, escape: 0.5
     shifted = load_config(CONFIGS / "smoke.yaml", [*SMALL, "target=0.95", "escape=0.25"])
-    assert shifted.crossing_levels == (0.25, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+    assert shifted.crossing_levels == (0.01, 0.25, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def test_a_crossing_is_logged_at_its_step_with_val_accuracy_there(small):
@@ -55,6 +56,7 @@ def test_a_crossing_is_logged_at_its_step_with_val_accuracy_there(small):
             assert accuracy[step] >= level
             assert all(v < level for s, v in accuracy.items() if s < step), (arm.key, level)
     assert sum(len(crossings_of(results[a])) for a in arms) >= 20  # most levels are reached
+    assert all(crossings_of(results[a])[0.01] == 0 for a in arms)  # each start's own
 
 
 def test_crossings_match_an_every_step_numpy_evaluation(small, digits):
