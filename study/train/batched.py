@@ -512,10 +512,10 @@ class _Group:
         def evaluate():
             # Pad to a multiple of ``lanes`` by repeating a slot; the repeats are dropped.
             padded = tf.concat([slots, tf.fill([(-n) % self.lanes], slots[0])], 0)
-            weights = [tf.gather(w, padded) for w in self.weights]
-            if self.bound is None:
-                accuracy = self._evaluate_accuracy(weights)
+            if self.bound is None:  # the evaluations' graph, called, not traced again
+                accuracy = self.accuracy_graph([w.value() for w in self.weights], padded)
             else:
+                weights = [tf.gather(w, padded) for w in self.weights]
                 # the same forward pass and accuracy as ``_evaluate_accuracy``; the anchor's
                 # thresholds from its outputs, outside the vectorized map
                 accuracy, outputs = tf.vectorized_map(self._arm_accuracy_outputs, weights)
