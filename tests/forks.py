@@ -102,6 +102,9 @@ def _child(request: dict, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        import tempfile
+
+        tempfile.tempdir = None  # the parent's, if an import asked: TMPDIR is the child's
         sys.path[0] = request["cwd"]  # as -m puts the working directory first
         sys.argv = ["study", *request["argv"]]
         if request.get("file_size_limit") is not None:  # a write past it fails with EFBIG
