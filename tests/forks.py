@@ -6,7 +6,10 @@ would, with its own argv, working directory, environment and standard streams, a
 as a `subprocess.Popen` to the test: its pid takes signals, and its exit status is Popen's
 (negative for a signal). The parent has run no TensorFlow op, so each child starts
 TensorFlow's runtime itself, with the study's thread settings. Start-up itself (imports,
-the CLI's first lines) stays covered by the tests that still start real interpreters.
+the CLI's first lines) stays covered by the tests that still start real interpreters, and
+so does anything a module reads from the environment as it is imported (KERAS_HOME, say):
+in a fork that is the parent's, so a test that changes such a variable starts a real
+interpreter.
 
 The parent (``serve``) is one thread: it accepts a request on a Unix socket with the
 child's three standard streams passed as file descriptors, forks, answers the child's pid,
