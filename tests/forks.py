@@ -151,8 +151,8 @@ class Forked:
         self.returncode: int | None = None
         self.stdout = self.stderr = None
         ours: list[int] = []  # our copies of the child's ends, closed once they are sent
-        fds = [self._fd(stdin, 0, "rb", ours), self._fd(stdout, 1, "rb", ours)]
-        fds.append(fds[1] if stderr == subprocess.STDOUT else self._fd(stderr, 2, "rb", ours))
+        fds = [self._fd(stdin, 0, ours), self._fd(stdout, 1, ours)]
+        fds.append(fds[1] if stderr == subprocess.STDOUT else self._fd(stderr, 2, ours))
         self._connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._connection.connect(str(socket_path))
         request = {"argv": list(args[3:]), "cwd": str(cwd or os.getcwd()),
@@ -164,7 +164,7 @@ class Forked:
         self._buffer = b""
         self.pid = int(self._line(None))
 
-    def _fd(self, spec, default: int, mode: str, ours: list[int]) -> int:
+    def _fd(self, spec, default: int, ours: list[int]) -> int:
         if spec is None:
             return default
         if spec == subprocess.DEVNULL:
@@ -175,7 +175,7 @@ class Forked:
             read, write = os.pipe()
             child, mine = (read, write) if default == 0 else (write, read)
             ours.append(child)
-            stream = open(mine, "wb" if default == 0 else mode)  # noqa: SIM115 (Popen's)
+            stream = open(mine, "wb" if default == 0 else "rb")  # noqa: SIM115 (Popen's)
             setattr(self, ("stdin", "stdout", "stderr")[default], stream)
             return child
         return spec if isinstance(spec, int) else spec.fileno()

@@ -540,15 +540,15 @@ class _Group:
         """Step 0's crossings: the levels each arm's starting val_accuracy already reaches.
         Computed by the evaluations' accuracy graph, the loop's computation bit for bit, so
         that no graph of its own is traced for it (0.2 s of each group's 2); the bound's
-        first anchor is then the loop's first evaluation."""
+        first anchor is then the loop's first evaluation. Nothing is crossed before step 0:
+        called right after ``load``."""
         slots = np.flatnonzero(self.active)
-        padded = np.concatenate([slots, np.repeat(slots[:1], (-len(slots)) % self.lanes)])
-        accuracy = self.accuracy_graph(self.snapshot(), padded.astype("int32")).numpy()
-        accuracy = accuracy[:len(slots), None]
+        accuracy = self.evaluate(self.snapshot(), full=False, slots=slots)["val_accuracy"]
+        accuracy = accuracy[slots, None]
         reached = accuracy >= self.levels.numpy()[None, :]
         first, first_accuracy = self.first.numpy(), self.first_accuracy.numpy()
-        first[slots] = np.where(reached & (first[slots] < 0), 0, first[slots])
-        first_accuracy[slots] = np.where(first[slots] == 0, accuracy, first_accuracy[slots])
+        first[slots] = np.where(reached, 0, -1)
+        first_accuracy[slots] = np.where(reached, accuracy, first_accuracy[slots])
         self.first.assign(first)
         self.first_accuracy.assign(first_accuracy)
         self.cross_counts.assign_add(np.array([len(slots), 0], "int64"))
